@@ -1,0 +1,249 @@
+"""Run configuration: one file per run, mapped onto each stage's frozen ``Config``.
+
+Precedence, lowest first: dataclass defaults < profile (``tiny`` | ``cpu`` | ``gpu``) < config
+file (TOML, YAML or JSON) < command-line flags. Unknown keys fail at load time with the dotted
+path of the key; the resolved config is written next to the outputs by the flow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from curation.schema import NEG_TAGS, neg_column
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecodeConfig:
+    work_short_side: int = 160  # scorers see frames at this short side
+    cut_thumb_width: int = 64  # cut detection runs on thumbnails this wide
+    threads: int = 0  # 0: let FFmpeg choose (frame + slice threads)
+
+    def __post_init__(self) -> None:
+        _positive(self, "work_short_side", "cut_thumb_width")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitConfig:
+    cut_threshold: float = 30.0  # mean |HSV delta| (0-255) between consecutive thumbnails
+    adaptive_ratio: float = 3.0  # ...and this many times the recent median delta
+    min_shot_frames: int = 8  # a cut closer than this to the previous one is ignored
+    min_clip_s: float = 2.0
+    max_clip_s: float = 10.0  # longer shots are cut into windows of this length
+
+    def __post_init__(self) -> None:
+        _positive(self, "cut_threshold", "min_shot_frames", "min_clip_s", "max_clip_s")
+        if self.max_clip_s < self.min_clip_s:
+            raise ValueError("split.max_clip_s must be >= split.min_clip_s")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MotionConfig:
+    sample_fps: float = 4.0  # flow between consecutive samples at this rate
+    patch_grid: int = 4  # motion_min_patch over a grid x grid split
+    moving_px: float = 0.5  # flow magnitude (working px) above which a pixel counts as moving
+
+    def __post_init__(self) -> None:
+        _positive(self, "sample_fps", "patch_grid", "moving_px")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TagsConfig:
+    sample_fps: float = 1.0  # frames per second the per-frame tag scorers look at
+    short_side: int = 360  # tag frames are scaled to this short side (never upscaled)
+    low_res_short_side: int = 240  # low_res reaches 0.5 at 3/4 of this short side, 1 at half
+    min_bits_per_pixel: float = 0.02  # a moving clip below this is starved of bits
+    sharp_ref: float = 60.0  # 99th percentile |Laplacian| of a crisp frame (blur score 0)
+    over_edited_cuts_per_min: float = 30.0  # cut rate at which over_edited reaches 0.5
+
+    def __post_init__(self) -> None:
+        _positive(self, "sample_fps", "short_side", "low_res_short_side", "sharp_ref", "over_edited_cuts_per_min")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rule:
+    """Keep a clip only if `column` lies within [min, max].
+
+    Bounds are absolute (`min`/`max`) or percentiles of this run's scored clips
+    (`min_pct`/`max_pct`, 0-100), the "dynamic thresholds" CogVideoX tuned theirs with.
+    A clip whose value is null passes a rule unless `drop_null` is set.
+    """
+
+    column: str
+    name: str = ""
+    min: float | None = None
+    max: float | None = None
+    min_pct: float | None = None
+    max_pct: float | None = None
+    drop_null: bool = False
+
+    def __post_init__(self) -> None:
+        if self.min is not None and self.min_pct is not None:
+            raise ValueError(f"rule {self.column}: give min or min_pct, not both")
+        if self.max is not None and self.max_pct is not None:
+            raise ValueError(f"rule {self.column}: give max or max_pct, not both")
+        for f in ("min_pct", "max_pct"):
+            v = getattr(self, f)
+            if v is not None and not 0 <= v <= 100:
+                raise ValueError(f"rule {self.column}: {f} must be within 0-100, got {v}")
+        if not self.name:
+            object.__setattr__(self, "name", self.column)
+
+
+def _default_tag_thresholds() -> dict[str, float]:
+    return {t: 0.5 for t in NEG_TAGS}
+
+
+def _default_rules() -> tuple[Rule, ...]:
+    return (
+        Rule(column="motion_score", name="motion_too_low", min=0.005),
+        Rule(column="motion_score", name="motion_too_high", max=1.5),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecideConfig:
+    # A negative tag fires when its score >= threshold; a fired tag rejects the clip
+    # unless the tag is listed in `keep_tags` (tagged, not dropped).
+    tag_thresholds: dict[str, float] = field(default_factory=_default_tag_thresholds)
+    keep_tags: tuple[str, ...] = ()
+    rules: tuple[Rule, ...] = field(default_factory=_default_rules)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.tag_thresholds) - set(NEG_TAGS)
+        if unknown:
+            raise ValueError(f"decide.tag_thresholds: unknown tags {sorted(unknown)}; known: {list(NEG_TAGS)}")
+        object.__setattr__(self, "tag_thresholds", {**_default_tag_thresholds(), **self.tag_thresholds})
+        bad = set(self.keep_tags) - set(NEG_TAGS)
+        if bad:
+            raise ValueError(f"decide.keep_tags: unknown tags {sorted(bad)}")
+        tag_cols = {neg_column(t) for t in NEG_TAGS}
+        for r in self.rules:
+            if r.column in tag_cols:
+                raise ValueError(f"decide.rules: use decide.tag_thresholds for {r.column}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExtractConfig:
+    target_fps: float | None = None  # None: keep the source frame rate
+    short_side: int | None = None  # None: keep the source size
+    crf: int = 18
+    preset: str = "veryfast"
+
+    def __post_init__(self) -> None:
+        if self.short_side is not None and (self.short_side < 2 or self.short_side % 2):
+            raise ValueError("extract.short_side must be an even number >= 2 (H.264 needs even sizes)")
+        if not 0 <= self.crf <= 51:
+            raise ValueError("extract.crf must be within 0-51")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeConfig:
+    partition_size: int = 64  # sources per Prefect task (the unit of retry and resume)
+    ray_address: str | None = None  # None: start a local Ray
+    num_cpus: int | None = None  # local Ray only; None: all cores
+    dashboard: bool = True
+
+    def __post_init__(self) -> None:
+        _positive(self, "partition_size")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    profile: str = "cpu"
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    motion: MotionConfig = field(default_factory=MotionConfig)
+    tags: TagsConfig = field(default_factory=TagsConfig)
+    decide: DecideConfig = field(default_factory=DecideConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # Smallest working sizes: tests, demos, laptops.
+    "tiny": {"decode": {"work_short_side": 96, "cut_thumb_width": 48}, "motion": {"sample_fps": 3.0}},
+    "cpu": {},
+    # GPU machines have many cores: larger partitions keep them busy.
+    "gpu": {"runtime": {"partition_size": 256}},
+}
+
+
+def _positive(obj: object, *names: str) -> None:
+    for n in names:
+        if getattr(obj, n) <= 0:
+            raise ValueError(f"{type(obj).__name__}.{n} must be > 0, got {getattr(obj, n)}")
+
+
+def _build(cls: type, data: dict[str, Any], path: str) -> Any:
+    """Build dataclass `cls` from a plain dict, recursing into nested configs."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{path or 'config'}: expected a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ValueError(f"unknown config key(s): {', '.join(where + k for k in sorted(unknown))}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        sub = f"{path}.{name}" if path else name
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, sub)
+        elif name == "rules":
+            kwargs[name] = tuple(_build(Rule, r, f"{sub}[{i}]") for i, r in enumerate(value))
+        elif typing.get_origin(hint) is tuple:
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field missing
+        raise ValueError(f"{path or 'config'}: {e}") from None
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    text = p.read_text()
+    if p.suffix == ".toml":
+        return tomllib.loads(text)
+    if p.suffix in (".yaml", ".yml"):
+        return yaml.safe_load(text) or {}
+    if p.suffix == ".json":
+        return json.loads(text)
+    raise ValueError(f"config file {p}: unsupported extension {p.suffix!r} (use .toml, .yaml or .json)")
+
+
+def load_config(
+    path: str | Path | None = None, profile: str | None = None, overrides: dict[str, Any] | None = None
+) -> RunConfig:
+    data = read_config_file(path) if path else {}
+    profile = profile or data.get("profile") or "cpu"
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    merged = _merge(_merge(PROFILES[profile], data), overrides or {})
+    merged["profile"] = profile
+    return _build(RunConfig, merged, "")
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    return _build(RunConfig, data, "")

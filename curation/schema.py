@@ -1,0 +1,168 @@
+"""The manifest schema: every column, its Arrow type and its meaning, in one place.
+
+Two tables make the manifest:
+
+* ``sources``: exactly one row per input file, whatever happened to it.
+* ``clips``: one row per clip cut from a source, every score kept next to the verdict.
+
+Stages declare which columns they read and write (``Stage.reads`` / ``Stage.writes``);
+``check_chain`` verifies that a list of stages can run in order before any work starts.
+Later stages (aesthetic, captions, shards) add their columns here, in this file, and bump
+``SCHEMA_VERSION`` when a column changes meaning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+METADATA_KEY = b"videomill.schema_version"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: pa.DataType
+    doc: str
+
+
+def _cols(*cols: Column) -> dict[str, Column]:
+    return {c.name: c for c in cols}
+
+
+SOURCE_COLUMNS = _cols(
+    Column("source", pa.string(), "Input URI or path, as expanded from the command line."),
+    Column("source_id", pa.string(), "Stable short hash of `source`; prefix of its clip ids."),
+    Column("media_type", pa.string(), "`video` or `image` (unknown when unreadable)."),
+    Column("status", pa.string(), "`ok` | `error`."),
+    Column("error", pa.string(), "Why the source failed, in words a person understands; null when ok."),
+    Column("size_bytes", pa.int64(), "File size in bytes."),
+    Column("container", pa.string(), "Container format as named by FFmpeg (e.g. `mov,mp4,m4a,3gp`)."),
+    Column("codec", pa.string(), "Video codec name (e.g. `h264`)."),
+    Column("duration_s", pa.float64(), "Duration in seconds (decoded, falling back to the container's)."),
+    Column("fps", pa.float64(), "Average frame rate: decoded frames / decoded duration."),
+    Column("vfr", pa.bool_(), "True when frame intervals vary by more than 10% (variable frame rate)."),
+    Column("width", pa.int32(), "Display width in pixels, after rotation."),
+    Column("height", pa.int32(), "Display height in pixels, after rotation."),
+    Column("rotation", pa.int32(), "Display rotation in degrees from the container (0, 90, 180, 270)."),
+    Column("bit_rate", pa.int64(), "Container bit rate in bits/s (null when unknown)."),
+    Column("has_audio", pa.bool_(), "Whether the file has an audio stream."),
+    Column("num_frames", pa.int64(), "Frames decoded."),
+    Column("num_shots", pa.int32(), "Shots found by cut detection."),
+    Column("cut_rate_per_min", pa.float64(), "Detected cuts per minute of source."),
+    Column("num_clips", pa.int32(), "Clips cut from this source (0 on error)."),
+)
+
+# Heuristic negative tags (the CogVideoX six). Each is a score in [0, 1]; the
+# decision step compares it with that tag's threshold.
+NEG_TAGS: tuple[str, ...] = (
+    "over_edited",
+    "incoherent_motion",
+    "low_quality",
+    "lecture",
+    "text_dominated",
+    "noisy_screen",
+)
+
+
+def neg_column(tag: str) -> str:
+    return f"neg_{tag}"
+
+
+CLIP_COLUMNS = _cols(
+    Column("clip_id", pa.string(), "`<source_id>_<first frame>_<end frame>`: stable across reruns, tar-safe."),
+    Column("clip_path", pa.string(), "Extracted clip file (null unless accepted and extracted)."),
+    Column("source", pa.string(), "The source this clip was cut from."),
+    Column("media_type", pa.string(), "`video` or `image`."),
+    Column("start_frame", pa.int64(), "First frame index in the source (inclusive)."),
+    Column("end_frame", pa.int64(), "Frame index where the clip ends (exclusive)."),
+    Column("start_s", pa.float64(), "Presentation time of the first frame."),
+    Column("end_s", pa.float64(), "Presentation time just after the last frame."),
+    Column("num_frames", pa.int64(), "Frames in the clip at the source frame rate."),
+    Column("fps", pa.float64(), "Source average frame rate over the clip."),
+    Column("width", pa.int32(), "Display width of the source."),
+    Column("height", pa.int32(), "Display height of the source."),
+    Column(
+        "motion_score",
+        pa.float64(),
+        "Mean optical-flow magnitude / working short side / frame gap in s: the fraction of the "
+        "frame's short side the content moves per second. ~0 for a static clip.",
+    ),
+    Column(
+        "motion_min_patch",
+        pa.float64(),
+        "Smallest per-patch (4x4 grid) motion score: near 0 when part of the frame is static.",
+    ),
+    Column(
+        "motion_coherence",
+        pa.float64(),
+        "In [0,1]: |local mean flow| / local mean |flow| on moving pixels; 1 for rigid motion, "
+        "low for chaotic motion. Null when nothing moves.",
+    ),
+    Column("sharpness", pa.float64(), "Median variance of the Laplacian of the working-resolution luma."),
+    Column("bits_per_pixel", pa.float64(), "Source bit rate / (width x height x fps); null when unknown."),
+    Column("border_frac", pa.float64(), "Fraction of the frame covered by black borders (letterbox/pillarbox)."),
+    Column("text_area", pa.float64(), "Median fraction of the frame covered by text-like regions."),
+    *(
+        Column(neg_column(t), pa.float64(), f"Negative tag score for `{t}` in [0,1] (see curation/tag_negatives.py).")
+        for t in NEG_TAGS
+    ),
+    Column("neg_tags", pa.list_(pa.string()), "Negative tags whose score reached their threshold."),
+    Column("status", pa.string(), "`accepted` | `rejected` | `error`."),
+    Column("reject_reasons", pa.list_(pa.string()), "Every rule the clip failed (empty when accepted)."),
+    Column("error", pa.string(), "Why scoring or extraction failed; null otherwise."),
+)
+
+# Columns the decision step owns; scoring leaves them out.
+DECISION_COLUMNS = ("neg_tags", "status", "reject_reasons", "clip_path")
+SCORE_COLUMNS = tuple(c for c in CLIP_COLUMNS if c not in DECISION_COLUMNS)
+
+
+def _schema(columns: dict[str, Column], names: Iterable[str]) -> pa.Schema:
+    fields = [pa.field(n, columns[n].type) for n in names]
+    return pa.schema(fields, metadata={METADATA_KEY: str(SCHEMA_VERSION).encode()})
+
+
+def source_schema() -> pa.Schema:
+    return _schema(SOURCE_COLUMNS, SOURCE_COLUMNS)
+
+
+def scored_clip_schema() -> pa.Schema:
+    return _schema(CLIP_COLUMNS, SCORE_COLUMNS)
+
+
+def clip_schema() -> pa.Schema:
+    return _schema(CLIP_COLUMNS, CLIP_COLUMNS)
+
+
+def to_table(rows: Sequence[dict], schema: pa.Schema) -> pa.Table:
+    """Build a table with exactly `schema`'s columns; missing keys become nulls, extra keys fail."""
+    names = set(schema.names)
+    for row in rows:
+        extra = set(row) - names
+        if extra:
+            raise ValueError(f"row has columns not in the schema: {sorted(extra)}")
+    return pa.Table.from_pylist([{n: r.get(n) for n in schema.names} for r in rows], schema=schema)
+
+
+def check_chain(stages: Sequence[object], available: Iterable[str]) -> list[str]:
+    """Check that each stage's `reads` are produced by the input or an earlier stage.
+
+    Returns the final column list; raises ValueError naming the stage and missing columns.
+    """
+    have = list(available)
+    for stage in stages:
+        missing = [c for c in getattr(stage, "reads", ()) if c not in have]
+        if missing:
+            raise ValueError(f"stage {type(stage).__name__} reads {missing}, which no earlier stage writes")
+        have += [c for c in getattr(stage, "writes", ()) if c not in have]
+    return have
+
+
+def analyzed_source_schema() -> pa.Schema:
+    """A source row carrying its scored clips, as the analysis stage emits it."""
+    clips = pa.field("clips", pa.list_(pa.struct(list(scored_clip_schema()))))
+    return source_schema().append(clips)
