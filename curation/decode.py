@@ -92,12 +92,14 @@ def iter_frames(
                 if t + 1e-6 >= next_motion:
                     next_motion += 1.0 / motion_fps * max(1, int((t - next_motion) * motion_fps) + 1)
                     w, h = scaled_size(frame.width, frame.height, work_short_side)
-                    g = frame.reformat(width=w, height=h, format="gray", interpolation="AREA").to_ndarray()
+                    # .copy(): an array from a reformatted frame can outlive its buffer in
+                    # PyAV 18 (seen as SIGSEGV in cv2 inside Ray workers); own the pixels.
+                    g = frame.reformat(width=w, height=h, format="gray", interpolation="AREA").to_ndarray().copy()
                     out.gray = np.ascontiguousarray(np.rot90(g, rot))
                 if t + 1e-6 >= next_tags:
                     next_tags += 1.0 / tags_fps * max(1, int((t - next_tags) * tags_fps) + 1)
                     w, h = scaled_size(frame.width, frame.height, tags_short_side)
-                    rgb = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+                    rgb = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray().copy()
                     out.rgb = np.ascontiguousarray(np.rot90(rgb, rot))
                 yield out
                 last_t = t

@@ -3,17 +3,27 @@
 Flow is OpenCV's DIS (dense inverse search) on grey frames at the working short side: at
 ~160 px it costs about a millisecond a pair, where Farneback at full size costs tens.
 
+DIS alone loses track of displacements beyond a few pixels at its coarsest pyramid level:
+with samples 0.25 s apart, a pan faster than ~0.6 short sides/s moved tens of pixels and
+was scored as slow, so `motion_too_high` could never fire. When phase correlation finds a
+confident global shift too large for that, DIS runs a second time started from the shift,
+and each pixel keeps whichever flow explains the next frame better (a fast pan under a
+static logo keeps both). A fast motion that covers less of the frame than the static part
+is still underestimated: phase correlation only reports the dominant shift.
+
 * motion_score: mean flow magnitude (px) / working short side (px) / frame gap (s): the
   fraction of the frame's short side the content travels per second. Independent of the
   working resolution and of the sampling rate; ~0 for a static clip.
 * motion_min_patch: the same score per cell of a grid x grid split, minimum over cells (a
   talking head over a still background scores low here even when the face moves).
 * motion_coherence: how much of the change between frames the flow explains,
-  1 - mean|I1 - warp(I0)| / mean|I1 - I0| over pixels that changed. Rigid motion (pans,
+  1 - sum|I1 - warp(I0)| / sum|I1 - I0| over pixels that changed. Rigid motion (pans,
   zooms, objects) is explained by flow (~1); flashes, teleporting objects and chaos are not
-  (~0). Null when nothing changed.
-* noise_residual: median |I1 - warp(I0)| in grey levels, the change flow cannot explain
-  anywhere in the frame (used by the noisy-screen tag).
+  (~0). Pixels whose match lies outside the next frame (content a pan reveals) are left
+  out. Null when under 0.5% of the pixels changed: codec noise around the edges of a still
+  slide is not motion.
+* noise_residual: median |I1 - warp(I0)| in grey levels over the same pixels, the change
+  flow cannot explain anywhere in the frame (used by the noisy-screen tag).
 """
 
 from __future__ import annotations
@@ -27,6 +37,13 @@ import numpy as np
 from curation.config import MotionConfig
 
 _CHANGED_LEVELS = 12  # grey-level change that counts as "this pixel changed"
+_MIN_CHANGED_FRAC = 0.005  # below this share of changed pixels, coherence is null
+# A phase-correlation shift is trusted as a starting point when its peak holds this much of
+# the correlation energy (translations measure 0.45-0.85 here, teleporting blobs < 0.1) and
+# it is larger than DIS reliably finds from zero (in working px).
+_PC_MIN_RESPONSE = 0.2
+_PC_MIN_SHIFT = 4.0
+_PICK_WINDOW = 7  # residuals are compared after a box filter this wide
 
 
 @dataclass(frozen=True)
@@ -40,7 +57,8 @@ class MotionScores:
 class MotionScorer:
     def __init__(self, cfg: MotionConfig):
         self.cfg = cfg
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+        self._dis: cv2.DISOpticalFlow | None = None
+        self._dis_shape: tuple[int, int] | None = None
         self._grid_cache: tuple[np.ndarray, np.ndarray] | None = None
 
     def _grid(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,36 +66,66 @@ class MotionScorer:
             self._grid_cache = tuple(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)))
         return self._grid_cache
 
-    def flow(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return self._dis.calc(a, b, None)
+    def _dis_for(self, shape: tuple[int, int]) -> cv2.DISOpticalFlow:
+        # One DIS object per frame size: OpenCV 5's DIS crashes (segfault) when a call with an
+        # initial flow is followed by a call at another size on the same object.
+        if self._dis is None or self._dis_shape != shape:
+            self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+            self._dis_shape = shape
+        return self._dis
+
+    def _residual(self, a: np.ndarray, b: np.ndarray, f: np.ndarray) -> np.ndarray:
+        # DIS flow satisfies a(x) ~ b(x + flow(x)): pull b back onto a's grid.
+        grid_x, grid_y = self._grid(*a.shape)
+        warped = cv2.remap(b, grid_x + f[..., 0], grid_y + f[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return cv2.absdiff(warped, a)
+
+    def flow(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(flow, |a - warp(b)|) for a pair of grey frames."""
+        dis = self._dis_for(a.shape)
+        f = dis.calc(a, b, None)
+        res = self._residual(a, b, f)
+        (dx, dy), response = cv2.phaseCorrelate(a.astype(np.float32), b.astype(np.float32))
+        if response < _PC_MIN_RESPONSE or np.hypot(dx, dy) < _PC_MIN_SHIFT:
+            return f, res
+        init = np.empty(a.shape + (2,), np.float32)
+        init[..., 0], init[..., 1] = dx, dy
+        g = dis.calc(a, b, init)
+        res_g = self._residual(a, b, g)
+        k = (_PICK_WINDOW, _PICK_WINDOW)
+        take = cv2.blur(res_g, k) < cv2.blur(res, k)
+        return np.where(take[..., None], g, f), np.where(take, res_g, res)
 
     def score(self, frames: Sequence[np.ndarray], times: Sequence[float]) -> MotionScores:
         """Score a clip from its sampled grey frames (display orientation) and their times."""
         if len(frames) < 2:
             return MotionScores(None, None, None, None)
         g = self.cfg.patch_grid
-        speeds, patch_speeds, explained, changed_total, residuals = [], [], 0.0, 0.0, []
+        speeds, patch_speeds, residuals = [], [], []
+        explained = changed_total = 0.0
+        changed_px = total_px = 0
         for a, b, ta, tb in zip(frames, frames[1:], times, times[1:]):
             dt = max(tb - ta, 1e-3)
             h, w = a.shape
             norm = min(h, w) * dt
-            f = self.flow(a, b)
+            f, res = self.flow(a, b)
             mag = np.sqrt(f[..., 0] ** 2 + f[..., 1] ** 2)
             speeds.append(float(mag.mean()) / norm)
             cells = mag[: h - h % g, : w - w % g].reshape(g, h // g, g, w // g).mean(axis=(1, 3))
             patch_speeds.append(cells / norm)
-            # DIS flow satisfies a(x) ~ b(x + flow(x)): pull b back onto a's grid.
             grid_x, grid_y = self._grid(h, w)
-            warped = cv2.remap(b, grid_x + f[..., 0], grid_y + f[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            tx, ty = grid_x + f[..., 0], grid_y + f[..., 1]
+            inside = (tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)
             raw = cv2.absdiff(a, b)
-            res = cv2.absdiff(warped, a)
-            changed = raw > _CHANGED_LEVELS
-            residuals.append(float(np.median(res)))
+            changed = (raw > _CHANGED_LEVELS) & inside
+            residuals.append(float(np.median(res[inside])) if inside.any() else 0.0)
+            changed_px += int(changed.sum())
+            total_px += h * w
             if changed.any():
                 changed_total += float(raw[changed].sum())
                 explained += float(raw[changed].sum()) - float(res[changed].sum())
         coherence = None
-        if changed_total > 0:
+        if changed_total > 0 and changed_px >= _MIN_CHANGED_FRAC * total_px:
             coherence = float(np.clip(explained / changed_total, 0.0, 1.0))
         return MotionScores(
             motion_score=float(np.mean(speeds)),

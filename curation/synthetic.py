@@ -56,6 +56,31 @@ def with_cuts(n: int, size: tuple[int, int], cuts: Iterable[int], speed: float =
             yield frame
 
 
+def partly_static(
+    n: int, size: tuple[int, int], speed: tuple[float, float] = (2.0, 0.0), static_frac: float = 0.5, seed: int = 0
+) -> Iterator[np.ndarray]:
+    """`moving` with its left `static_frac` of the width replaced by a still texture."""
+    w, h = size
+    still = texture(h, w, seed + 11)
+    x = int(w * static_frac)
+    for frame in moving(n, size, speed, seed):
+        frame[:, :x] = still[:, :x]
+        yield frame
+
+
+def subtitled(n: int, size: tuple[int, int], speed: tuple[float, float] = (2.0, 0.0), seed: int = 0) -> Iterator[np.ndarray]:
+    """`moving` with one line of white, black-outlined subtitle text near the bottom."""
+    w, h = size
+    scale = h / 480
+    text = "and that is how the data flows through every stage"
+    (tw, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 1.1 * scale, max(1, int(2 * scale)))
+    org = ((w - tw) // 2, int(h * 0.92))
+    for frame in moving(n, size, speed, seed):
+        cv2.putText(frame, text, org, cv2.FONT_HERSHEY_SIMPLEX, 1.1 * scale, (0, 0, 0), max(2, int(6 * scale)), cv2.LINE_AA)
+        cv2.putText(frame, text, org, cv2.FONT_HERSHEY_SIMPLEX, 1.1 * scale, (255, 255, 255), max(1, int(2 * scale)), cv2.LINE_AA)
+        yield frame
+
+
 def static(n: int, size: tuple[int, int], seed: int = 0) -> Iterator[np.ndarray]:
     w, h = size
     base = texture(h, w, seed)

@@ -11,13 +11,16 @@ Scores (x+ means clip(x, 0, 1)):
 * lecture         = still * (flat_frac + few_colours) / 2, with still = (1 - motion / 0.02)+,
                     few_colours = ((64 - colours) / 56)+ where colours is the number of
                     4-bit-per-channel colours covering 95% of pixels.
-* low_quality     = max(blur, low_res, borders, starved): blur = (1 - sharpness / sharp_ref)+,
+* low_quality     = max(blur, low_res, borders, starved): blur = (1 - sharpness / sharp_ref)+
+                    with sharpness measured inside any black bars,
                     low_res = ((L - short) / (L / 2))+ for L = low_res_short_side, borders =
                     (border_frac / 0.5)+, starved = (1 - bpp / min_bpp)+ * moving (a still
                     slide needs few bits; a moving clip with few bits is blocky).
 * noisy_screen    = max(noise_residual / 8, flicker / 6)+: change optical flow cannot explain
                     (grey levels), and frame-to-frame brightness jitter.
-* incoherent_motion = (1 - motion_coherence) when pixels changed, else 0.
+* incoherent_motion = ((1 - motion_coherence) / 0.75)+, 0 when coherence is null: 0.5 at
+                    coherence 0.625, between rigid motion (>= 0.79 measured, pans up to 2 short
+                    sides/s and 90p sources included) and teleporting blobs (0.41-0.46).
 * over_edited     = rate / (rate + R) for the source's cut rate per minute, R the configured
                     rate that scores 0.5.
 """
@@ -62,9 +65,8 @@ def text_area(gray: np.ndarray) -> float:
     return min(1.0, area / float(h * w))
 
 
-def border_frac(gray: np.ndarray, dark: int = 24) -> float:
-    """Fraction of the frame in uniform dark bars along the edges (letterbox/pillarbox)."""
-    h, w = gray.shape
+def border_bars(gray: np.ndarray, dark: int = 24) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right): widths in px of uniform dark bars along the edges."""
     rows = (gray.mean(axis=1) < dark) & (gray.std(axis=1) < 8)
     cols = (gray.mean(axis=0) < dark) & (gray.std(axis=0) < 8)
 
@@ -72,15 +74,34 @@ def border_frac(gray: np.ndarray, dark: int = 24) -> float:
         idx = np.flatnonzero(~mask)
         return len(mask) if idx.size == 0 else int(idx[0])
 
-    top, bottom = run(rows), run(rows[::-1])
-    left, right = run(cols), run(cols[::-1])
-    inner = max(0, h - top - bottom) * max(0, w - left - right)
-    return 1.0 - inner / float(h * w)
+    return run(rows), run(rows[::-1]), run(cols), run(cols[::-1])
+
+
+def _bar_area(shape: tuple[int, int], bars: tuple[int, int, int, int]) -> float:
+    h, w = shape
+    top, bottom, left, right = bars
+    return 1.0 - max(0, h - top - bottom) * max(0, w - left - right) / float(h * w)
+
+
+def border_frac(gray: np.ndarray, dark: int = 24) -> float:
+    """Fraction of the frame in uniform dark bars along the edges (letterbox/pillarbox)."""
+    return _bar_area(gray.shape, border_bars(gray, dark))
+
+
+def _inside_bars(gray: np.ndarray, bars: tuple[int, int, int, int], margin: int = 2) -> np.ndarray:
+    """The picture inside the bars, `margin` px further in where there is a bar (the row
+    where a bar meets the picture is a blend of both and an edge sharper than any content)."""
+    h, w = gray.shape
+    top, bottom, left, right = (b + margin if b else 0 for b in bars)
+    inner = gray[top : h - bottom, left : w - right]
+    return inner if inner.size else gray
 
 
 def measure_frame(rgb: np.ndarray) -> FrameMeasures:
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    lap = np.abs(cv2.Laplacian(gray, cv2.CV_16S, ksize=3))
+    bars = border_bars(gray)
+    # Sharpness inside the bars: a bar's edge would make any blurry letterboxed clip "sharp".
+    lap = np.abs(cv2.Laplacian(_inside_bars(gray, bars), cv2.CV_16S, ksize=3))
     gx = cv2.Sobel(gray, cv2.CV_16S, 1, 0, ksize=3)
     gy = cv2.Sobel(gray, cv2.CV_16S, 0, 1, ksize=3)
     flat = (np.abs(gx) + np.abs(gy)) < 16
@@ -93,7 +114,7 @@ def measure_frame(rgb: np.ndarray) -> FrameMeasures:
         sharpness=float(np.percentile(lap, 99)),
         flat_frac=float(flat.mean()),
         colours=colours,
-        border_frac=border_frac(gray),
+        border_frac=_bar_area(gray.shape, bars),
     )
 
 
@@ -146,6 +167,6 @@ def tag_scores(
         neg_column("lecture"): still * (flat + few_colours) / 2,
         neg_column("low_quality"): max(blur, low_res, _c(borders / 0.5), starved),
         neg_column("noisy_screen"): _c(max((noise_residual or 0.0) / 8.0, flicker_level / 6.0)),
-        neg_column("incoherent_motion"): 0.0 if motion_coherence is None else _c(1 - motion_coherence),
+        neg_column("incoherent_motion"): 0.0 if motion_coherence is None else _c((1 - motion_coherence) / 0.75),
         neg_column("over_edited"): r / (r + cfg.over_edited_cuts_per_min) if r > 0 else 0.0,
     }

@@ -1,0 +1,91 @@
+"""The decision step: scores in, verdicts out. Cheap, global, and separate from scoring.
+
+It reads only manifest columns, so re-deciding with new thresholds (absolute or per-run
+percentiles) never re-decodes a frame: `videomill decide OUT --config new.toml`.
+Percentile bounds are computed over every scored clip of the run (status != error), as the
+CogVideoX team tuned their filters on the distribution of the whole pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from curation.config import DecideConfig, Rule
+from curation.schema import NEG_TAGS, neg_column
+
+
+@dataclass(frozen=True)
+class ResolvedRule:
+    name: str
+    column: str
+    min: float | None
+    max: float | None
+    drop_null: bool
+
+
+def _values(table: pa.Table, column: str) -> np.ndarray:
+    if column not in table.column_names:
+        raise ValueError(f"decide: rule column {column!r} is not in the manifest")
+    return np.asarray(table.column(column).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def _errored(table: pa.Table) -> np.ndarray:
+    return np.asarray(table.column("error").is_valid(), dtype=bool)
+
+
+def resolve_rules(table: pa.Table, rules: tuple[Rule, ...]) -> list[ResolvedRule]:
+    """Turn percentile bounds into numbers for this run's clips (those without an error)."""
+    scored = ~_errored(table)
+    out = []
+    for r in rules:
+        vals = _values(table, r.column)[scored]
+        vals = vals[~np.isnan(vals)]
+        lo, hi = r.min, r.max
+        if r.min_pct is not None:
+            lo = float(np.percentile(vals, r.min_pct)) if vals.size else None
+        if r.max_pct is not None:
+            hi = float(np.percentile(vals, r.max_pct)) if vals.size else None
+        out.append(ResolvedRule(r.name, r.column, lo, hi, r.drop_null))
+    return out
+
+
+def decide(table: pa.Table, cfg: DecideConfig) -> tuple[pa.Table, list[ResolvedRule]]:
+    """Set `neg_tags`, `status` and `reject_reasons` on a table of scored clips.
+
+    A clip with an `error` keeps status `error`; the others are `accepted` when no fired tag
+    (outside `keep_tags`) and no rule rejects them."""
+    n = table.num_rows
+    errored = _errored(table)
+    table = table.drop_columns([c for c in ("neg_tags", "status", "reject_reasons") if c in table.column_names])
+
+    tags: list[list[str]] = [[] for _ in range(n)]
+    reasons: list[list[str]] = [[] for _ in range(n)]
+    for tag in NEG_TAGS:
+        vals = _values(table, neg_column(tag))
+        fired = np.flatnonzero(np.nan_to_num(vals, nan=-1.0) >= cfg.tag_thresholds[tag])
+        for i in fired:
+            tags[i].append(tag)
+            if tag not in cfg.keep_tags:
+                reasons[i].append(f"neg:{tag}")
+    resolved = resolve_rules(table, cfg.rules)
+    for r in resolved:
+        vals = _values(table, r.column)
+        null = np.isnan(vals)
+        fail = np.zeros(n, bool)
+        with np.errstate(invalid="ignore"):
+            if r.min is not None:
+                fail |= vals < r.min
+            if r.max is not None:
+                fail |= vals > r.max
+        fail = np.where(null, r.drop_null, fail)
+        for i in np.flatnonzero(fail):
+            reasons[i].append(r.name)
+
+    status = ["error" if e else ("rejected" if rs else "accepted") for e, rs in zip(errored, reasons)]
+    table = table.append_column("neg_tags", pa.array([[] if e else t for e, t in zip(errored, tags)], pa.list_(pa.string())))
+    table = table.append_column("status", pa.array(status, pa.string()))
+    table = table.append_column("reject_reasons", pa.array([[] if e else r for e, r in zip(errored, reasons)], pa.list_(pa.string())))
+    return table, resolved

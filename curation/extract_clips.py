@@ -1,0 +1,208 @@
+"""Stage: write accepted clips as H.264 MP4 (images as JPEG) into OUT/clips.
+
+One decode pass per source serves all its accepted clips, in order. Output is constant frame
+rate: the source frame showing at each output tick is taken (frames are repeated or dropped
+as needed), so VFR sources and `target_fps` both come out with true motion timing. Files are
+written under a temporary name and renamed, so a file with the final name is complete; a
+rerun skips clips whose file exists.
+"""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from curation.analyze import read_image
+from curation.config import ExtractConfig
+from curation.decode import scaled_size
+from curation.media import MediaError, display_rotation, open_container
+from curation.stage import Stage
+
+EXTRACT_INPUT = pa.schema(
+    [
+        ("source", pa.string()),
+        ("media_type", pa.string()),
+        (
+            "clips",
+            pa.list_(
+                pa.struct([("clip_id", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64()), ("fps", pa.float64())])
+            ),
+        ),
+    ]
+)
+EXTRACT_OUTPUT = pa.schema([("clip_id", pa.string()), ("clip_path", pa.string()), ("error", pa.string())])
+
+
+_STANDARD_FPS = (23.976, 24.0, 25.0, 29.97, 30.0, 48.0, 50.0, 59.94, 60.0)
+
+
+def output_fps(clip_fps: float, target: float | None) -> float:
+    """The constant output rate: the target, else the clip's average rate snapped to the
+    nearest standard rate within 1% (a VFR phone video averaging 29.91 fps -> 29.97)."""
+    fps = target or clip_fps
+    nearest = min(_STANDARD_FPS, key=lambda s: abs(s - fps))
+    return nearest if abs(nearest - fps) <= 0.01 * fps else round(fps, 2)
+
+
+def clip_file(clips_dir: str | Path, clip_id: str, media_type: str) -> Path:
+    return Path(clips_dir) / f"{clip_id}.{'jpg' if media_type == 'image' else 'mp4'}"
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+class _ClipWriter:
+    """Encodes one clip at a constant `fps` from frames pushed with their source times."""
+
+    def __init__(self, path: Path, start_s: float, end_s: float, fps: float, cfg: ExtractConfig):
+        self.path, self.tmp = path, _tmp(path)
+        self.start_s, self.fps, self.cfg = start_s, fps, cfg
+        self.rate = Fraction(fps).limit_denominator(1001)
+        self.n_out = max(1, int(round((end_s - start_s) * fps)))
+        self.k = 0  # next output tick
+        self.pending: av.VideoFrame | None = None
+        self.container = None
+        self.stream = None
+
+    def _open(self, w: int, h: int) -> None:
+        self.container = av.open(str(self.tmp), mode="w", format="mp4")
+        s = self.container.add_stream("libx264", rate=self.rate)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.options = {"crf": str(self.cfg.crf), "preset": self.cfg.preset}
+        self.stream = s
+
+    def _emit(self, frame: av.VideoFrame) -> None:
+        rot = display_rotation(frame) // 90
+        w, h = (frame.height, frame.width) if rot % 2 else (frame.width, frame.height)
+        if self.cfg.short_side:
+            w, h = scaled_size(w, h, self.cfg.short_side)
+        w, h = w - w % 2, h - h % 2
+        if rot:
+            rgb = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), rot))
+            if rgb.shape[:2] != (h, w):
+                rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+            out = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+        else:
+            out = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA")
+        if self.container is None:
+            self._open(w, h)
+        out.pts = self.k
+        out.time_base = 1 / self.rate
+        for p in self.stream.encode(out):
+            self.container.mux(p)
+        self.k += 1
+
+    def push(self, frame: av.VideoFrame, t: float) -> None:
+        """Feed frames in order; the pending frame covers every tick before this one's time."""
+        while self.pending is not None and self.k < self.n_out and self.start_s + self.k / self.fps < t - 1e-4:
+            self._emit(self.pending)
+        self.pending = frame
+
+    def finish(self) -> None:
+        while self.pending is not None and self.k < self.n_out:
+            self._emit(self.pending)
+        if self.container is None:
+            raise MediaError("no frames decoded for this clip")
+        for p in self.stream.encode():
+            self.container.mux(p)
+        self.container.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        if self.container is not None:
+            self.container.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def extract_video(source: str, clips: list[dict], clips_dir: Path, cfg: ExtractConfig) -> list[dict]:
+    """Write every clip of one source in a single decode pass; one result row per clip."""
+    todo = sorted((c for c in clips if not clip_file(clips_dir, c["clip_id"], "video").exists()), key=lambda c: c["start_s"])
+    results = {c["clip_id"]: {"clip_id": c["clip_id"], "clip_path": str(clip_file(clips_dir, c["clip_id"], "video")), "error": None} for c in clips}
+    if not todo:
+        return list(results.values())
+    writer: _ClipWriter | None = None
+    queue = list(todo)
+    try:
+        with open_container(source) as container:
+            vs = container.streams.video[0]
+            vs.thread_type = "AUTO"
+            # Seek near the first clip (keyframe before it); frames are then picked by time.
+            if queue[0]["start_s"] > 2.0 and vs.time_base:
+                container.seek(int((queue[0]["start_s"] - 1.0) / vs.time_base), stream=vs, backward=True)
+            for frame in container.decode(vs):
+                if frame.time is None:
+                    continue
+                t = float(frame.time)
+                while queue or writer:
+                    if writer is None:
+                        c = queue[0]
+                        if t < c["start_s"] - 1e-4:
+                            break
+                        out_fps = output_fps(c["fps"], cfg.target_fps)
+                        writer = _ClipWriter(clip_file(clips_dir, c["clip_id"], "video"), c["start_s"], c["end_s"], out_fps, cfg)
+                    c = queue[0]
+                    if t < c["end_s"] - 1e-4:
+                        writer.push(frame, t)
+                        break
+                    writer.finish()
+                    writer = None
+                    queue.pop(0)
+                if not queue and writer is None:
+                    break
+            if writer is not None:
+                writer.finish()
+                writer = None
+                queue.pop(0)
+    except (MediaError, av.error.FFmpegError, OSError) as e:
+        if writer is not None:
+            writer.abort()
+        for c in queue:
+            results[c["clip_id"]].update(clip_path=None, error=f"extraction failed: {e}")
+    for c in queue:  # clips the stream ended before reaching
+        if results[c["clip_id"]]["error"] is None:
+            results[c["clip_id"]].update(clip_path=None, error="extraction failed: stream ended before the clip")
+    return list(results.values())
+
+
+def extract_image(source: str, clip: dict, clips_dir: Path, cfg: ExtractConfig) -> dict:
+    path = clip_file(clips_dir, clip["clip_id"], "image")
+    if not path.exists():
+        rgb = read_image(source)
+        if cfg.short_side:
+            w, h = scaled_size(rgb.shape[1], rgb.shape[0], cfg.short_side)
+            rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+        tmp = _tmp(path)
+        Image.fromarray(rgb).save(tmp, format="JPEG", quality=95)
+        os.replace(tmp, path)
+    return {"clip_id": clip["clip_id"], "clip_path": str(path), "error": None}
+
+
+class ExtractClips(Stage):
+    reads = ("source", "media_type", "clips")
+    writes = ("clip_id", "clip_path", "error")
+    batch_size = 1
+
+    def __init__(self, cfg: ExtractConfig, clips_dir: str):
+        self.cfg, self.clips_dir = cfg, Path(clips_dir)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        self.clips_dir.mkdir(parents=True, exist_ok=True)
+        out: list[dict] = []
+        for row in batch.to_pylist():
+            if row["media_type"] == "image":
+                for c in row["clips"]:
+                    try:
+                        out.append(extract_image(row["source"], c, self.clips_dir, self.cfg))
+                    except OSError as e:
+                        out.append({"clip_id": c["clip_id"], "clip_path": None, "error": f"extraction failed: {e}"})
+            else:
+                out += extract_video(row["source"], row["clips"], self.clips_dir, self.cfg)
+        return pa.Table.from_pylist(out, schema=EXTRACT_OUTPUT)

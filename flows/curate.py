@@ -1,0 +1,244 @@
+"""The curation flow: ingest -> split & score (per partition) -> decide -> extract -> manifest.
+
+Prefect tasks are coarse: one per partition of sources (retried; its Parquet part is its
+completion marker, so a rerun skips it) and one per global step. Per-source and per-clip
+parallelism is Ray Data's (flows/run_ray.py), or in-process with `runtime.executor = "local"`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE as NO_CACHE
+
+from curation.analyze import SplitAndScore
+from curation.config import RunConfig, load_config, to_dict
+from curation.decide import decide
+from curation.extract_clips import EXTRACT_INPUT, ExtractClips
+from curation.inputs import expand_inputs
+from curation.manifest import (
+    Layout,
+    fingerprint,
+    partition_id,
+    read_dataset,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_table_atomic,
+)
+from curation.probe import ProbeSources
+from curation.schema import clip_schema, scored_clip_schema, source_schema
+from curation.stage import Stage
+from flows.run_local import run_local
+
+Runner = Callable[[Sequence[Stage], pa.Table], pa.Table]
+
+
+class ConfigError(ValueError):
+    """Bad configuration or arguments: the run stops before doing any work."""
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        return get_run_logger()
+    except Exception:  # outside a flow/task run context (unit tests calling helpers)
+        return logging.getLogger("videomill")
+
+
+def get_runner(cfg: RunConfig) -> Runner:
+    if cfg.runtime.executor == "local":
+        return run_local
+    from flows.run_ray import run_ray
+
+    return run_ray
+
+
+def scoring_fingerprint(cfg: RunConfig) -> str:
+    d = to_dict(cfg)
+    return fingerprint({k: d[k] for k in ("decode", "split", "motion", "tags", "extract")})
+
+
+def check_fingerprint(layout: Layout, cfg: RunConfig, rescore: bool) -> None:
+    """Refuse to mix scores made under different settings in one OUT (unless --rescore)."""
+    fp = scoring_fingerprint(cfg)
+    f = layout.fingerprint_file
+    old = f.read_text().strip() if f.exists() else None
+    if old is not None and old != fp:
+        if not rescore:
+            raise ConfigError(
+                f"{layout.root} holds scores made with different decode/split/motion/tags/extract "
+                "settings; use a new --out, or --rescore to discard them"
+            )
+        for d in (layout.sources, layout.scores, layout.clip_manifest, layout.clips):
+            for p in d.glob("*"):
+                if p.is_file():
+                    p.unlink()
+    write_bytes_atomic(f, (fp + "\n").encode())
+
+
+@task(name="split-and-score", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def score_partition(sources: list[str], out: str, cfg: RunConfig) -> dict:
+    """Probe, split and score one partition; write its scores, then its sources part."""
+    layout = Layout.at(out)
+    pid = partition_id(sources)
+    marker = layout.sources / f"part-{pid}.parquet"
+    if marker.exists():
+        return {"partition": pid, "skipped": True}
+    t0 = time.perf_counter()
+    analyzed = get_runner(cfg)([ProbeSources(), SplitAndScore(cfg)], pa.table({"source": sources}))
+    analyzed = analyzed.sort_by("source")
+    clips = pa.Table.from_batches([], schema=scored_clip_schema())
+    if analyzed.num_rows:
+        flat = pc.list_flatten(analyzed.column("clips"))
+        if len(flat):
+            clips = pa.Table.from_struct_array(flat).cast(scored_clip_schema()).sort_by("clip_id")
+    if analyzed.num_rows != len(sources):
+        raise RuntimeError(f"partition {pid}: {len(sources)} sources in, {analyzed.num_rows} rows out")
+    write_table_atomic(clips, layout.scores / f"part-{pid}.parquet")
+    write_table_atomic(analyzed.drop_columns(["clips"]).cast(source_schema()), marker)
+    errors = pc.sum(pc.equal(analyzed.column("status"), "error")).as_py() or 0
+    _logger().info(
+        "partition %s: %d sources (%d failed), %d clips in %.1fs", pid, len(sources), errors, clips.num_rows, time.perf_counter() - t0
+    )
+    return {"partition": pid, "skipped": False, "sources": len(sources), "clips": clips.num_rows}
+
+
+@task(name="decide", cache_policy=NO_CACHE)
+def decide_step(out: str, cfg: RunConfig) -> pa.Table:
+    layout = Layout.at(out)
+    scored = read_dataset(layout.scores, scored_clip_schema()).sort_by("clip_id")
+    decided, resolved = decide(scored, cfg.decide)
+    for r in resolved:
+        _logger().info("rule %s on %s: keep within [%s, %s]", r.name, r.column, r.min, r.max)
+    return decided
+
+
+@task(name="extract-clips", retries=1, cache_policy=NO_CACHE)
+def extract_step(decided: pa.Table, out: str, cfg: RunConfig) -> pa.Table:
+    """Write accepted clips; return (clip_id, clip_path, error) for each."""
+    layout = Layout.at(out)
+    accepted = decided.filter(pc.equal(decided.column("status"), "accepted"))
+    by_source: dict[str, dict] = {}
+    for r in accepted.select(["source", "media_type", "clip_id", "start_s", "end_s", "fps"]).to_pylist():
+        entry = by_source.setdefault(r["source"], {"source": r["source"], "media_type": r["media_type"], "clips": []})
+        entry["clips"].append({k: r[k] for k in ("clip_id", "start_s", "end_s", "fps")})
+    table = pa.Table.from_pylist(list(by_source.values()), schema=EXTRACT_INPUT)
+    return get_runner(cfg)([ExtractClips(cfg.extract, str(layout.clips))], table)
+
+
+def finalize_manifest(decided: pa.Table, extracted: pa.Table, out: str) -> pa.Table:
+    """Join extraction results into the decision; a failed extraction makes the clip `error`."""
+    layout = Layout.at(out)
+    results = {r["clip_id"]: r for r in extracted.to_pylist()}
+    rows = decided.to_pylist()
+    for row in rows:
+        res = results.get(row["clip_id"])
+        row["clip_path"] = None
+        if res is None:
+            continue
+        if res["error"]:
+            row.update(status="error", error=res["error"])
+        else:
+            row["clip_path"] = str(Path(res["clip_path"]).relative_to(layout.root))
+    table = pa.Table.from_pylist(rows, schema=clip_schema()) if rows else clip_schema().empty_table()
+    write_table_atomic(table, layout.clip_manifest / "clips.parquet")
+    return table
+
+
+def funnel(sources: pa.Table, clips: pa.Table) -> dict:
+    reasons = Counter(r for rs in clips.column("reject_reasons").to_pylist() for r in rs) if clips.num_rows else Counter()
+    src_status = Counter(sources.column("status").to_pylist())
+    clip_status = Counter(clips.column("status").to_pylist()) if clips.num_rows else Counter()
+    return {
+        "sources": sources.num_rows,
+        "sources_ok": src_status.get("ok", 0),
+        "sources_failed": src_status.get("error", 0),
+        "clips": clips.num_rows,
+        "accepted": clip_status.get("accepted", 0),
+        "rejected": clip_status.get("rejected", 0),
+        "clip_errors": clip_status.get("error", 0),
+        "rejected_by_reason": dict(sorted(reasons.items())),
+    }
+
+
+@flow(name="curate", log_prints=True)
+def curate(
+    inputs: list[str],
+    out: str,
+    config: str | None = None,
+    profile: str | None = None,
+    ray_address: str | None = None,
+    executor: str | None = None,
+    rescore: bool = False,
+) -> dict:
+    """Curate INPUTs into OUT: manifest, clips and the resolved config."""
+    overrides: dict = {"runtime": {}}
+    if ray_address:
+        overrides["runtime"]["ray_address"] = ray_address
+    if executor:
+        overrides["runtime"]["executor"] = executor
+    try:
+        cfg = load_config(config, profile, overrides)
+        sources = expand_inputs(list(inputs))
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from None
+    layout = Layout.at(out)
+    layout.make()
+    check_fingerprint(layout, cfg, rescore)
+    write_json_atomic(layout.resolved_config, to_dict(cfg))
+    log = _logger()
+    log.info("%d inputs -> %s (profile %s, executor %s)", len(sources), layout.root, cfg.profile, cfg.runtime.executor)
+
+    done = set(read_dataset(layout.sources, source_schema()).column("source").to_pylist())
+    todo = [s for s in sources if s not in done]
+    size = cfg.runtime.partition_size
+    partitions = [todo[i : i + size] for i in range(0, len(todo), size)]
+    log.info("%d sources already done, %d to score in %d partitions", len(sources) - len(todo), len(todo), len(partitions))
+
+    with _compute(cfg):
+        for part in partitions:
+            score_partition(part, str(layout.root), cfg)
+        return _decide_and_extract(layout, cfg)
+
+
+def _decide_and_extract(layout: Layout, cfg: RunConfig) -> dict:
+    decided = decide_step(str(layout.root), cfg)
+    extracted = extract_step(decided, str(layout.root), cfg)
+    clips = finalize_manifest(decided, extracted, str(layout.root))
+    summary = funnel(read_dataset(layout.sources, source_schema()), clips) | {"out": str(layout.root)}
+    write_json_atomic(layout.root / "summary.json", summary)
+    _logger().info("funnel: %s", summary)
+    return summary
+
+
+@flow(name="decide", log_prints=True)
+def redecide(out: str, config: str | None = None, profile: str | None = None, executor: str | None = None) -> dict:
+    """Re-apply thresholds to OUT's stored scores (no decoding), then extract newly accepted clips."""
+    overrides = {"runtime": {"executor": executor}} if executor else None
+    try:
+        cfg = load_config(config, profile, overrides)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from None
+    layout = Layout.at(out)
+    if not layout.sources.exists():
+        raise ConfigError(f"{layout.root} has no manifest; run `videomill run` first")
+    check_fingerprint(layout, cfg, rescore=False)
+    write_json_atomic(layout.resolved_config, to_dict(cfg))
+    with _compute(cfg):
+        return _decide_and_extract(layout, cfg)
+
+
+def _compute(cfg: RunConfig):
+    if cfg.runtime.executor == "local":
+        from contextlib import nullcontext
+
+        return nullcontext()
+    from flows.run_ray import ray_session
+
+    return ray_session(cfg.runtime.ray_address, cfg.runtime.num_cpus, cfg.runtime.dashboard)
