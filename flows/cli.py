@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", help="attach to this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     run.add_argument("--executor", choices=["ray", "local"], help="where stages run (default: ray)")
     run.add_argument("--rescore", action="store_true", help="discard scores made with other settings in OUT")
+    smp = sub.add_parser("samples", help="write synthetic sample videos (good and broken) into a folder")
+    smp.add_argument("folder")
     dec = sub.add_parser("decide", help="re-apply thresholds to OUT's scores without re-scoring")
     dec.add_argument("out")
     dec.add_argument("--config")
@@ -39,11 +41,22 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _env_defaults()
     args = _parser().parse_args(argv)
+    if args.cmd == "samples":
+        from curation.synthetic import make_samples
+
+        for name, want in sorted(make_samples(args.folder).items()):
+            print(f"{name:24s} {want.get('note', want['status'])}")
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    from curation.config import load_config
     from flows.curate import ConfigError, curate, redecide
 
     try:
+        try:  # fail fast, before any server or cluster starts
+            load_config(args.config, args.profile)
+        except (ValueError, OSError) as e:
+            raise ConfigError(str(e)) from None
         if args.cmd == "run":
             summary = curate(
                 inputs=args.inputs,

@@ -1,0 +1,30 @@
+# videomill: `make demo` and `make test` work on a fresh machine with Python 3.11 and pip.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DEMO   ?= demo
+
+.PHONY: env test demo bench clean
+
+env: $(VENV)/.installed
+
+# uv resolves and installs the stack (torch, ray, prefect, ...) several times faster than pip.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip uv
+	$(BIN)/uv pip install --python $(BIN)/python -e '.[dev]'
+	touch $@
+
+test: env
+	$(BIN)/python -m pytest -q
+
+demo: env
+	$(BIN)/videomill samples $(DEMO)/inputs
+	$(BIN)/videomill run $(DEMO)/inputs --out $(DEMO)/out --profile tiny
+	@echo "manifest: $(DEMO)/out/manifest  clips: $(DEMO)/out/clips"
+
+bench: env
+	$(BIN)/python bench/cpu_stages.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

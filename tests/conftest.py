@@ -1,0 +1,44 @@
+"""Shared fixtures: one Ray session, one Prefect test server, one generated corpus.
+
+Starting Ray (~9 s) or a Prefect server (~5-20 s) per test would dominate the suite, so each
+is started once per session and only by the tests that ask for it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """The mixed folder of good and bad inputs, with what a run must find for each file."""
+    from curation.synthetic import make_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    expect = make_corpus(root, seconds=3.0)
+    return root, expect
