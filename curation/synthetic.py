@@ -69,15 +69,18 @@ def partly_static(
 
 
 def subtitled(n: int, size: tuple[int, int], speed: tuple[float, float] = (2.0, 0.0), seed: int = 0) -> Iterator[np.ndarray]:
-    """`moving` with one line of white, black-outlined subtitle text near the bottom."""
+    """`moving` with one line of subtitle (white, black outline) centred near the bottom: about
+    6% of the height tall and at most 70% of the width wide, as broadcast subtitles are."""
     w, h = size
-    scale = h / 480
-    text = "and that is how the data flows through every stage"
-    (tw, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 1.1 * scale, max(1, int(2 * scale)))
+    text = "and that is how the data flows"
+    font, thick = cv2.FONT_HERSHEY_SIMPLEX, max(1, round(h / 240))
+    (tw, th), _ = cv2.getTextSize(text, font, 1.0, thick)
+    scale = min(0.06 * h / th, 0.7 * w / tw)
+    (tw, _), _ = cv2.getTextSize(text, font, scale, thick)
     org = ((w - tw) // 2, int(h * 0.92))
     for frame in moving(n, size, speed, seed):
-        cv2.putText(frame, text, org, cv2.FONT_HERSHEY_SIMPLEX, 1.1 * scale, (0, 0, 0), max(2, int(6 * scale)), cv2.LINE_AA)
-        cv2.putText(frame, text, org, cv2.FONT_HERSHEY_SIMPLEX, 1.1 * scale, (255, 255, 255), max(1, int(2 * scale)), cv2.LINE_AA)
+        cv2.putText(frame, text, org, font, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+        cv2.putText(frame, text, org, font, scale, (255, 255, 255), thick, cv2.LINE_AA)
         yield frame
 
 
@@ -239,4 +242,24 @@ def make_corpus(root: str | Path, seconds: float = 4.0) -> dict[str, dict]:
     expect["notes.mp4"] = {"status": "error", "error_contains": "readable"}
     write_audio_only(root / "song.mp4", seconds=1.0)
     expect["song.mp4"] = {"status": "error", "error_contains": "no video stream"}
+    return expect
+
+
+def make_samples(root: str | Path, seconds: float = 4.0) -> dict[str, dict]:
+    """The demo folder: the corpus plus one clip per negative tag and a multi-shot video."""
+    root = Path(root)
+    expect = make_corpus(root, seconds)
+    n = int(25 * seconds)
+    size = (480, 270)
+    cases = {
+        "shots_3.mp4": (with_cuts(3 * n, size, cuts=[n, 2 * n], seed=11), "three shots -> three clips"),
+        "slide.mp4": (text_slide(n, size), "lecture / text-dominated, static"),
+        "still.mp4": (static(n, size, seed=12), "static -> motion_too_low"),
+        "noisy_screen.mp4": (noisy_screen(n, size), "noisy screen recording"),
+        "blurred.mp4": (blurred(n, size), "blurry -> low_quality"),
+        "jumpy.mp4": (incoherent(n, size), "incoherent motion"),
+    }
+    for name, (frames, note) in cases.items():
+        write_video(root / name, frames, 25)
+        expect[name] = {"status": "ok", "note": note}
     return expect

@@ -1,0 +1,74 @@
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from curation.config import RunConfig, from_dict, load_config, to_dict
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_defaults_and_profiles():
+    assert load_config().profile == "cpu"
+    tiny = load_config(profile="tiny")
+    assert tiny.decode.work_short_side < RunConfig().decode.work_short_side
+
+
+def test_unknown_keys_fail_with_their_path(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("[motion]\nsample_fsp = 2\n")
+    with pytest.raises(ValueError, match=r"motion\.sample_fsp"):
+        load_config(f)
+    with pytest.raises(ValueError, match=r"decide\.rules\[0\]\.colum"):
+        load_config(overrides={"decide": {"rules": [{"colum": "x"}]}})
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ({"split": {"min_clip_s": 5, "max_clip_s": 2}}, "max_clip_s"),
+        ({"motion": {"sample_fps": 0}}, "sample_fps"),
+        ({"decide": {"tag_thresholds": {"blurry": 0.3}}}, "blurry"),
+        ({"decide": {"rules": [{"column": "motion_score", "min": 1, "min_pct": 5}]}}, "min_pct"),
+        ({"extract": {"short_side": 255}}, "short_side"),
+        ({"runtime": {"executor": "slurm"}}, "executor"),
+    ],
+)
+def test_invalid_values_name_the_field(override, field):
+    with pytest.raises(ValueError, match=field):
+        load_config(overrides=override)
+
+
+def test_unknown_profile():
+    with pytest.raises(ValueError, match="profile"):
+        load_config(profile="huge")
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".yaml", ".json"])
+def test_file_formats(tmp_path, suffix):
+    data = {"split": {"max_clip_s": 6.0}, "decide": {"rules": [{"column": "motion_score", "min_pct": 10}]}}
+    f = tmp_path / f"c{suffix}"
+    if suffix == ".toml":
+        f.write_text('[split]\nmax_clip_s = 6.0\n[[decide.rules]]\ncolumn = "motion_score"\nmin_pct = 10\n')
+    elif suffix == ".yaml":
+        f.write_text("split:\n  max_clip_s: 6.0\ndecide:\n  rules:\n    - column: motion_score\n      min_pct: 10\n")
+    else:
+        f.write_text(json.dumps(data))
+    cfg = load_config(f)
+    assert cfg.split.max_clip_s == 6.0 and cfg.decide.rules[0].min_pct == 10
+
+
+def test_resolved_config_round_trips():
+    cfg = load_config(profile="tiny", overrides={"decide": {"keep_tags": ["over_edited"]}})
+    again = from_dict(json.loads(json.dumps(to_dict(cfg))))
+    assert again == cfg
+
+
+def test_readme_example_config_loads(tmp_path):
+    block = re.search(r"```toml\n(.*?)```", README.read_text(), re.S).group(1)
+    f = tmp_path / "readme.toml"
+    f.write_text(block)
+    cfg = load_config(f)
+    assert cfg.decide.keep_tags == ("over_edited",)
+    assert [r.name for r in cfg.decide.rules] == ["motion_too_low", "motion_top_5pct"]
