@@ -75,7 +75,7 @@ def test_vfr_source_becomes_constant_rate_with_true_timing(tmp_path):
     res = run(src, [{"clip_id": "v", "start_s": 0.0, "end_s": end, "fps": 60 / end}], tmp_path)
     got = read_counters(res["v"]["clip_path"])
     fps = output_fps(60 / end, None)
-    assert fps == pytest.approx(12.6)
+    assert fps == round(60 / end, 2)  # not near a standard rate: kept, to 0.01 fps
     assert len(got) == round(end * fps)
     # Output tick k at time k/fps shows the last source frame shown at or before that time:
     # some source frames repeat, some are skipped, and the timing of motion is kept.
