@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE as NO_CACHE
 
 from curation.analyze import SplitAndScore
@@ -201,10 +202,12 @@ def curate(
     partitions = [todo[i : i + size] for i in range(0, len(todo), size)]
     log.info("%d sources already done, %d to score in %d partitions", len(sources) - len(todo), len(todo), len(partitions))
 
-    with _compute(cfg):
+    with _compute(cfg) as dashboard:
         for part in partitions:
             score_partition(part, str(layout.root), cfg)
-        return _decide_and_extract(layout, cfg)
+        summary = _decide_and_extract(layout, cfg)
+    publish_summary(summary, dashboard)
+    return summary
 
 
 def _decide_and_extract(layout: Layout, cfg: RunConfig) -> dict:
@@ -230,15 +233,30 @@ def redecide(out: str, config: str | None = None, profile: str | None = None, ex
         raise ConfigError(f"{layout.root} has no manifest; run `videomill run` first")
     check_fingerprint(layout, cfg, rescore=False)
     write_json_atomic(layout.resolved_config, to_dict(cfg))
-    with _compute(cfg):
-        return _decide_and_extract(layout, cfg)
+    with _compute(cfg) as dashboard:
+        summary = _decide_and_extract(layout, cfg)
+    publish_summary(summary, dashboard)
+    return summary
+
+
+def publish_summary(summary: dict, dashboard: str | None) -> None:
+    """The run's funnel as a Prefect markdown artifact (`prefect artifact ls`, the UI)."""
+    lines = ["## videomill run", "", "| stage | count |", "|---|---|"]
+    for key in ("sources", "sources_ok", "sources_failed", "clips", "accepted", "rejected", "clip_errors"):
+        lines.append(f"| {key} | {summary[key]} |")
+    lines += ["", "| rejected because | clips |", "|---|---|"]
+    lines += [f"| {r} | {n} |" for r, n in summary["rejected_by_reason"].items()] or ["| (none) | 0 |"]
+    lines += ["", f"- output: `{summary['out']}`", f"- manifest: `{summary['out']}/manifest`"]
+    if dashboard:
+        lines.append(f"- Ray dashboard: [{dashboard}]({dashboard}) (token: `ray get-auth-token`)")
+    create_markdown_artifact(key="videomill-run-summary", markdown="\n".join(lines), description="curation funnel")
 
 
 def _compute(cfg: RunConfig):
     if cfg.runtime.executor == "local":
         from contextlib import nullcontext
 
-        return nullcontext()
+        return nullcontext(None)
     from flows.run_ray import ray_session
 
     return ray_session(cfg.runtime.ray_address, cfg.runtime.num_cpus, cfg.runtime.dashboard)

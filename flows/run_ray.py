@@ -78,24 +78,25 @@ def max_actors() -> int:
 
 
 @contextmanager
-def ray_session(address: str | None, num_cpus: int | None = None, dashboard: bool = True) -> Iterator[None]:
+def ray_session(address: str | None, num_cpus: int | None = None, dashboard: bool = True) -> Iterator[str | None]:
     """Attach to `address` (or RAY_ADDRESS), or start a local Ray bound to 127.0.0.1.
 
-    Reuses an already-initialised Ray (tests share one session) and only shuts down what it
-    started."""
+    Yields the dashboard URL (None when unknown). Reuses an already-initialised Ray (tests
+    share one session) and only shuts down what it started."""
     if ray.is_initialized():
-        yield
+        yield None
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict = {"address": address, "log_to_driver": False, "configure_logging": False}
     if address is None:
         kwargs.update(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1")
     ctx = ray.init(**kwargs)
-    url = getattr(ctx, "dashboard_url", None)
+    url = getattr(ctx, "dashboard_url", None) or None
     if url:
-        log.info("Ray dashboard: http://%s (token: `ray get-auth-token`)", url)
+        url = url if url.startswith("http") else f"http://{url}"
+        log.info("Ray dashboard: %s (sign in with the token `ray get-auth-token` prints)", url)
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
-        yield
+        yield url
     finally:
         ray.shutdown()

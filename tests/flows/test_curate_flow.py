@@ -147,3 +147,16 @@ def test_cli_exit_codes(corpus, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout[r.stdout.index("{") :])
     assert summary["sources_failed"] == 4 and summary["accepted"] >= 6
+
+
+def test_run_summary_artifact_has_the_funnel(curated):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    _, _, _, summary = curated
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["videomill-run-summary"])))
+    assert arts, "no summary artifact"
+    md = arts[-1].data
+    assert f"| sources_failed | {summary['sources_failed']} |" in md
+    assert f"| accepted | {summary['accepted']} |" in md
