@@ -8,8 +8,6 @@ end (cut rate, frame rate, VFR, truncation) are filled in after the pass.
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import ClassVar
 
 import av
 import cv2
@@ -21,7 +19,7 @@ from PIL import Image, ImageOps
 from curation.config import RunConfig
 from curation.decode import iter_frames, scaled_size
 from curation.media import MediaError
-from curation.schema import SOURCE_COLUMNS, analyzed_source_schema, neg_column, to_table
+from curation.schema import analyzed_source_schema, to_table
 from curation.score_motion import MotionScorer
 from curation.split_scenes import CutDetector, Window, Windower
 from curation.stage import Stage

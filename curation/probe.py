@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
+import fsspec
 import pyarrow as pa
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from curation.media import MediaError, file_size, media_type, probe_video, source_id
 from curation.inputs import is_url
+from curation.media import MediaError, file_size, media_type, probe_video, source_id
 from curation.schema import SOURCE_COLUMNS, source_schema, to_table
 from curation.stage import Stage
-
-import fsspec
 
 
 def probe_image(uri: str) -> dict:

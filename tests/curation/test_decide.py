@@ -1,6 +1,4 @@
-import math
 
-import pyarrow as pa
 import pytest
 
 from curation.config import load_config
