@@ -87,7 +87,8 @@ def ray_session(address: str | None, num_cpus: int | None = None, dashboard: boo
         yield None
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs: dict = {"address": address, "log_to_driver": False, "configure_logging": False}
+    # "local": always a fresh instance, never a stale or unrelated `ray start` found on disk.
+    kwargs: dict = {"address": address or "local", "log_to_driver": False, "configure_logging": False}
     if address is None:
         kwargs.update(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1")
     ctx = ray.init(**kwargs)

@@ -1,0 +1,166 @@
+"""The production path, for real and on loopback only: a `prefect server`, a process work pool
+and worker, `prefect deploy --all` from prefect.yaml, `prefect deployment run --watch`; and a
+flow attached to a separately started `ray start --head` cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def wait_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def prefect_stack(tmp_path_factory):
+    """Server + work pool + worker + deployments, each a real process; torn down after."""
+    home = tmp_path_factory.mktemp("prefect_home")
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_UI_ENABLED": "false",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    log = open(home / "server.log", "w")
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    procs = [server]
+    try:
+        wait_http(f"http://127.0.0.1:{port}/api/health", 180)
+
+        def prefect(*args, timeout=180):
+            r = subprocess.run([str(BIN / "prefect"), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+            assert r.returncode == 0, f"prefect {' '.join(args)}:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+            return r.stdout
+
+        prefect("work-pool", "create", "videomill-local", "--type", "process")
+        wlog = open(home / "worker.log", "w")
+        procs.append(
+            subprocess.Popen(
+                [str(BIN / "prefect"), "worker", "start", "--pool", "videomill-local", "--limit", "1"],
+                env=env, cwd=REPO, stdout=wlog, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        )
+        prefect("--no-prompt", "deploy", "--all")
+        yield prefect, home
+    finally:
+        for p in reversed(procs):
+            stop(p)
+
+
+def test_deployment_run_against_server_and_worker(prefect_stack, tmp_path):
+    from curation.synthetic import moving, write_video
+
+    prefect, home = prefect_stack
+    inputs = tmp_path / "in"
+    write_video(inputs / "a.mp4", moving(75, (480, 270), (2.0, 0.0), seed=1), 25)
+    write_video(inputs / "b.mp4", moving(75, (480, 270), (0.0, 2.0), seed=2), 25)
+    (inputs / "broken.mp4").write_bytes(b"nope")
+    out = tmp_path / "out"
+    stdout = prefect(
+        "deployment", "run", "curate/local",
+        "--param", f"inputs={json.dumps([str(inputs)])}",
+        "--param", f"out={out}",
+        "--param", "profile=tiny",
+        "--watch", "--watch-timeout", "480",
+        timeout=540,
+    )
+    assert "Completed" in stdout, stdout + (home / "worker.log").read_text()[-3000:]
+    sources = pads.dataset(out / "manifest" / "sources").to_table().to_pylist()
+    assert sorted((Path(r["source"]).name, r["status"]) for r in sources) == [("a.mp4", "ok"), ("b.mp4", "ok"), ("broken.mp4", "error")]
+    clips = pads.dataset(out / "manifest" / "clips").to_table().to_pylist()
+    assert {c["status"] for c in clips} == {"accepted"} and len(clips) == 2
+    # The run's summary artifact is visible through the API.
+    arts = prefect("artifact", "ls")
+    assert "videomill-run-summary" in arts
+
+
+def test_flow_attached_to_a_ray_cluster_runs_its_stages_there(tmp_path, corpus):
+    root, _ = corpus
+    port = free_port()
+    ray_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    temp = Path("/tmp") / f"vm-ray-{port}"  # Ray's socket paths must stay short
+    # --block keeps the head's processes in this process group, so the test stops exactly
+    # this cluster (`ray stop` would stop every Ray on the machine, the suite's own included).
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
+         "--include-dashboard", "false", "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp),
+         "--disable-usage-stats"],
+        env=ray_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    address = f"127.0.0.1:{port}"
+    try:
+        wait_port(port, 120)
+        out = tmp_path / "out"
+        r = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "run", str(root), "--out", str(out), "--profile", "tiny", "--ray-address", address],
+            env=ray_env, cwd=REPO, capture_output=True, text=True, timeout=600,
+        )
+        assert r.returncode == 0, r.stderr[-4000:]
+        # The cluster, not a private Ray, ran the stages: its task table has our operators.
+        probe = (
+            "import ray; from ray.util.state import list_tasks; ray.init(address=%r, log_to_driver=False);"
+            "print(sorted({t.name for t in list_tasks(limit=10000)}))" % address
+        )
+        names = subprocess.run([sys.executable, "-c", probe], env=ray_env, capture_output=True, text=True, timeout=120)
+        assert "SplitAndScore" in names.stdout and "ExtractClips" in names.stdout, names.stdout + names.stderr[-2000:]
+    finally:
+        stop(head)
