@@ -118,6 +118,11 @@ def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer) -> tuple[dict
         tags_fps=cfg.tags.sample_fps,
         threads=cfg.decode.threads,
     ):
+        if fr.index == 0 and fr.rotation:
+            # Display rotation lives in frame side data: sizes are reported after it.
+            row["rotation"] = fr.rotation
+            if fr.rotation in (90, 270):
+                row["width"], row["height"] = row["height"], row["width"]
         is_cut = detector.update(fr.index, fr.thumb)
         cuts += is_cut
         for w in windower.push(fr.index, fr.t, is_cut):
@@ -143,6 +148,9 @@ def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer) -> tuple[dict
     cut_rate = cuts / (duration / 60.0)
     _finish_tags(scorer.clips, cfg, bpp, cut_rate)
     updates = {
+        "width": row["width"],
+        "height": row["height"],
+        "rotation": row.get("rotation") or 0,
         "duration_s": duration,
         "fps": fps,
         "vfr": vfr,
@@ -192,7 +200,7 @@ class SplitAndScore(Stage):
     """Per source: decode once, split at cuts, score every clip (CPU tier)."""
 
     reads = _PROBED
-    writes = ("duration_s", "fps", "vfr", "num_frames", "num_shots", "cut_rate_per_min", "num_clips", "clips")
+    writes = ("width", "height", "rotation", "duration_s", "fps", "vfr", "num_frames", "num_shots", "cut_rate_per_min", "num_clips", "clips")
     batch_size = 1
 
     def __init__(self, cfg: RunConfig):
