@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from curation.buckets import DEFAULT_FRAME_BUCKETS, DEFAULT_RESOLUTIONS, Resolution, check_frame_buckets
 from curation.schema import NEG_TAGS, neg_column
 
 
@@ -148,6 +149,38 @@ class ExtractConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ShardConfig:
+    """WebDataset shards of the accepted clips (curation/write_shards.py)."""
+
+    # A shard closes before the sample that would pass either limit (None: no limit on
+    # that axis); a single sample larger than max_bytes gets a shard of its own.
+    max_samples_per_shard: int | None = 1000
+    max_bytes_per_shard: int | None = 1 << 30  # 1 GiB: large sequential reads, few files
+    bucketing: bool = True  # group shards by training bucket (curation/buckets.py)
+    resolutions: tuple[Resolution, ...] = DEFAULT_RESOLUTIONS
+    frame_buckets: tuple[int, ...] = DEFAULT_FRAME_BUCKETS
+    shuffle_seed: int | None = None  # None: clips in clip_id order; else a seeded shuffle across shards
+
+    def __post_init__(self) -> None:
+        for f in ("max_samples_per_shard", "max_bytes_per_shard"):
+            v = getattr(self, f)
+            if v is not None and (not isinstance(v, int) or v <= 0):
+                raise ValueError(f"shard.{f} must be a positive integer or null, got {v!r}")
+        if self.max_samples_per_shard is None and self.max_bytes_per_shard is None:
+            raise ValueError("shard.max_samples_per_shard and shard.max_bytes_per_shard: set at least one")
+        object.__setattr__(self, "frame_buckets", check_frame_buckets(self.frame_buckets))
+        if self.bucketing:
+            if not any(r.media == "video" for r in self.resolutions):
+                raise ValueError("shard.resolutions: bucketing needs at least one video resolution")
+            if not self.frame_buckets:
+                raise ValueError("shard.frame_buckets: bucketing needs at least one frame count")
+        if len(set(self.resolutions)) != len(self.resolutions):
+            raise ValueError("shard.resolutions: duplicate entries")
+        if self.shuffle_seed is not None and not isinstance(self.shuffle_seed, int):
+            raise ValueError(f"shard.shuffle_seed must be an integer or null, got {self.shuffle_seed!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class RuntimeConfig:
     partition_size: int = 64  # sources per Prefect task (the unit of retry and resume)
     executor: str = "ray"  # "ray": stages on Ray Data; "local": in this process (debugging)
@@ -170,6 +203,7 @@ class RunConfig:
     tags: TagsConfig = field(default_factory=TagsConfig)
     decide: DecideConfig = field(default_factory=DecideConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
@@ -188,6 +222,14 @@ def _positive(obj: object, *names: str) -> None:
             raise ValueError(f"{type(obj).__name__}.{n} must be > 0, got {getattr(obj, n)}")
 
 
+def _tuple_item(hint: Any) -> Any:
+    """X for a `tuple[X, ...]` hint, else None."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return args[0]
+    return None
+
+
 def _build(cls: type, data: dict[str, Any], path: str) -> Any:
     """Build dataclass `cls` from a plain dict, recursing into nested configs."""
     if not isinstance(data, dict):
@@ -202,10 +244,13 @@ def _build(cls: type, data: dict[str, Any], path: str) -> Any:
     for name, value in data.items():
         hint = hints[name]
         sub = f"{path}.{name}" if path else name
+        item = _tuple_item(hint)
         if dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value, sub)
-        elif name == "rules":
-            kwargs[name] = tuple(_build(Rule, r, f"{sub}[{i}]") for i, r in enumerate(value))
+        elif item is not None and dataclasses.is_dataclass(item):  # decide.rules, shard.resolutions
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"{sub}: expected a list of tables, got {type(value).__name__}")
+            kwargs[name] = tuple(_build(item, v, f"{sub}[{i}]") for i, v in enumerate(value))
         elif typing.get_origin(hint) is tuple:
             kwargs[name] = tuple(value)
         else:

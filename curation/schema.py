@@ -114,11 +114,25 @@ CLIP_COLUMNS = _cols(
     Column("status", pa.string(), "`accepted` | `rejected` | `error`."),
     Column("reject_reasons", pa.list_(pa.string()), "Every rule the clip failed (empty when accepted)."),
     Column("error", pa.string(), "Why scoring or extraction failed; null otherwise."),
+    Column(
+        "bucket",
+        pa.string(),
+        "Training bucket (curation/buckets.py): `<W>x<H>_f<frames>` for video, `image_<W>x<H>` for "
+        "images. Null unless accepted and bucketed (see `unsharded` in OUT/shards/index.json).",
+    ),
+    Column(
+        "shard",
+        pa.string(),
+        "WebDataset tar holding the clip, relative to OUT (`shards/<bucket>/shard-NNNNNN.tar`); "
+        "its key there is `clip_id`. Null when the clip is not in a shard.",
+    ),
 )
 
 # Columns the decision step owns; scoring leaves them out.
 DECISION_COLUMNS = ("neg_tags", "status", "reject_reasons", "clip_path")
-SCORE_COLUMNS = tuple(c for c in CLIP_COLUMNS if c not in DECISION_COLUMNS)
+# Columns the shard writer owns (curation/write_shards.py); scoring leaves them out too.
+SHARD_COLUMNS = ("bucket", "shard")
+SCORE_COLUMNS = tuple(c for c in CLIP_COLUMNS if c not in DECISION_COLUMNS + SHARD_COLUMNS)
 
 
 def _schema(columns: dict[str, Column], names: Iterable[str]) -> pa.Schema:
