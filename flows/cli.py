@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     dec.add_argument("out")
     dec.add_argument("--config")
     dec.add_argument("--profile", choices=["tiny", "cpu", "gpu"])
+    rep = sub.add_parser("report", help="write OUT/report.html and OUT/report.json: funnel, score histograms, thumbnails")
+    rep.add_argument("out")
     return p
 
 
@@ -46,6 +48,16 @@ def main(argv: list[str] | None = None) -> int:
 
         for name, want in sorted(make_samples(args.folder).items()):
             print(f"{name:24s} {want.get('note', want['status'])}")
+        return 0
+    if args.cmd == "report":  # reads OUT only: no Prefect server, no Ray
+        from curation.report import write_report
+
+        try:
+            report = write_report(args.out)
+        except FileNotFoundError as e:
+            print(f"videomill: {e}", file=sys.stderr)
+            return 2
+        print(os.path.join(report["out"], "report.html"))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)

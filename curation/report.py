@@ -1,0 +1,274 @@
+"""Dataset report: what a run kept, what it dropped and why, and what its scores look like.
+
+`write_report(OUT)` reads only the run's outputs (the manifest, config.resolved.json and, when
+present, shards/index.json) and writes two files:
+
+* OUT/report.json: the numbers (funnel, counts per reason, summary statistics per column,
+  thresholds with percentile rules resolved on this run's clips), for scripts and dashboards;
+* OUT/report.html: the same dict rendered through Jinja2, plus histograms and thumbnails. It is
+  one self-contained file (images are data URIs, CSS is inline, no JS, no network), so it can
+  be mailed or archived next to the data and still open offline.
+
+Rendering the HTML from the dict that is written as JSON keeps the two from ever disagreeing.
+Columns later stages add (`caption`, `shard`, `bucket`, `aesthetic_score`, any float score) are
+picked up when present and reported as absent otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curation.config import RunConfig, from_dict
+from curation.decide import resolve_rules
+from curation.manifest import Layout, read_dataset, write_bytes_atomic, write_json_atomic
+from curation.schema import NEG_TAGS, SCHEMA_VERSION, clip_schema, neg_column, source_schema
+
+REPORT_VERSION = 1
+PER_SHEET = 8  # thumbnails per contact sheet: enough to judge a tag, small enough to scan
+# Float clip columns that describe where a clip is, not how good it is: shown as distributions.
+NOT_SCORES = frozenset({"start_s", "end_s", "fps"})
+TINY_WARNING = (
+    "Profile 'tiny': models are tiny random-initialised and untrained: "
+    "scores that depend on models are meaningless."
+)
+_TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+def write_report(out: str | Path) -> dict:
+    """Write OUT/report.json and OUT/report.html; return the report dict (what the JSON holds)."""
+    from curation.report_figures import render_figures  # matplotlib + decoding: only when rendering
+
+    layout = Layout.at(out)
+    sources, clips, scored, cfg_dict = load_run(layout)
+    report = build_report(layout, sources, clips, scored, cfg_dict)
+    html = render_html(report, render_figures(report, sources, clips, layout.root))
+    write_json_atomic(layout.root / "report.json", report)
+    write_bytes_atomic(layout.root / "report.html", html.encode())
+    return report
+
+
+def load_run(layout: Layout) -> tuple[pa.Table, pa.Table, pa.Table, dict]:
+    """The manifest tables (with whatever columns they carry) and the resolved config."""
+    if not layout.resolved_config.exists() or not layout.sources.exists():
+        raise FileNotFoundError(f"{layout.root} has no manifest or config.resolved.json; run `videomill run` first")
+    # No schema passed: a fixed schema would project away columns later stages add.
+    sources = read_dataset(layout.sources)
+    clips = read_dataset(layout.clip_manifest)
+    scored = read_dataset(layout.scores)
+    sources = sources if sources.num_columns else source_schema().empty_table()
+    clips = clips if clips.num_columns else clip_schema().empty_table()
+    return sources, clips, scored, json.loads(layout.resolved_config.read_text())
+
+
+def build_report(layout: Layout, sources: pa.Table, clips: pa.Table, scored: pa.Table, cfg_dict: dict) -> dict:
+    """Every number of the report, JSON-ready (no NaN: empty statistics are left out)."""
+    cfg = from_dict(cfg_dict)
+    ok_sources = sources.filter(pc.equal(sources.column("status"), "ok"))
+    videos = clips.filter(pc.equal(clips.column("media_type"), "video"))
+    score_cols = [f.name for f in clips.schema if pa.types.is_floating(f.type) and f.name not in NOT_SCORES]
+    return {
+        "report_version": REPORT_VERSION,
+        "schema_version": SCHEMA_VERSION,
+        "out": str(layout.root),
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "profile": cfg.profile,
+        "warning": TINY_WARNING if cfg.profile == "tiny" else None,
+        "funnel": funnel(sources, clips),
+        "sources_failed_by_reason": _count(sources, "error", pc.equal(sources.column("status"), "error")),
+        "rejected_by_reason": _count_lists(clips, "reject_reasons"),
+        "clip_errors_by_reason": _count(clips, "error", pc.equal(clips.column("status"), "error")),
+        "tags_fired": _count_lists(clips, "neg_tags"),
+        "columns": {c: summarize(float_values(clips, c)) for c in score_cols},
+        "thresholds": thresholds(cfg, scored if scored.num_rows else clips, score_cols),
+        "distributions": {
+            "clips": _shape_stats(videos, float_values(videos, "end_s") - float_values(videos, "start_s")),
+            "sources": _shape_stats(ok_sources, float_values(ok_sources, "duration_s")),
+        },
+        "captions": captions(clips),
+        "shards": shards(layout, clips),
+        "thumbs_per_sheet": PER_SHEET,
+        "contact_sheets": contact_sheets(clips, cfg),
+        "ranked": ranked(clips),
+        "models": model_ids(cfg_dict),
+        "config": cfg_dict,
+    }
+
+
+def funnel(sources: pa.Table, clips: pa.Table) -> dict[str, int]:
+    src, clip = Counter(sources.column("status").to_pylist()), Counter(clips.column("status").to_pylist())
+    return {
+        "inputs": sources.num_rows,
+        "sources_ok": src["ok"],
+        "sources_failed": src["error"],
+        "clips": clips.num_rows,
+        "accepted": clip["accepted"],
+        "rejected": clip["rejected"],
+        "clip_errors": clip["error"],
+        "captioned": _non_null(clips, "caption"),
+        "sharded": _non_null(clips, "shard"),
+    }
+
+
+def _non_null(table: pa.Table, column: str) -> int:
+    return table.num_rows - table.column(column).null_count if column in table.column_names else 0
+
+
+def _count(table: pa.Table, column: str, mask: pa.ChunkedArray) -> dict[str, int]:
+    values = table.filter(mask).column(column).to_pylist()
+    return dict(Counter(v if v is not None else "(no reason given)" for v in values).most_common())
+
+
+def _count_lists(table: pa.Table, column: str) -> dict[str, int]:
+    return dict(Counter(x for xs in table.column(column).to_pylist() for x in xs or ()).most_common())
+
+
+def float_values(table: pa.Table, column: str) -> np.ndarray:
+    """A column as float64 with nulls as NaN (empty when the column is absent)."""
+    if column not in table.column_names:
+        return np.empty(0)
+    return pc.cast(table.column(column), pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def _r(x: float) -> float:
+    # 6 significant digits: the HTML prints the same digits the JSON holds.
+    return float(f"{x:.6g}")
+
+
+def summarize(values: np.ndarray) -> dict[str, Any]:
+    v = values[~np.isnan(values)]
+    out: dict[str, Any] = {"count": int(v.size), "nulls": int(values.size - v.size)}
+    if v.size:
+        p5, p25, p50, p75, p95 = np.percentile(v, [5, 25, 50, 75, 95])
+        stats = dict(mean=v.mean(), std=v.std(), min=v.min(), p5=p5, p25=p25, p50=p50, p75=p75, p95=p95, max=v.max())
+        out |= {k: _r(float(x)) for k, x in stats.items()}
+    return out
+
+
+def _shape_stats(table: pa.Table, duration: np.ndarray) -> dict:
+    sizes = [f"{w}x{h}" for w, h in zip(table.column("width").to_pylist(), table.column("height").to_pylist()) if w and h]
+    return {
+        "count": table.num_rows,
+        "duration_s": summarize(np.asarray(duration, np.float64)),
+        "fps": summarize(float_values(table, "fps")),
+        "resolution": dict(Counter(sizes).most_common()),
+    }
+
+
+def thresholds(cfg: RunConfig, table: pa.Table, score_cols: list[str]) -> dict[str, list[dict]]:
+    """Every bound applied to each column. Percentile rules are resolved on the scored clips,
+    the same table and code `decide` used, so the numbers are the ones that cut."""
+    d = cfg.decide
+    out: dict[str, list[dict]] = {c: [] for c in score_cols}
+    for tag in NEG_TAGS:
+        keep = tag in d.keep_tags
+        out.setdefault(neg_column(tag), []).append(
+            {"name": f"neg:{tag}", "kind": "tag", "at": d.tag_thresholds[tag], "rejects": not keep,
+             "rule": f"tag fires at score >= {d.tag_thresholds[tag]}" + (" (kept: keep_tags)" if keep else "")}
+        )
+    for rule in d.rules:
+        have = rule.column in table.column_names
+        res = resolve_rules(table, (rule,))[0] if have else None
+        spec = {k: getattr(rule, k) for k in ("min", "max", "min_pct", "max_pct") if getattr(rule, k) is not None}
+        out.setdefault(rule.column, []).append(
+            {"name": rule.name, "kind": "rule", "min": res.min if res else rule.min, "max": res.max if res else rule.max, "rejects": True,
+             "rule": ", ".join(f"{k} {v}" for k, v in spec.items()) + ("" if have else " (column not in manifest)")}
+        )
+    return {c: v for c, v in out.items() if v}
+
+
+def captions(clips: pa.Table) -> dict:
+    if "caption" not in clips.column_names:
+        return {"present": False, "count": 0}
+    texts = [t for t in clips.column("caption").to_pylist() if t is not None]
+    return {
+        "present": True,
+        "count": len(texts),
+        "length_words": summarize(np.array([len(t.split()) for t in texts], np.float64)),
+        "length_chars": summarize(np.array([len(t) for t in texts], np.float64)),
+    }
+
+
+def shards(layout: Layout, clips: pa.Table) -> dict:
+    index = layout.root / "shards" / "index.json"
+    out: dict[str, Any] = {"index": None, "index_entries": None, "sharded_clips": _non_null(clips, "shard")}
+    if index.exists():  # written by curation/write_shards.py; read defensively, it may evolve
+        data = json.loads(index.read_text())
+        entries = data.get("shards", data) if isinstance(data, dict) else data
+        out |= {"index": str(index.relative_to(layout.root)), "index_entries": len(entries)}
+        if isinstance(data, dict) and isinstance(data.get("totals"), dict):
+            out["index_totals"] = data["totals"]
+        if isinstance(data, dict) and isinstance(data.get("unsharded"), dict):
+            out["unsharded_by_reason"] = dict(Counter(map(str, data["unsharded"].values())).most_common())
+    if "shard" in clips.column_names:
+        out["distinct_shards"] = len({s for s in clips.column("shard").to_pylist() if s is not None})
+    if "bucket" in clips.column_names:
+        out["by_bucket"] = dict(Counter(str(b) for b in clips.column("bucket").to_pylist() if b is not None).most_common())
+    return out
+
+
+def _entry(row: dict, column: str) -> dict:
+    v = row.get(column)
+    return {"clip_id": row["clip_id"], "source": Path(row["source"]).name, "status": row["status"],
+            "column": column, "value": None if v is None else _r(v), "reasons": row.get("reject_reasons") or []}
+
+
+def contact_sheets(clips: pa.Table, cfg: RunConfig) -> list[dict]:
+    """Per negative tag, the clips where it fired, highest score first."""
+    rows = clips.to_pylist()
+    sheets = []
+    for tag in NEG_TAGS:
+        col = neg_column(tag)
+        fired = sorted((r for r in rows if tag in (r.get("neg_tags") or ())), key=lambda r: -(r.get(col) or 0.0))
+        sheets.append({"tag": tag, "column": col, "threshold": cfg.decide.tag_thresholds[tag], "fired": len(fired),
+                       "clips": [_entry(r, col) for r in fired[:PER_SHEET]]})
+    return sheets
+
+
+def ranked(clips: pa.Table) -> dict:
+    """Top and bottom clips by aesthetic score; by motion score until an aesthetic stage exists."""
+    column = "aesthetic_score" if "aesthetic_score" in clips.column_names else "motion_score"
+    note = None if column == "aesthetic_score" else "no aesthetic_score column yet: ranked by motion_score instead"
+    rows = [r for r in clips.to_pylist() if r["status"] != "error" and r.get(column) is not None]
+    rows.sort(key=lambda r: -r[column])
+    k_top = min(PER_SHEET, (len(rows) + 1) // 2)  # top and bottom never show the same clip
+    k_bottom = min(PER_SHEET, len(rows) - k_top)
+    return {"column": column, "note": note, "top": [_entry(r, column) for r in rows[:k_top]],
+            "bottom": [_entry(r, column) for r in rows[len(rows) - k_bottom:][::-1]]}
+
+
+def model_ids(cfg_dict: dict, prefix: str = "") -> dict[str, Any]:
+    """Config fields naming a model (any key containing 'model'), by dotted path."""
+    found: dict[str, Any] = {}
+    for k, v in cfg_dict.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict):
+            found |= model_ids(v, f"{path}.")
+        elif "model" in k.lower():
+            found[path] = v
+    return found
+
+
+def _fmt(x: Any) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.6g}"
+    return str(x)
+
+
+def render_html(report: dict, figures: dict) -> str:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(_TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
+    )
+    env.filters["fmt"] = _fmt
+    config_json = json.dumps(report["config"], indent=2, sort_keys=True, default=str)
+    return env.get_template("report.html.j2").render(r=report, fig=figures, config_json=config_json)
