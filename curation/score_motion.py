@@ -8,8 +8,9 @@ with samples 0.25 s apart, a pan faster than ~0.6 short sides/s moved tens of pi
 was scored as slow, so `motion_too_high` could never fire. When phase correlation finds a
 confident global shift too large for that, DIS runs a second time started from the shift,
 and each pixel keeps whichever flow explains the next frame better (a fast pan under a
-static logo keeps both). A fast motion that covers less of the frame than the static part
-is still underestimated: phase correlation only reports the dominant shift.
+static logo keeps both). Phase correlation costs about a millisecond a pair; the second
+DIS runs only on fast global motion. A fast motion that covers less of the frame than the
+static part is still underestimated: phase correlation only reports the dominant shift.
 
 * motion_score: mean flow magnitude (px) / working short side (px) / frame gap (s): the
   fraction of the frame's short side the content travels per second. Independent of the
@@ -22,8 +23,8 @@ is still underestimated: phase correlation only reports the dominant shift.
   (~0). Pixels whose match lies outside the next frame (content a pan reveals) are left
   out. Null when under 0.5% of the pixels changed: codec noise around the edges of a still
   slide is not motion.
-* noise_residual: median |I1 - warp(I0)| in grey levels over the same pixels, the change
-  flow cannot explain anywhere in the frame (used by the noisy-screen tag).
+* noise_residual: median |I1 - warp(I0)| in grey levels over pixels whose match lies inside
+  the next frame: change flow cannot explain anywhere in the frame (the noisy-screen tag).
 """
 
 from __future__ import annotations

@@ -1,0 +1,126 @@
+"""Cut detection on synthetic shots with known cut frames, and clip windows."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from curation import synthetic
+from curation.config import SplitConfig, load_config
+from curation.decode import iter_frames
+from curation.split_scenes import CutDetector, Windower
+
+# (size, shot lengths in frames, speed in px/frame): cut positions, shot lengths and motion
+# speeds all vary, down to shots barely longer than min_shot_frames and static shots.
+CUT_CASES = [
+    ((320, 180), (25, 25, 25, 25, 25, 25), 2.0),
+    ((320, 180), (12, 40, 18, 60, 10, 30), 8.0),
+    ((480, 270), (50, 37, 63, 30), 0.5),
+    ((480, 270), (20, 45, 15, 33, 40), 4.0),
+    ((400, 224), (30, 30, 70, 22), 0.0),
+    ((320, 180), (35, 9, 48, 28, 41), 6.0),
+]
+
+
+def detected_cuts(path) -> list[int]:
+    """Frames where CutDetector starts a new shot, over the decode pass's own thumbnails."""
+    cfg = load_config()
+    detector = CutDetector(cfg.split)
+    frames = iter_frames(
+        str(path),
+        thumb_width=cfg.decode.cut_thumb_width,
+        work_short_side=cfg.decode.work_short_side,
+        motion_fps=cfg.motion.sample_fps,
+        tags_short_side=cfg.tags.short_side,
+        tags_fps=cfg.tags.sample_fps,
+    )
+    return [f.index for f in frames if detector.update(f.index, f.thumb)]
+
+
+def true_cuts(lengths) -> list[int]:
+    return [int(c) for c in np.cumsum(lengths)[:-1]]
+
+
+@pytest.fixture(scope="module")
+def cut_videos(make_video):
+    out = []
+    for k, (size, lengths, speed) in enumerate(CUT_CASES):
+        cuts = true_cuts(lengths)
+        frames = synthetic.with_cuts(sum(lengths), size, cuts, speed=speed, seed=k)
+        out.append((make_video(f"cuts_{k}", frames), cuts))
+    return out
+
+
+def test_cuts_found_within_one_frame(cut_videos):
+    found = missed = false = 0
+    report = []
+    for path, cuts in cut_videos:
+        det = detected_cuts(path)
+        hits = [c for c in cuts if any(abs(c - d) <= 1 for d in det)]
+        found += len(hits)
+        missed += len(cuts) - len(hits)
+        false += sum(not any(abs(c - d) <= 1 for c in cuts) for d in det)
+        report.append(f"{path.name}: true {cuts} detected {det}")
+    total = found + missed
+    assert found / total >= 0.95, "\n".join(report)
+    assert false <= 0.05 * total, "\n".join(report)
+
+
+@pytest.mark.parametrize("speed", [(8.0, 0.0), (16.0, 4.0), (32.0, 8.0)], ids=lambda s: f"{s[0]:g}px")
+def test_fast_pan_is_not_a_cut(make_video, speed):
+    # 32 px/frame is a tenth of the width per frame, faster than any usable pan.
+    path = make_video(f"pan_{speed[0]:g}", synthetic.moving(100, (320, 180), speed, seed=3))
+    assert detected_cuts(path) == []
+
+
+def test_clips_start_at_cuts(make_video, analyze):
+    lengths = (30, 20, 45, 25)
+    cuts = true_cuts(lengths)
+    path = make_video("clip_starts", synthetic.with_cuts(sum(lengths), (320, 180), cuts, speed=3.0, seed=7))
+    row = analyze(path, {"split": {"min_clip_s": 0.5}})
+    assert row["num_shots"] == len(cuts) + 1
+    assert [c["start_frame"] for c in row["clips"]] == [0, *cuts]
+    assert [c["end_frame"] for c in row["clips"]] == [*cuts, sum(lengths)]
+
+
+# --- Windower ---------------------------------------------------------------------------
+
+
+def windows(n: int, cuts=(), fps: float = 25.0, **cfg):
+    """Windows over `n` frames at `fps` with cuts at the given frames."""
+    w = Windower(SplitConfig(**{"min_clip_s": 2.0, "max_clip_s": 10.0, **cfg}))
+    out = []
+    for i in range(n):
+        out += w.push(i, i / fps, i in cuts)
+    out += w.finish(n, n / fps)
+    return out
+
+
+def test_long_shot_is_cut_into_windows_of_at_most_max():
+    ws = windows(25 * 25)  # 25 s
+    assert [(w.start, w.end) for w in ws] == [(0, 250), (250, 500), (500, 625)]
+    assert all(w.end_s - w.start_s <= 10.0 + 1e-6 for w in ws)
+
+
+def test_windows_are_frame_exact():
+    # Every piece here is >= min_clip_s (the 2.0 s one exactly), so the windows tile the video.
+    ws = windows(25 * 37, cuts={300, 610})
+    assert [(w.start, w.end) for w in ws] == [(0, 250), (250, 300), (300, 550), (550, 610), (610, 860), (860, 925)]
+    for a, b in itertools.pairwise(ws):
+        assert a.end == b.start
+        assert a.end_s == pytest.approx(b.start_s)
+    for w in ws:
+        assert w.end_s - w.start_s == pytest.approx((w.end - w.start) / 25.0)
+
+
+def test_short_shot_is_dropped():
+    # 1 s shot between two long ones: below min_clip_s, so no window covers frames 100-124.
+    ws = windows(250, cuts={100, 125})
+    assert [(w.start, w.end) for w in ws] == [(0, 100), (125, 250)]
+
+
+def test_short_tail_is_dropped():
+    ws = windows(25 * 21)  # 10 s + 10 s + a 1 s tail
+    assert [(w.start, w.end) for w in ws] == [(0, 250), (250, 500)]

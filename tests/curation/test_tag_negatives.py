@@ -1,0 +1,120 @@
+"""Each heuristic negative tag fires on a synthetic case made to have its flaw, and stays
+below its threshold on a natural-looking moving clip."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import cv2
+import numpy as np
+import pytest
+
+from curation import synthetic
+from curation.config import load_config
+from curation.schema import NEG_TAGS, neg_column
+
+CFG = load_config()  # the cpu profile's defaults: thresholds and tag settings under test
+THRESHOLDS = CFG.decide.tag_thresholds
+SIZE = (480, 270)  # short side 270: above low_res_short_side, so low_res does not decide low_quality
+N = 75  # 3 s at 25 fps
+
+
+def blurred_letterboxed(n: int, size: tuple[int, int], bar_frac: float = 0.2, sigma: float = 4.0) -> Iterator[np.ndarray]:
+    """A blurry picture inside sharp-edged black bars."""
+    h = size[1]
+    bar = int(h * bar_frac)
+    for frame in synthetic.letterboxed(n, size, bar_frac, seed=6):
+        frame[bar : h - bar] = cv2.GaussianBlur(frame[bar : h - bar], (0, 0), sigma)
+        yield frame
+
+
+# tag -> (case name, frames factory, config overrides). Each case has the tag's flaw and
+# otherwise looks like the natural clip: same size and frame rate, moving where it can.
+FIRE_CASES = {
+    "over_edited": [
+        # A cut every second (5 in 6 s: 50 cuts/min); small clips so 1 s shots are scored.
+        ("cut_every_second", lambda: synthetic.with_cuts(150, SIZE, range(25, 150, 25), speed=2.0, seed=1), {"split": {"min_clip_s": 0.5}}),
+    ],
+    "incoherent_motion": [("teleporting_blobs", lambda: synthetic.incoherent(N, SIZE, seed=2), None)],
+    "low_quality": [
+        ("blurred", lambda: synthetic.blurred(N, SIZE, sigma=4.0, seed=3), None),
+        ("low_res_160x90", lambda: synthetic.moving(N, (160, 90), (1.0, 0.0), seed=3), None),
+        ("letterboxed", lambda: synthetic.letterboxed(N, SIZE, bar_frac=0.2, seed=3), None),
+        ("blurred_letterboxed", lambda: blurred_letterboxed(N, SIZE), None),
+    ],
+    "lecture": [("slide", lambda: synthetic.text_slide(N, SIZE, seed=4), None)],
+    "text_dominated": [("slide", lambda: synthetic.text_slide(N, SIZE, seed=4), None)],
+    "noisy_screen": [("filmed_screen", lambda: synthetic.noisy_screen(N, SIZE, seed=5), None)],
+}
+
+
+@pytest.fixture(scope="module")
+def score_case(make_video, analyze):
+    cache: dict[str, dict] = {}
+
+    def run(name, frames, overrides=None) -> dict:
+        if name not in cache:
+            cache[name] = analyze(make_video(f"tag_{name}", frames()), overrides)
+        return cache[name]
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def natural(score_case) -> dict:
+    row = score_case("natural", lambda: synthetic.moving(N, SIZE, (3.0, 1.0), seed=8))
+    assert len(row["clips"]) == 1
+    return row["clips"][0]
+
+
+def test_all_tags_have_cases():
+    assert set(FIRE_CASES) == set(NEG_TAGS)
+
+
+@pytest.mark.parametrize(
+    "tag,name,frames,overrides",
+    [(t, *c) for t, cases in FIRE_CASES.items() for c in cases],
+    ids=[f"{t}-{c[0]}" for t, cases in FIRE_CASES.items() for c in cases],
+)
+def test_tag_fires_on_its_case(score_case, tag, name, frames, overrides):
+    row = score_case(name, frames, overrides)
+    assert row["clips"], f"{name}: no clips"
+    scores = [c[neg_column(tag)] for c in row["clips"]]
+    assert min(scores) >= THRESHOLDS[tag], scores
+
+
+@pytest.mark.parametrize("tag", NEG_TAGS)
+def test_tag_quiet_on_natural_motion(natural, tag):
+    assert natural[neg_column(tag)] < THRESHOLDS[tag]
+
+
+def test_low_quality_fires_for_the_right_reason(score_case, natural):
+    """Each low_quality case trips the measure it was made for, not another one."""
+    cases = {c[0]: c for c in FIRE_CASES["low_quality"]}
+
+    def clip(name: str) -> dict:
+        return score_case(*cases[name])["clips"][0]
+
+    assert natural["sharpness"] >= CFG.tags.sharp_ref
+    assert clip("blurred")["sharpness"] < CFG.tags.sharp_ref / 2
+    # Inside bars: the bars' edges must not make a blurry picture look sharp.
+    assert clip("blurred_letterboxed")["sharpness"] < CFG.tags.sharp_ref / 2
+    assert clip("letterboxed")["sharpness"] >= CFG.tags.sharp_ref
+    assert clip("letterboxed")["border_frac"] == pytest.approx(0.4, abs=0.03)
+    assert natural["border_frac"] == 0.0
+    assert clip("low_res_160x90")["sharpness"] >= CFG.tags.sharp_ref
+
+
+def test_subtitle_line_is_not_text_dominated(score_case, natural):
+    row = score_case("subtitled", lambda: synthetic.subtitled(N, SIZE, (3.0, 1.0), seed=8))
+    (clip,) = row["clips"]
+    assert clip["text_area"] > 0.01  # the line is found...
+    assert clip[neg_column("text_dominated")] < THRESHOLDS["text_dominated"]  # ...but is not dominant
+    assert natural["text_area"] < 0.005
+
+
+def test_over_edited_tracks_cut_rate(score_case, natural):
+    (name, frames, overrides), = FIRE_CASES["over_edited"]
+    row = score_case(name, frames, overrides)
+    assert row["cut_rate_per_min"] == pytest.approx(5 / 6 * 60)  # 5 cuts in 6 s
+    assert natural[neg_column("over_edited")] == 0.0
