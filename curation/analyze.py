@@ -115,7 +115,8 @@ def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer) -> tuple[dict
         work_short_side=cfg.decode.work_short_side,
         motion_fps=cfg.motion.sample_fps,
         tags_short_side=cfg.tags.short_side,
-        tags_fps=cfg.tags.sample_fps,
+        # At least one tag frame in the shortest clip, whatever the configured rate.
+        tags_fps=max(cfg.tags.sample_fps, 1.0 / cfg.split.min_clip_s),
         threads=cfg.decode.threads,
     ):
         if fr.index == 0 and fr.rotation:
@@ -125,9 +126,11 @@ def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer) -> tuple[dict
                 row["width"], row["height"] = row["height"], row["width"]
         is_cut = detector.update(fr.index, fr.thumb)
         cuts += is_cut
-        for w in windower.push(fr.index, fr.t, is_cut):
+        closed = windower.push(fr.index, fr.t, is_cut)
+        for w in closed:
             scorer.close(w)
-        scorer.prune(windower.start)
+        if closed or is_cut:  # the open window moved: drop samples before it
+            scorer.prune(windower.start)
         scorer.add(fr.index, fr.t, fr.gray, fr.rgb)
         times.append(fr.t)
     if not times:

@@ -23,7 +23,7 @@ from curation.schema import NEG_TAGS, neg_column
 
 @dataclass(frozen=True, kw_only=True)
 class DecodeConfig:
-    work_short_side: int = 160  # scorers see frames at this short side
+    work_short_side: int = 128  # optical flow runs on grey frames at this short side
     cut_thumb_width: int = 64  # cut detection runs on thumbnails this wide
     threads: int = 0  # 0: let FFmpeg choose (frame + slice threads)
 
@@ -52,18 +52,20 @@ class SplitConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class MotionConfig:
-    sample_fps: float = 4.0  # flow between consecutive samples at this rate
+    sample_fps: float = 3.0  # flow between consecutive samples at this rate
     patch_grid: int = 4  # motion_min_patch over a grid x grid split
-    moving_px: float = 0.5  # flow magnitude (working px) above which a pixel counts as moving
+    dis_preset: str = "ultrafast"  # OpenCV DIS preset: ultrafast | fast | medium
 
     def __post_init__(self) -> None:
-        _positive(self, "sample_fps", "patch_grid", "moving_px")
+        _positive(self, "sample_fps", "patch_grid")
+        if self.dis_preset not in ("ultrafast", "fast", "medium"):
+            raise ValueError(f"motion.dis_preset must be ultrafast, fast or medium, got {self.dis_preset!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
 class TagsConfig:
-    sample_fps: float = 1.0  # frames per second the per-frame tag scorers look at
-    short_side: int = 360  # tag frames are scaled to this short side (never upscaled)
+    sample_fps: float = 0.5  # frames per second the per-frame tag scorers look at (>= 1 per 2 s clip)
+    short_side: int = 270  # tag frames are scaled to this short side (never upscaled)
     low_res_short_side: int = 240  # low_res reaches 0.5 at 3/4 of this short side, 1 at half
     min_bits_per_pixel: float = 0.02  # a moving clip below this is starved of bits
     sharp_ref: float = 60.0  # 99th percentile |Laplacian| of a crisp frame (blur score 0)

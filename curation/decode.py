@@ -89,7 +89,7 @@ class _Sampler:
 
     def take(self, frame: av.VideoFrame, rot: int) -> np.ndarray:
         w, h = scaled_size(frame.width, frame.height, self.short_side)
-        small = self.reformatter.reformat(frame, width=w, height=h, format=self.fmt, interpolation="AREA")
+        small = self.reformatter.reformat(frame, width=w, height=h, format=self.fmt, interpolation="AREA", threads=1)
         # .copy(): the reused context recycles its output buffer, and an array from a
         # reformatted frame can outlive that buffer (seen as SIGSEGV in cv2 inside Ray
         # workers); own the pixels before the next call.

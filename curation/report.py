@@ -84,9 +84,9 @@ def build_report(layout: Layout, sources: pa.Table, clips: pa.Table, scored: pa.
         "warning": TINY_WARNING if cfg.profile == "tiny" else None,
         "funnel": funnel(sources, clips),
         "sources_failed_by_reason": _count(sources, "error", pc.equal(sources.column("status"), "error")),
-        "rejected_by_reason": _count_lists(clips, "reject_reasons"),
+        "rejected_by_reason": count_list_values(clips, "reject_reasons"),
         "clip_errors_by_reason": _count(clips, "error", pc.equal(clips.column("status"), "error")),
-        "tags_fired": _count_lists(clips, "neg_tags"),
+        "tags_fired": count_list_values(clips, "neg_tags"),
         "columns": {c: summarize(float_values(clips, c)) for c in score_cols},
         "thresholds": thresholds(cfg, scored if scored.num_rows else clips, score_cols),
         "distributions": {
@@ -127,7 +127,7 @@ def _count(table: pa.Table, column: str, mask: pa.ChunkedArray) -> dict[str, int
     return dict(Counter(v if v is not None else "(no reason given)" for v in values).most_common())
 
 
-def _count_lists(table: pa.Table, column: str) -> dict[str, int]:
+def count_list_values(table: pa.Table, column: str) -> dict[str, int]:
     return dict(Counter(x for xs in table.column(column).to_pylist() for x in xs or ()).most_common())
 
 

@@ -99,10 +99,16 @@ CLIP_COLUMNS = _cols(
     Column(
         "motion_coherence",
         pa.float64(),
-        "In [0,1]: |local mean flow| / local mean |flow| on moving pixels; 1 for rigid motion, "
-        "low for chaotic motion. Null when nothing moves.",
+        "In [0,1]: the share of the change between sampled frames that optical flow explains, "
+        "1 - sum|I0 - warp(I1)| / sum|I1 - I0| over changed pixels; ~1 for rigid motion (pans, "
+        "zooms, objects), low for flashes and chaos. Null when under 0.5% of pixels changed.",
     ),
-    Column("sharpness", pa.float64(), "Median variance of the Laplacian of the working-resolution luma."),
+    Column(
+        "sharpness",
+        pa.float64(),
+        "Median over tag frames of the 99th percentile of |Laplacian| (capped at 255) of the luma "
+        "at the tags short side, inside any black bars.",
+    ),
     Column("bits_per_pixel", pa.float64(), "Source bit rate / (width x height x fps); null when unknown."),
     Column("border_frac", pa.float64(), "Fraction of the frame covered by black borders (letterbox/pillarbox)."),
     Column("text_area", pa.float64(), "Median fraction of the frame covered by text-like regions."),

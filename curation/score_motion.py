@@ -5,12 +5,11 @@ Flow is OpenCV's DIS (dense inverse search) on grey frames at the working short 
 
 DIS alone loses track of displacements beyond a few pixels at its coarsest pyramid level:
 with samples 0.25 s apart, a pan faster than ~0.6 short sides/s moved tens of pixels and
-was scored as slow, so `motion_too_high` could never fire. When phase correlation finds a
-confident global shift too large for that, DIS runs a second time started from the shift,
-and each pixel keeps whichever flow explains the next frame better (a fast pan under a
-static logo keeps both). Phase correlation costs about a millisecond a pair; the second
-DIS runs only on fast global motion. A fast motion that covers less of the frame than the
-static part is still underestimated: phase correlation only reports the dominant shift.
+was scored as slow, so `motion_too_high` could never fire. So each pair is first phase-
+correlated (at half size, ~0.1 ms); when that finds a confident global shift too large for
+DIS, DIS starts from the shift instead of from zero and refines it per pixel. One DIS pass a
+pair either way. A fast motion that covers less of the frame than the static part is still
+underestimated: phase correlation only reports the dominant shift.
 
 * motion_score: mean flow magnitude (px) / working short side (px) / frame gap (s): the
   fraction of the frame's short side the content travels per second. Independent of the
@@ -44,7 +43,27 @@ _MIN_CHANGED_FRAC = 0.005  # below this share of changed pixels, coherence is nu
 # it is larger than DIS reliably finds from zero (in working px).
 _PC_MIN_RESPONSE = 0.2
 _PC_MIN_SHIFT = 4.0
-_PICK_WINDOW = 7  # residuals are compared after a box filter this wide
+_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+
+
+def _global_shift(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """(dx, dy, response) of the dominant translation, by phase correlation at half size
+    (a quarter of the FFT work; the shift only seeds DIS, which refines it per pixel)."""
+    size = (max(8, a.shape[1] // 2), max(8, a.shape[0] // 2))
+    ha = cv2.resize(a, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    hb = cv2.resize(b, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    (dx, dy), response = cv2.phaseCorrelate(ha, hb)
+    return 2.0 * dx, 2.0 * dy, response
+
+
+def _median_u8(values: np.ndarray, mask: np.ndarray) -> float:
+    """Median of the uint8 `values` under `mask`, from a 256-bin histogram (no sort, no copy)."""
+    cum = np.cumsum(cv2.calcHist([values], [0], mask, [256], [0, 256]).ravel())
+    return float(np.searchsorted(cum, (cum[-1] + 1) / 2)) if cum[-1] else 0.0
 
 
 @dataclass(frozen=True)
@@ -71,7 +90,7 @@ class MotionScorer:
         # One DIS object per frame size: OpenCV 5's DIS crashes (segfault) when a call with an
         # initial flow is followed by a call at another size on the same object.
         if self._dis is None or self._dis_shape != shape:
-            self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+            self._dis = cv2.DISOpticalFlow_create(_PRESETS[self.cfg.dis_preset])
             self._dis_shape = shape
         return self._dis
 
@@ -84,18 +103,13 @@ class MotionScorer:
     def flow(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(flow, |a - warp(b)|) for a pair of grey frames."""
         dis = self._dis_for(a.shape)
-        f = dis.calc(a, b, None)
-        res = self._residual(a, b, f)
-        (dx, dy), response = cv2.phaseCorrelate(a.astype(np.float32), b.astype(np.float32))
-        if response < _PC_MIN_RESPONSE or np.hypot(dx, dy) < _PC_MIN_SHIFT:
-            return f, res
-        init = np.empty(a.shape + (2,), np.float32)
-        init[..., 0], init[..., 1] = dx, dy
-        g = dis.calc(a, b, init)
-        res_g = self._residual(a, b, g)
-        k = (_PICK_WINDOW, _PICK_WINDOW)
-        take = cv2.blur(res_g, k) < cv2.blur(res, k)
-        return np.where(take[..., None], g, f), np.where(take, res_g, res)
+        dx, dy, response = _global_shift(a, b)
+        init = None
+        if response >= _PC_MIN_RESPONSE and np.hypot(dx, dy) >= _PC_MIN_SHIFT:
+            init = np.empty(a.shape + (2,), np.float32)
+            init[..., 0], init[..., 1] = dx, dy
+        f = dis.calc(a, b, init)
+        return f, self._residual(a, b, f)
 
     def score(self, frames: Sequence[np.ndarray], times: Sequence[float]) -> MotionScores:
         """Score a clip from its sampled grey frames (display orientation) and their times."""
@@ -110,21 +124,24 @@ class MotionScorer:
             h, w = a.shape
             norm = min(h, w) * dt
             f, res = self.flow(a, b)
-            mag = np.sqrt(f[..., 0] ** 2 + f[..., 1] ** 2)
-            speeds.append(float(mag.mean()) / norm)
-            cells = mag[: h - h % g, : w - w % g].reshape(g, h // g, g, w // g).mean(axis=(1, 3))
-            patch_speeds.append(cells / norm)
+            # OpenCV primitives throughout: on ~30k-pixel frames numpy's temporaries cost
+            # more than the flow itself.
+            fx, fy = cv2.split(f)
+            mag = cv2.magnitude(fx, fy)
+            speeds.append(cv2.mean(mag)[0] / norm)
+            patch_speeds.append(cv2.resize(mag, (g, g), interpolation=cv2.INTER_AREA) / norm)  # cell means
             grid_x, grid_y = self._grid(h, w)
-            tx, ty = grid_x + f[..., 0], grid_y + f[..., 1]
-            inside = (tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)
+            inside = cv2.bitwise_and(cv2.inRange(grid_x + fx, 0, w - 1), cv2.inRange(grid_y + fy, 0, h - 1))
             raw = cv2.absdiff(a, b)
-            changed = (raw > _CHANGED_LEVELS) & inside
-            residuals.append(float(np.median(res[inside])) if inside.any() else 0.0)
-            changed_px += int(changed.sum())
+            changed = cv2.bitwise_and(cv2.compare(raw, _CHANGED_LEVELS, cv2.CMP_GT), inside)
+            residuals.append(_median_u8(res, inside))
+            n_changed = cv2.countNonZero(changed)
+            changed_px += n_changed
             total_px += h * w
-            if changed.any():
-                changed_total += float(raw[changed].sum())
-                explained += float(raw[changed].sum()) - float(res[changed].sum())
+            if n_changed:
+                raw_sum = cv2.mean(raw, mask=changed)[0] * n_changed
+                changed_total += raw_sum
+                explained += raw_sum - cv2.mean(res, mask=changed)[0] * n_changed
         coherence = None
         if changed_total > 0 and changed_px >= _MIN_CHANGED_FRAC * total_px:
             coherence = float(np.clip(explained / changed_total, 0.0, 1.0))

@@ -14,6 +14,7 @@ which changes the whole picture, keeps nearly all of its delta.
 
 from __future__ import annotations
 
+import statistics
 from collections import deque
 from dataclasses import dataclass
 
@@ -34,15 +35,15 @@ class CutDetector:
         self.deltas: list[float] = []
 
     def update(self, index: int, thumb: np.ndarray) -> bool:
-        cur = cv2.blur(thumb, (3, 3)).astype(np.int16)
+        cur = cv2.blur(thumb, (3, 3))
         if self._prev is None or self._prev.shape != cur.shape:
             self._prev = cur
             self.deltas.append(0.0)
             return False
-        delta = float(np.abs(cur - self._prev).mean())
+        delta = sum(cv2.mean(cv2.absdiff(cur, self._prev))[:3]) / 3.0  # mean |delta| over Y, U, V
         self._prev = cur
         self.deltas.append(delta)
-        baseline = float(np.median(self._recent)) if self._recent else 0.0
+        baseline = statistics.median(self._recent) if self._recent else 0.0
         is_cut = (
             delta >= self.cfg.cut_threshold
             and delta >= self.cfg.adaptive_ratio * baseline

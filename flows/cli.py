@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     dec.add_argument("out")
     dec.add_argument("--config")
     dec.add_argument("--profile", choices=["tiny", "cpu", "gpu"])
+    shd = sub.add_parser("shard", help="(re)write OUT's WebDataset shards from its manifest")
+    shd.add_argument("out")
+    shd.add_argument("--config")
+    shd.add_argument("--profile", choices=["tiny", "cpu", "gpu"])
     rep = sub.add_parser("report", help="write OUT/report.html and OUT/report.json: funnel, score histograms, thumbnails")
     rep.add_argument("out")
     return p
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from curation.config import load_config
-    from flows.curate import ConfigError, curate, redecide
+    from flows.curate import ConfigError, curate, redecide, shard
 
     try:
         try:  # fail fast, before any server or cluster starts
@@ -79,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                 executor=args.executor,
                 rescore=args.rescore,
             )
+        elif args.cmd == "shard":
+            summary = shard(out=args.out, config=args.config, profile=args.profile)
         else:
             summary = redecide(out=args.out, config=args.config, profile=args.profile)
     except ConfigError as e:

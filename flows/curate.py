@@ -7,9 +7,9 @@ parallelism is Ray Data's (flows/run_ray.py), or in-process with `runtime.execut
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE as NO_CACHE
 
 from curation.analyze import SplitAndScore
-from curation.config import RunConfig, load_config, to_dict
+from curation.config import RunConfig, load_config, merge_dicts, to_dict
 from curation.decide import decide
 from curation.extract_clips import EXTRACT_INPUT, ExtractClips
 from curation.inputs import expand_inputs
@@ -34,8 +34,11 @@ from curation.manifest import (
     write_table_atomic,
 )
 from curation.probe import ProbeSources
+from curation.report import count_list_values, write_report
+from curation.report import funnel as funnel_counts
 from curation.schema import clip_schema, scored_clip_schema, source_schema
 from curation.stage import Stage
+from curation.write_shards import write_shards
 from flows.run_local import run_local
 
 Runner = Callable[[Sequence[Stage], pa.Table], pa.Table]
@@ -133,7 +136,7 @@ def extract_step(decided: pa.Table, out: str, cfg: RunConfig) -> pa.Table:
     return get_runner(cfg)([ExtractClips(cfg.extract, str(layout.clips))], table)
 
 
-def finalize_manifest(decided: pa.Table, extracted: pa.Table, out: str) -> pa.Table:
+def join_extraction(decided: pa.Table, extracted: pa.Table, out: str) -> pa.Table:
     """Join extraction results into the decision; a failed extraction makes the clip `error`."""
     layout = Layout.at(out)
     results = {r["clip_id"]: r for r in extracted.to_pylist()}
@@ -147,25 +150,26 @@ def finalize_manifest(decided: pa.Table, extracted: pa.Table, out: str) -> pa.Ta
             row.update(status="error", error=res["error"])
         else:
             row["clip_path"] = str(Path(res["clip_path"]).relative_to(layout.root))
-    table = pa.Table.from_pylist(rows, schema=clip_schema()) if rows else clip_schema().empty_table()
-    write_table_atomic(table, layout.clip_manifest / "clips.parquet")
-    return table
+    return pa.Table.from_pylist(rows, schema=clip_schema()) if rows else clip_schema().empty_table()
+
+
+@task(name="write-shards", retries=1, cache_policy=NO_CACHE)
+def shard_step(clips: pa.Table, out: str, cfg: RunConfig) -> pa.Table:
+    """Accepted clips into WebDataset shards; the manifest learns each clip's shard."""
+    clips, index = write_shards(clips, Layout.at(out), cfg.shard, extract=cfg.extract)
+    _logger().info("shards: %s", index["totals"])
+    return clips
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report_step(out: str) -> str:
+    write_report(out)
+    return str(Layout.at(out).root / "report.html")
 
 
 def funnel(sources: pa.Table, clips: pa.Table) -> dict:
-    reasons = Counter(r for rs in clips.column("reject_reasons").to_pylist() for r in rs) if clips.num_rows else Counter()
-    src_status = Counter(sources.column("status").to_pylist())
-    clip_status = Counter(clips.column("status").to_pylist()) if clips.num_rows else Counter()
-    return {
-        "sources": sources.num_rows,
-        "sources_ok": src_status.get("ok", 0),
-        "sources_failed": src_status.get("error", 0),
-        "clips": clips.num_rows,
-        "accepted": clip_status.get("accepted", 0),
-        "rejected": clip_status.get("rejected", 0),
-        "clip_errors": clip_status.get("error", 0),
-        "rejected_by_reason": dict(sorted(reasons.items())),
-    }
+    """The report's funnel numbers plus rejections by reason: the run's summary."""
+    return funnel_counts(sources, clips) | {"rejected_by_reason": dict(sorted(count_list_values(clips, "reject_reasons").items()))}
 
 
 @flow(name="curate", log_prints=True)
@@ -211,26 +215,45 @@ def curate(
 
 
 def _decide_and_extract(layout: Layout, cfg: RunConfig) -> dict:
-    decided = decide_step(str(layout.root), cfg)
-    extracted = extract_step(decided, str(layout.root), cfg)
-    clips = finalize_manifest(decided, extracted, str(layout.root))
+    """The global tail of a run: decide, extract, shard, manifest, summary, report."""
+    out = str(layout.root)
+    decided = decide_step(out, cfg)
+    extracted = extract_step(decided, out, cfg)
+    clips = shard_step(join_extraction(decided, extracted, out), out, cfg)
+    write_table_atomic(clips, layout.clip_manifest / "clips.parquet")
+    return _summarize(layout, clips)
+
+
+def _summarize(layout: Layout, clips: pa.Table) -> dict:
     summary = funnel(read_dataset(layout.sources, source_schema()), clips) | {"out": str(layout.root)}
     write_json_atomic(layout.root / "summary.json", summary)
+    summary["report"] = report_step(str(layout.root))
     _logger().info("funnel: %s", summary)
     return summary
 
 
-@flow(name="decide", log_prints=True)
-def redecide(out: str, config: str | None = None, profile: str | None = None, executor: str | None = None) -> dict:
-    """Re-apply thresholds to OUT's stored scores (no decoding), then extract newly accepted clips."""
-    overrides = {"runtime": {"executor": executor}} if executor else None
-    try:
-        cfg = load_config(config, profile, overrides)
-    except (ValueError, FileNotFoundError) as e:
-        raise ConfigError(str(e)) from None
+def config_for_out(out: str, config: str | None, profile: str | None, overrides: dict | None = None) -> tuple[Layout, RunConfig]:
+    """The config of a step on an existing OUT: the file/profile given, else OUT's own."""
     layout = Layout.at(out)
     if not layout.sources.exists():
         raise ConfigError(f"{layout.root} has no manifest; run `videomill run` first")
+    try:
+        if config is None and profile is None and layout.resolved_config.exists():
+            data = json.loads(layout.resolved_config.read_text())
+            cfg = load_config(profile=data.pop("profile"), overrides=merge_dicts(data, overrides or {}))
+        else:
+            cfg = load_config(config, profile, overrides)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from None
+    return layout, cfg
+
+
+@flow(name="decide", log_prints=True)
+def redecide(out: str, config: str | None = None, profile: str | None = None, executor: str | None = None) -> dict:
+    """Re-apply thresholds to OUT's stored scores (no decoding), then extract newly accepted
+    clips, reshard and report. Without --config/--profile it uses OUT's resolved config."""
+    overrides = {"runtime": {"executor": executor}} if executor else None
+    layout, cfg = config_for_out(out, config, profile, overrides)
     check_fingerprint(layout, cfg, rescore=False)
     write_json_atomic(layout.resolved_config, to_dict(cfg))
     with _compute(cfg) as dashboard:
@@ -239,14 +262,33 @@ def redecide(out: str, config: str | None = None, profile: str | None = None, ex
     return summary
 
 
+@flow(name="shard", log_prints=True)
+def shard(out: str, config: str | None = None, profile: str | None = None) -> dict:
+    """(Re)write OUT's WebDataset shards from its manifest, e.g. after changing [shard]."""
+    layout, cfg = config_for_out(out, config, profile)
+    clips = read_dataset(layout.clip_manifest, clip_schema())
+    clips = shard_step(clips, str(layout.root), cfg)
+    write_table_atomic(clips, layout.clip_manifest / "clips.parquet")
+    return _summarize(layout, clips)
+
+
+@flow(name="report", log_prints=True)
+def report(out: str) -> str:
+    """Write OUT/report.html and OUT/report.json from OUT's manifest."""
+    if not Layout.at(out).sources.exists():
+        raise ConfigError(f"{Layout.at(out).root} has no manifest; run `videomill run` first")
+    return report_step(out)
+
+
 def publish_summary(summary: dict, dashboard: str | None) -> None:
     """The run's funnel as a Prefect markdown artifact (`prefect artifact ls`, the UI)."""
     lines = ["## videomill run", "", "| stage | count |", "|---|---|"]
-    for key in ("sources", "sources_ok", "sources_failed", "clips", "accepted", "rejected", "clip_errors"):
+    for key in ("inputs", "sources_ok", "sources_failed", "clips", "accepted", "rejected", "clip_errors", "sharded"):
         lines.append(f"| {key} | {summary[key]} |")
     lines += ["", "| rejected because | clips |", "|---|---|"]
     lines += [f"| {r} | {n} |" for r, n in summary["rejected_by_reason"].items()] or ["| (none) | 0 |"]
     lines += ["", f"- output: `{summary['out']}`", f"- manifest: `{summary['out']}/manifest`"]
+    lines += [f"- shards: `{summary['out']}/shards`", f"- report: `{summary['report']}`"]
     if dashboard:
         lines.append(f"- Ray dashboard: [{dashboard}]({dashboard}) (token: `ray get-auth-token`)")
     create_markdown_artifact(key="videomill-run-summary", markdown="\n".join(lines), description="curation funnel")

@@ -78,7 +78,7 @@ def test_report_json_matches_the_manifest(run_out):
     assert f["accepted"] >= 2  # the pan and the tilt
     # The flow's own funnel (summary.json) agrees.
     summary = json.loads((run_out / "summary.json").read_text())
-    assert (summary["sources"], summary["accepted"], summary["rejected"]) == (f["inputs"], f["accepted"], f["rejected"])
+    assert (summary["inputs"], summary["accepted"], summary["rejected"]) == (f["inputs"], f["accepted"], f["rejected"])
     assert summary["rejected_by_reason"] == report["rejected_by_reason"]
 
 

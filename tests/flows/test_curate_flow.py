@@ -49,7 +49,7 @@ def test_one_source_row_per_input_with_reasons(curated):
             for key in ("vfr", "rotation", "media_type"):
                 if key in want:
                     assert row[key] == want[key], (name, key)
-    assert summary["sources"] == len(expect)
+    assert summary["inputs"] == len(expect)
     assert summary["sources_failed"] == sum(w["status"] == "error" for w in expect.values())
 
 
@@ -152,11 +152,31 @@ def test_cli_exit_codes(corpus, tmp_path):
 def test_run_summary_artifact_has_the_funnel(curated):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
     _, _, _, summary = curated
     with get_client(sync_client=True) as client:
-        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["videomill-run-summary"])))
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["videomill-run-summary"])), sort=ArtifactSort.CREATED_DESC
+        )
     assert arts, "no summary artifact"
-    md = arts[-1].data
+    md = arts[0].data  # the newest: later tests re-decide the same OUT
     assert f"| sources_failed | {summary['sources_failed']} |" in md
     assert f"| accepted | {summary['accepted']} |" in md
+
+
+def test_run_writes_shards_and_report(curated):
+    import webdataset as wds
+
+    _, _, out, summary = curated
+    clips = _clips(out)
+    accepted = {c["clip_id"] for c in clips if c["status"] == "accepted"}
+    index = json.loads((out / "shards" / "index.json").read_text())
+    urls = [str(out / s["path"]) for s in index["shards"]]  # paths are relative to OUT
+    keys = [s["__key__"] for s in wds.WebDataset(urls, shardshuffle=False)]
+    assert sorted(keys) == sorted(accepted)
+    assert {c["clip_id"] for c in clips if c["shard"]} == accepted
+    assert summary["sharded"] == len(accepted)
+    report = json.loads((out / "report.json").read_text())
+    assert (out / "report.html").exists() and summary["report"].endswith("report.html")
+    assert report["funnel"]["accepted"] == len(accepted)
