@@ -234,7 +234,7 @@ def _tuple_item(hint: Any) -> Any:
     return None
 
 
-def _build(cls: type, data: dict[str, Any], path: str) -> Any:
+def build_config(cls: type, data: dict[str, Any], path: str) -> Any:
     """Build dataclass `cls` from a plain dict, recursing into nested configs."""
     if not isinstance(data, dict):
         raise ValueError(f"{path or 'config'}: expected a table, got {type(data).__name__}")
@@ -250,11 +250,11 @@ def _build(cls: type, data: dict[str, Any], path: str) -> Any:
         sub = f"{path}.{name}" if path else name
         item = _tuple_item(hint)
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, sub)
+            kwargs[name] = build_config(hint, value, sub)
         elif item is not None and dataclasses.is_dataclass(item):  # decide.rules, shard.resolutions
             if not isinstance(value, (list, tuple)):
                 raise ValueError(f"{sub}: expected a list of tables, got {type(value).__name__}")
-            kwargs[name] = tuple(_build(item, v, f"{sub}[{i}]") for i, v in enumerate(value))
+            kwargs[name] = tuple(build_config(item, v, f"{sub}[{i}]") for i, v in enumerate(value))
         elif typing.get_origin(hint) is tuple:
             kwargs[name] = tuple(value)
         else:
@@ -293,7 +293,7 @@ def load_config(
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     merged = merge_dicts(merge_dicts(PROFILES[profile], data), overrides or {})
     merged["profile"] = profile
-    return _build(RunConfig, merged, "")
+    return build_config(RunConfig, merged, "")
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -301,4 +301,4 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
-    return _build(RunConfig, data, "")
+    return build_config(RunConfig, data, "")
