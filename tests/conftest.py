@@ -7,8 +7,14 @@ is started once per session and only by the tests that ask for it.
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
+
+# Tests never read or write the user's Prefect profile (a PREFECT_API_URL set there for a
+# production server would send the suite's runs to it); subprocesses inherit this too.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="videomill-test-prefect-")
+os.environ.pop("PREFECT_API_URL", None)
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
