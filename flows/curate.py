@@ -8,14 +8,13 @@ parallelism is Ray Data's (flows/run_ray.py), or in-process with `runtime.execut
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE as NO_CACHE
 
@@ -39,6 +38,7 @@ from curation.report import funnel as funnel_counts
 from curation.schema import clip_schema, scored_clip_schema, source_schema
 from curation.stage import Stage
 from curation.write_shards import write_shards
+from flows.logs import run_logger
 from flows.run_local import run_local
 
 Runner = Callable[[Sequence[Stage], pa.Table], pa.Table]
@@ -46,13 +46,6 @@ Runner = Callable[[Sequence[Stage], pa.Table], pa.Table]
 
 class ConfigError(ValueError):
     """Bad configuration or arguments: the run stops before doing any work."""
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    try:
-        return get_run_logger()
-    except Exception:  # outside a flow/task run context (unit tests calling helpers)
-        return logging.getLogger("videomill")
 
 
 def get_runner(cfg: RunConfig) -> Runner:
@@ -107,7 +100,7 @@ def score_partition(sources: list[str], out: str, cfg: RunConfig) -> dict:
     write_table_atomic(clips, layout.scores / f"part-{pid}.parquet")
     write_table_atomic(analyzed.drop_columns(["clips"]).cast(source_schema()), marker)
     errors = pc.sum(pc.equal(analyzed.column("status"), "error")).as_py() or 0
-    _logger().info(
+    run_logger().info(
         "partition %s: %d sources (%d failed), %d clips in %.1fs", pid, len(sources), errors, clips.num_rows, time.perf_counter() - t0
     )
     return {"partition": pid, "skipped": False, "sources": len(sources), "clips": clips.num_rows}
@@ -119,7 +112,7 @@ def decide_step(out: str, cfg: RunConfig) -> pa.Table:
     scored = read_dataset(layout.scores, scored_clip_schema()).sort_by("clip_id")
     decided, resolved = decide(scored, cfg.decide)
     for r in resolved:
-        _logger().info("rule %s on %s: keep within [%s, %s]", r.name, r.column, r.min, r.max)
+        run_logger().info("rule %s on %s: keep within [%s, %s]", r.name, r.column, r.min, r.max)
     return decided
 
 
@@ -157,7 +150,7 @@ def join_extraction(decided: pa.Table, extracted: pa.Table, out: str) -> pa.Tabl
 def shard_step(clips: pa.Table, out: str, cfg: RunConfig) -> pa.Table:
     """Accepted clips into WebDataset shards; the manifest learns each clip's shard."""
     clips, index = write_shards(clips, Layout.at(out), cfg.shard, extract=cfg.extract)
-    _logger().info("shards: %s", index["totals"])
+    run_logger().info("shards: %s", index["totals"])
     return clips
 
 
@@ -197,7 +190,7 @@ def curate(
     layout.make()
     check_fingerprint(layout, cfg, rescore)
     write_json_atomic(layout.resolved_config, to_dict(cfg))
-    log = _logger()
+    log = run_logger()
     log.info("%d inputs -> %s (profile %s, executor %s)", len(sources), layout.root, cfg.profile, cfg.runtime.executor)
 
     done = set(read_dataset(layout.sources, source_schema()).column("source").to_pylist())
@@ -228,7 +221,7 @@ def _summarize(layout: Layout, clips: pa.Table) -> dict:
     summary = funnel(read_dataset(layout.sources, source_schema()), clips) | {"out": str(layout.root)}
     write_json_atomic(layout.root / "summary.json", summary)
     summary["report"] = report_step(str(layout.root))
-    _logger().info("funnel: %s", summary)
+    run_logger().info("funnel: %s", summary)
     return summary
 
 

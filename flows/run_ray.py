@@ -8,7 +8,6 @@ executor provides the backpressure; there is no scheduler of ours.
 
 from __future__ import annotations
 
-import logging
 import os
 from contextlib import contextmanager
 from typing import Iterator, Sequence
@@ -17,9 +16,9 @@ import pyarrow as pa
 import ray
 
 from curation.schema import check_chain
+from flows.logs import run_logger
 from curation.stage import Stage
 
-log = logging.getLogger("videomill")
 
 
 class _StageActor:
@@ -95,7 +94,7 @@ def ray_session(address: str | None, num_cpus: int | None = None, dashboard: boo
     url = getattr(ctx, "dashboard_url", None) or None
     if url:
         url = url if url.startswith("http") else f"http://{url}"
-        log.info("Ray dashboard: %s (sign in with the token `ray get-auth-token` prints)", url)
+        run_logger().info("Ray dashboard: %s (sign in with the token `ray get-auth-token` prints)", url)
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         yield url
