@@ -90,6 +90,7 @@ def ray_session(address: str | None, num_cpus: int | None = None, dashboard: boo
     kwargs: dict = {"address": address or "local", "log_to_driver": False, "configure_logging": False}
     if address is None:
         kwargs.update(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1")
+
     ctx = ray.init(**kwargs)
     url = getattr(ctx, "dashboard_url", None) or None
     if url:

@@ -128,21 +128,23 @@ def test_deployment_run_against_server_and_worker(prefect_stack, tmp_path):
     assert sorted((Path(r["source"]).name, r["status"]) for r in sources) == [("a.mp4", "ok"), ("b.mp4", "ok"), ("broken.mp4", "error")]
     clips = pads.dataset(out / "manifest" / "clips").to_table().to_pylist()
     assert {c["status"] for c in clips} == {"accepted"} and len(clips) == 2
-    # The run's summary artifact is visible through the API.
-    arts = prefect("artifact", "ls")
-    assert "videomill-run-summary" in arts
+    # The run's summary artifact, with the funnel, is visible through the API.
+    arts = json.loads(prefect("artifact", "inspect", "videomill-run-summary", "--output", "json"))
+    md = arts[0]["data"]
+    assert "| sources_failed | 1 |" in md and "| accepted | 2 |" in md, md
 
 
 def test_flow_attached_to_a_ray_cluster_runs_its_stages_there(tmp_path, corpus):
     root, _ = corpus
     port = free_port()
-    ray_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # `ray start` turns token auth on (Ray 2.60); drivers must run in token mode to attach.
+    ray_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
     temp = Path("/tmp") / f"vm-ray-{port}"  # Ray's socket paths must stay short
     # --block keeps the head's processes in this process group, so the test stops exactly
     # this cluster (`ray stop` would stop every Ray on the machine, the suite's own included).
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
-         "--include-dashboard", "false", "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp),
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(free_port()), "--temp-dir", str(temp),
          "--disable-usage-stats"],
         env=ray_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
