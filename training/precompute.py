@@ -1,0 +1,135 @@
+"""Precompute the latent cache: VAE posterior moments and T5 embeddings, once per sample.
+
+Writes the format training/data.py defines and reads (``CacheFormat``): per bucket, parts of
+``part_size`` samples with ``latent_moments`` (unscaled mean and log-variance, so training
+still draws a fresh posterior sample every step) and ``prompt_embeds``; for I2V also
+``image_latent_moments``. ``index.json`` is written last, by one process, and marks the cache
+complete.
+
+The I2V condition is where a cache loses something: CogVideoX noises the condition image
+before encoding it, with a fresh sigma = exp(N(-3, 0.5)) every step. A cache can hold one draw
+per clip (seeded by the clip id, so reruns agree), which keeps the augmentation's spread
+across clips but not across epochs. Train I2V from pixels when that matters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from training.data import (
+    DataConfig,
+    PrecomputeSamples,
+    write_cache_index,
+    write_cache_part,
+)
+from training.models import Models
+from training.objective import (
+    MAX_TEXT_LEN,
+    condition_noise_sigma,
+    encode_prompts,
+    model_pixels,
+    noisy_condition,
+    vae_moments,
+)
+
+log = logging.getLogger(__name__)
+STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrecomputeConfig:
+    out: str  # the cache directory (data.cache_dir of the training run)
+    part_size: int = 64  # samples per safetensors part
+    dtype: str = "bfloat16"  # storage dtype of moments and embeddings: half the bytes of float32
+    i2v_condition: bool = False  # also store image_latent_moments of the (noised) first frame
+    condition_noise_mean: float = -3.0  # as ObjectiveConfig: log sigma of the condition noise
+    condition_noise_std: float = 0.5
+    seed: int = 0
+    max_text_len: int = MAX_TEXT_LEN
+
+    def __post_init__(self) -> None:
+        if not self.out:
+            raise ValueError("precompute.out: give the cache directory")
+        if self.part_size < 1:
+            raise ValueError(f"precompute.part_size must be >= 1, got {self.part_size}")
+        if self.dtype not in STORE_DTYPES:
+            raise ValueError(f"precompute.dtype must be one of {sorted(STORE_DTYPES)}, got {self.dtype!r}")
+
+
+def clip_seed(seed: int, clip_id: str) -> int:
+    """The same in every process and rerun (Python's hash() of a str is not)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{clip_id}".encode()).digest()[:8], "little") >> 1
+
+
+@torch.no_grad()
+def encode_sample(models: Models, sample: dict, cfg: PrecomputeConfig) -> dict[str, torch.Tensor]:
+    """One sample (``pixels`` (C, F, H, W), ``prompt``, ``clip_id``) -> its cache tensors, batch dim 1."""
+    store = STORE_DTYPES[cfg.dtype]
+    pixels = model_pixels(sample["pixels"][None]).float()
+    out = {
+        "latent_moments": vae_moments(models.vae, pixels).to(store).cpu(),
+        "prompt_embeds": encode_prompts(models.tokenizer, models.text_encoder, [sample["prompt"]], cfg.max_text_len)
+        .to(store)
+        .cpu(),
+    }
+    if cfg.i2v_condition:
+        g = torch.Generator().manual_seed(clip_seed(cfg.seed, sample["clip_id"]))
+        sigma = condition_noise_sigma(1, g, cfg.condition_noise_mean, cfg.condition_noise_std)
+        image = noisy_condition(pixels[:, :, 0], sigma, g)
+        out["image_latent_moments"] = vae_moments(models.vae, image.unsqueeze(2)).to(store).cpu()
+    return out
+
+
+def precompute_cache(
+    models: Models, samples: Iterable[dict], cfg: PrecomputeConfig, *, rank: int = 0, world_size: int = 1
+) -> list[dict]:
+    """Encode ``samples`` (dicts as training.data.PrecomputeSamples yields) into parts under cfg.out.
+
+    Returns this rank's index entries. With one process the index is written too; with several,
+    gather every rank's entries and call ``training.data.write_cache_index`` once, after all.
+    Part numbers interleave ranks (k * world_size + rank), so ranks never write the same file.
+    """
+    root = Path(cfg.out)
+    pending: dict[str, list[tuple[dict, dict]]] = {}
+    written: dict[str, int] = {}
+    entries: list[dict] = []
+
+    def flush(bucket: str) -> None:
+        rows = pending.pop(bucket, [])
+        if not rows:
+            return
+        k = written.get(bucket, 0)
+        written[bucket] = k + 1
+        tensors = {key: torch.cat([t[key] for t, _ in rows]) for key in rows[0][0]}
+        ids = [s["clip_id"] for _, s in rows]
+        prompts = [s["prompt"] for _, s in rows]
+        entries.append(write_cache_part(root, bucket, k * world_size + rank, tensors, ids, prompts))
+
+    n = 0
+    for sample in samples:
+        meta = {"clip_id": sample["clip_id"], "prompt": sample["prompt"]}
+        pending.setdefault(sample["bucket"], []).append((encode_sample(models, sample, cfg), meta))
+        n += 1
+        if len(pending[sample["bucket"]]) >= cfg.part_size:
+            flush(sample["bucket"])
+    for bucket in list(pending):
+        flush(bucket)
+    log.info("precompute rank %d: %d samples in %d parts", rank, n, len(entries))
+    if world_size == 1:
+        write_cache_index(root, entries, model=models.path, variant=models.config.variant, dtype=cfg.dtype)
+    return entries
+
+
+def precompute(models: Models, data_cfg: DataConfig, cfg: PrecomputeConfig, *, rank: int = 0, world_size: int = 1) -> list[dict]:
+    """Every sample of ``data_cfg.shards`` once (decoded by DataLoader workers), into the cache."""
+    from torch.utils.data import DataLoader
+
+    dataset = PrecomputeSamples(data_cfg, rank=rank, world_size=world_size)
+    samples = DataLoader(dataset, batch_size=None, num_workers=data_cfg.num_workers) if data_cfg.num_workers else dataset
+    return precompute_cache(models, samples, cfg, rank=rank, world_size=world_size)
