@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     shd.add_argument("out")
     shd.add_argument("--config")
     shd.add_argument("--profile", choices=["tiny", "cpu", "gpu"])
+    trn = sub.add_parser("train", help="train CogVideoX on OUT's shards (Ray Train); `train precompute CONFIG` fills the latent cache")
+    trn.add_argument("target", nargs="+", metavar="[precompute] CONFIG", help="trainer config (TOML/YAML/JSON)")
+    trn.add_argument("--num-workers", type=int, help="Ray Train workers (default: distributed.num_workers)")
+    trn.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (0: CPU with gloo)")
+    trn.add_argument("--ray-address", help="attach to this Ray cluster (default: a local Ray)")
     rep = sub.add_parser("report", help="write OUT/report.html and OUT/report.json: funnel, score histograms, thumbnails")
     rep.add_argument("out")
     return p
@@ -65,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.cmd == "train":
+        return _train(args)
     from curation.config import load_config
     from flows.curate import ConfigError, curate, redecide, shard
 
@@ -94,6 +101,42 @@ def main(argv: list[str] | None = None) -> int:
         print(f"videomill: failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.config import load_train_config
+
+    precompute = args.target[0] == "precompute"
+    paths = args.target[1:] if precompute else args.target
+    if len(paths) != 1:
+        print("videomill: usage: videomill train [precompute] CONFIG", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_train_config(paths[0])
+    except (ValueError, OSError) as e:
+        print(f"videomill: configuration error: {e}", file=sys.stderr)
+        return 2
+    if precompute:
+        from training.models import load_models
+        from training.precompute import PrecomputeConfig
+        from training.precompute import precompute as run_precompute
+
+        if not cfg.data.cache_dir:
+            print("videomill: configuration error: data.cache_dir names where the cache goes", file=sys.stderr)
+            return 2
+        entries = run_precompute(load_models(cfg.model), cfg.data, PrecomputeConfig(out=cfg.data.cache_dir, seed=cfg.run.seed))
+        print(json.dumps({"cache": cfg.data.cache_dir, "parts": len(entries)}))
+        return 0
+    from flows.train import train_flow
+
+    try:
+        metrics = train_flow(config=paths[0], num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker,
+                             ray_address=args.ray_address)
+    except Exception as e:  # infrastructure failure: one line for the user, traceback in the log above
+        print(f"videomill: training failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(metrics, indent=2, default=str))
     return 0
 
 
