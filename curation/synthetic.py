@@ -147,6 +147,22 @@ def incoherent(n: int, size: tuple[int, int], blobs: int = 40, seed: int = 0) ->
         yield frame
 
 
+COUNTER_BITS = 8
+
+
+def counter_frames(n: int, size: tuple[int, int] = (256, 144)) -> Iterator[np.ndarray]:
+    """Frame i shows i in binary as COUNTER_BITS black/white bars (bit b in the b-th vertical
+    band): survives H.264 compression and scaling, so tests can read which source frame
+    they got."""
+    w, h = size
+    for i in range(n):
+        f = np.zeros((h, w, 3), np.uint8)
+        for b in range(COUNTER_BITS):
+            if i >> b & 1:
+                f[:, b * w // COUNTER_BITS : (b + 1) * w // COUNTER_BITS] = 255
+        yield f
+
+
 def write_video(
     path: str | Path,
     frames: Iterable[np.ndarray],

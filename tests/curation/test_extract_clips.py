@@ -9,20 +9,9 @@ import pytest
 
 from curation.config import ExtractConfig
 from curation.extract_clips import EXTRACT_INPUT, ExtractClips, output_fps
-from curation.synthetic import write_video
+from curation.synthetic import COUNTER_BITS as BITS
+from curation.synthetic import counter_frames, write_video
 
-BITS = 8
-
-
-def counter_frames(n, size=(256, 144)):
-    """Frame i shows i in binary as 8 black/white bars: survives H.264 compression."""
-    w, h = size
-    for i in range(n):
-        f = np.zeros((h, w, 3), np.uint8)
-        for b in range(BITS):
-            if i >> b & 1:
-                f[:, b * w // BITS : (b + 1) * w // BITS] = 255
-        yield f
 
 
 def read_counters(path, rotation=0):

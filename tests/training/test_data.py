@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 from curation.config import ShardConfig, build_config
 from curation.manifest import Layout
 from curation.schema import NEG_TAGS, clip_schema, neg_column, to_table
-from curation.synthetic import texture, write_video
+from curation.synthetic import COUNTER_BITS as BITS
+from curation.synthetic import counter_frames, texture, write_video
 from curation.write_shards import write_shards
 from training.data import (
     CACHE_FORMAT,
@@ -33,24 +34,12 @@ from training.data import (
 )
 from training.video_io import DecodeError, cover_size, crop_origin, decode_image, decode_video, frame_times
 
-BITS = 8
 # (clip id, (width, height), fps, frames, caption): 16:9 and 4:3 videos of 1.3 s, and images.
 VIDEOS = [(f"w{i}_16x9", (480, 270), 25.0, 33, f"wide clip {i}" if i % 2 else None) for i in range(4)]
 VIDEOS += [(f"n{i}_4x3", (360, 270), 24.0, 33, f"narrow clip {i}") for i in range(4)]
 IMAGES = [(f"i{i}_img", (512, 288), None, 1, f"image {i}") for i in range(4)]
 WIDE, NARROW, IMAGE = "256x144_f9", "144x96_f9", "image_256x144"
 BUCKETS = (BucketSpec(name=WIDE, batch_size=2), BucketSpec(name=NARROW, batch_size=2), BucketSpec(name=IMAGE, batch_size=3))
-
-
-def counter_frames(n, size):
-    """Frame i shows i in binary as 8 black/white bars: survives H.264 compression and scaling."""
-    w, h = size
-    for i in range(n):
-        f = np.zeros((h, w, 3), np.uint8)
-        for b in range(BITS):
-            if i >> b & 1:
-                f[:, b * w // BITS : (b + 1) * w // BITS] = 255
-        yield f
 
 
 def read_counters(frames: np.ndarray) -> list[int]:

@@ -39,16 +39,6 @@ FRAMES, SIZE = 9, 32  # 9 frames -> 3 latent frames; 32 px -> 4x4 latents -> 2x2
 LORA = LoraOptions(rank=4, alpha=4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads; on a shared 2-core machine OpenMP spinning made
-    single steps take seconds instead of milliseconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Tiny pipeline directories, one per (variant, version), built once for the module."""
