@@ -188,12 +188,13 @@ class ShardConfig:
 class RuntimeConfig:
     partition_size: int = 64  # sources per Prefect task (the unit of retry and resume)
     executor: str = "ray"  # "ray": stages on Ray Data; "local": in this process (debugging)
+    task_timeout_s: int = 6 * 3600  # a Prefect task (a partition, or a global step) past this fails and is retried
     ray_address: str | None = None  # None: RAY_ADDRESS, else start a local Ray
     num_cpus: int | None = None  # local Ray only; None: all cores
     dashboard: bool = True
 
     def __post_init__(self) -> None:
-        _positive(self, "partition_size")
+        _positive(self, "partition_size", "task_timeout_s")
         if self.executor not in ("ray", "local"):
             raise ValueError(f"runtime.executor must be 'ray' or 'local', got {self.executor!r}")
 

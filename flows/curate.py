@@ -200,8 +200,9 @@ def curate(
     log.info("%d sources already done, %d to score in %d partitions", len(sources) - len(todo), len(todo), len(partitions))
 
     with _compute(cfg) as dashboard:
+        scorer = score_partition.with_options(timeout_seconds=cfg.runtime.task_timeout_s)
         for part in partitions:
-            score_partition(part, str(layout.root), cfg)
+            scorer(part, str(layout.root), cfg)
         summary = _decide_and_extract(layout, cfg)
     publish_summary(summary, dashboard)
     return summary
@@ -211,7 +212,7 @@ def _decide_and_extract(layout: Layout, cfg: RunConfig) -> dict:
     """The global tail of a run: decide, extract, shard, manifest, summary, report."""
     out = str(layout.root)
     decided = decide_step(out, cfg)
-    extracted = extract_step(decided, out, cfg)
+    extracted = extract_step.with_options(timeout_seconds=cfg.runtime.task_timeout_s)(decided, out, cfg)
     clips = shard_step(join_extraction(decided, extracted, out), out, cfg)
     write_table_atomic(clips, layout.clip_manifest / "clips.parquet")
     return _summarize(layout, clips)

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
+import av
 import pytest
 
 from curation import synthetic
 from curation.config import build_config
-from training.config import TrainConfig
+from training.config import TrainConfig, ValidationConfig
 
 pytestmark = pytest.mark.slow
 
@@ -106,10 +108,12 @@ def test_trained_lora_loads_into_the_pipeline(shards, tiny_dir, tmp_path):
     from training.loop import train
 
     cfg = config(shards, tiny_dir, tmp_path / "one")
-    cfg = build_config(TrainConfig, {**json.loads(json.dumps(__import__("dataclasses").asdict(cfg))),
-                                     "run": {**__import__("dataclasses").asdict(cfg.run), "max_steps": 2, "checkpoint_every": 2}}, "")
+    cfg = replace(cfg, run=replace(cfg.run, max_steps=2, checkpoint_every=2),
+                  validation=ValidationConfig(prompts=("a ball",), every=2, num_frames=9, height=32, width=32, steps=2))
     summary = train(cfg)
     assert summary["step"] == 2
+    with av.open(str(tmp_path / "one" / "validation" / "step00000002_00.mp4")) as c:  # the validation video
+        assert len(list(c.decode(video=0))) == 9
     from training.checkpoint import latest_checkpoint
 
     pipe = load_pipeline(str(tiny_dir), latest_checkpoint(tmp_path / "one" / "checkpoints"), dtype="fp32")
