@@ -136,7 +136,7 @@ def test_deployment_run_against_server_and_worker(prefect_stack, tmp_path):
 
 def test_flow_attached_to_a_ray_cluster_runs_its_stages_there(tmp_path, corpus):
     root, _ = corpus
-    port = free_port()
+    port, dash_port = free_port(), free_port()
     # `ray start` turns token auth on (Ray 2.60); drivers must run in token mode to attach.
     ray_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
     temp = Path("/tmp") / f"vm-ray-{port}"  # Ray's socket paths must stay short
@@ -144,7 +144,7 @@ def test_flow_attached_to_a_ray_cluster_runs_its_stages_there(tmp_path, corpus):
     # this cluster (`ray stop` would stop every Ray on the machine, the suite's own included).
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(free_port()), "--temp-dir", str(temp),
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--temp-dir", str(temp),
          "--disable-usage-stats"],
         env=ray_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
@@ -158,9 +158,10 @@ def test_flow_attached_to_a_ray_cluster_runs_its_stages_there(tmp_path, corpus):
         )
         assert r.returncode == 0, r.stderr[-4000:]
         # The cluster, not a private Ray, ran the stages: its task table has our operators.
+        # Ask this cluster's own state API (the suite's session Ray runs beside it).
         probe = (
-            "import ray; from ray.util.state import list_tasks; ray.init(address=%r, log_to_driver=False);"
-            "print(sorted({t.name for t in list_tasks(limit=10000)}))" % address
+            "from ray.util.state import list_tasks;"
+            "print(sorted({t.name for t in list_tasks(address=%r, limit=10000)}))" % f"http://127.0.0.1:{dash_port}"
         )
         names = subprocess.run([sys.executable, "-c", probe], env=ray_env, capture_output=True, text=True, timeout=120)
         assert "SplitAndScore" in names.stdout and "ExtractClips" in names.stdout, names.stdout + names.stderr[-2000:]

@@ -62,7 +62,7 @@ def config(shards: Path, tiny_dir: Path, out: Path) -> TrainConfig:
         "model": {"pretrained": str(tiny_dir), "variant": "t2v", "version": "1.0", "dtype": "fp32",
                   "lora": {"rank": 4, "alpha": 4.0}, "gradient_checkpointing": False},
         "optim": {"lr": 1e-3, "warmup_steps": 0},
-        "run": {"out": str(out), "max_steps": 6, "checkpoint_every": 3, "log_every": 1, "mixed_precision": "no", "seed": 7},
+        "run": {"out": str(out), "max_steps": 4, "checkpoint_every": 2, "log_every": 1, "mixed_precision": "no", "seed": 7},
         "distributed": {"num_workers": 2, "max_failures": 1},
     }, "")
 
@@ -83,23 +83,23 @@ def test_two_workers_crash_and_resume_exactly(shards, tiny_dir, tmp_path, ray_lo
     straight = tmp_path / "straight"
     fit(config(shards, tiny_dir, straight))
     crashed = tmp_path / "crashed"
-    fit(config(shards, tiny_dir, crashed), crash_once_at=4)  # dies after step 4; checkpoint at 3
+    fit(config(shards, tiny_dir, crashed), crash_once_at=3)  # dies after step 3; checkpoint at 2
 
     a, b = steps(straight), steps(crashed)
-    assert sorted(a) == sorted(b) == list(range(1, 7))
+    assert sorted(a) == sorted(b) == list(range(1, 5))
     assert all(math.isfinite(r["loss"]) for r in a.values())
     buckets = {r["bucket"] for r in a.values()}
     assert any(x.startswith("image") for x in buckets) and len(buckets) >= 2, buckets
-    for s in range(1, 7):  # same data, same order, same loss: the resume was exact
+    for s in range(1, 5):  # same data, same order, same loss: the resume was exact
         assert b[s]["clip_ids"] == a[s]["clip_ids"] and b[s]["batch"] == a[s]["batch"], s
         assert b[s]["loss"] == pytest.approx(a[s]["loss"], rel=1e-5, abs=1e-7), s
-    # The crashed run really restarted: step 4 was trained twice, and it ends at the same checkpoint.
+    # The crashed run really restarted: step 3 was trained twice, and it ends at the same checkpoint.
     log = (crashed / "steps.jsonl").read_text().splitlines()
-    assert sum(json.loads(x)["step"] == 4 for x in log) == 2
-    assert latest_checkpoint(crashed / "checkpoints").name == latest_checkpoint(straight / "checkpoints").name == "checkpoint-00000006"
-    state = json.loads((crashed / "checkpoints" / "checkpoint-00000006" / "state.json").read_text())
-    assert state["step"] == 6 and set(state["data_position"]) == {"0", "1"}
-    assert all(p["batches"] == 6 for p in state["data_position"].values())
+    assert sum(json.loads(x)["step"] == 3 for x in log) == 2
+    assert latest_checkpoint(crashed / "checkpoints").name == latest_checkpoint(straight / "checkpoints").name == "checkpoint-00000004"
+    state = json.loads((crashed / "checkpoints" / "checkpoint-00000004" / "state.json").read_text())
+    assert state["step"] == 4 and set(state["data_position"]) == {"0", "1"}
+    assert all(p["batches"] == 4 for p in state["data_position"].values())
 
 
 def test_trained_lora_loads_into_the_pipeline(shards, tiny_dir, tmp_path):
