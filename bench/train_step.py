@@ -89,7 +89,7 @@ from training.data import (
 )
 from training.ema import EMA, EMAConfig
 from training.loop import _optimizer, _warmup
-from training.models import DTYPES, LoraOptions, ModelConfig, Models, load_models
+from training.models import DTYPES, LoraOptions, ModelConfig, Models, load_models, prepare_transformer
 from training.objective import MAX_TEXT_LEN, training_step
 
 # The published THUDM/CogVideoX-2b transformer/config.json (diffusers' defaults are this config).
@@ -208,20 +208,7 @@ def shaped_models(cfg: TrainConfig, device: torch.device) -> Models:
     with torch.device(device):
         tr = CogVideoXTransformer3DModel(**COGVIDEOX_2B)
     tr.to(DTYPES[m.dtype] if m.lora is not None else torch.float32)  # full finetune: fp32 master weights
-    if m.lora is not None:
-        from peft import LoraConfig
-
-        tr.requires_grad_(False)
-        tr.add_adapter(LoraConfig(r=m.lora.rank, lora_alpha=m.lora.alpha, lora_dropout=m.lora.dropout,
-                                  init_lora_weights=True, target_modules=list(m.lora.target_modules)))
-    else:
-        tr.requires_grad_(True)
-    for p in tr.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
-    if m.gradient_checkpointing:
-        tr.enable_gradient_checkpointing()
-    tr.train()
+    prepare_transformer(tr, m)
     scheduler = CogVideoXDDIMScheduler(prediction_type="v_prediction", rescale_betas_zero_snr=True,  # as released (2B)
                                        timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True,
                                        snr_shift_scale=3.0)

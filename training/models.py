@@ -156,6 +156,14 @@ def load_models(cfg: ModelConfig, device: str | torch.device = "cpu") -> Models:
         frozen.eval()
     if cfg.vae_tiling:
         vae.enable_tiling()
+    prepare_transformer(transformer, cfg)
+    for m in (transformer, vae, text_encoder):
+        m.to(device)
+    return Models(transformer, vae, text_encoder, tokenizer, scheduler, cfg, path, device)
+
+
+def prepare_transformer(transformer: CogVideoXTransformer3DModel, cfg: ModelConfig) -> None:
+    """LoRA adapter (base frozen) or full finetune; trainable weights in fp32; checkpointing; train mode."""
     if cfg.lora is not None:
         from peft import LoraConfig
 
@@ -177,9 +185,6 @@ def load_models(cfg: ModelConfig, device: str | torch.device = "cpu") -> Models:
     if cfg.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     transformer.train()
-    for m in (transformer, vae, text_encoder):
-        m.to(device)
-    return Models(transformer, vae, text_encoder, tokenizer, scheduler, cfg, path, device)
 
 
 def _check_matches(cfg: ModelConfig, transformer, vae, scheduler) -> None:
