@@ -76,6 +76,18 @@ class TagsConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FramesConfig:
+    """RGB frames the analysis pass hands to model stages (curation/frames.py)."""
+
+    fps: float = 2.0  # sampling rate; captioning uses ~2 fps, aesthetic takes every other one
+    max_frames: int = 16  # cap per clip (VLMs run out of memory or go slow on uncapped video)
+    short_side: int = 336  # scaled to this short side, never upscaled; stages resize further
+
+    def __post_init__(self) -> None:
+        _positive(self, "fps", "max_frames", "short_side")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Rule:
     """Keep a clip only if `column` lies within [min, max].
 
@@ -206,6 +218,7 @@ class RunConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     motion: MotionConfig = field(default_factory=MotionConfig)
     tags: TagsConfig = field(default_factory=TagsConfig)
+    frames: FramesConfig = field(default_factory=FramesConfig)
     decide: DecideConfig = field(default_factory=DecideConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
