@@ -225,7 +225,11 @@ class SplitAndScore(Stage):
             else:
                 updates, clips = analyze_video(row, self.cfg, self._motion)
         except (MediaError, av.error.FFmpegError, cv2.error, OSError) as e:
-            row.update(status="error", error=str(e) if isinstance(e, MediaError) else f"{type(e).__name__}: {e}")
+            row.update(
+                status="error",
+                error=str(e) if isinstance(e, MediaError) else f"{type(e).__name__}: {e}",
+                error_code=e.code if isinstance(e, MediaError) else "decode",
+            )
             return row
         row.update(updates)
         row["clips"] = clips

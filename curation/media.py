@@ -15,7 +15,14 @@ from curation.inputs import is_image, is_url
 
 
 class MediaError(Exception):
-    """A problem with one input file (not with the system): becomes an `error` row."""
+    """A problem with one input file (not with the system): becomes an `error` row.
+
+    `code` is the short reason code that groups errors in the report (schema `error_code`);
+    the message is for a person."""
+
+    def __init__(self, message: str, code: str = "media"):
+        super().__init__(message)
+        self.code = code
 
 
 def source_id(uri: str) -> str:

@@ -48,9 +48,9 @@ def probe_source(uri: str) -> dict:
                 has_audio=info.has_audio,
             )
     except MediaError as e:
-        row.update(status="error", error=str(e))
+        row.update(status="error", error=str(e), error_code=e.code)
     except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
-        row.update(status="error", error=f"cannot read file ({e.strerror or e})")
+        row.update(status="error", error=f"cannot read file ({e.strerror or e})", error_code="unreadable")
     return row
 
 

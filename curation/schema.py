@@ -39,6 +39,12 @@ SOURCE_COLUMNS = _cols(
     Column("media_type", pa.string(), "`video` or `image` (unknown when unreadable)."),
     Column("status", pa.string(), "`ok` | `error`."),
     Column("error", pa.string(), "Why the source failed, in words a person understands; null when ok."),
+    Column(
+        "error_code",
+        pa.string(),
+        "Short machine code grouping `error` in the report (e.g. `truncated`, `no_video_stream`, "
+        "`image_too_large`, `worker_died`, `exception`); null when ok.",
+    ),
     Column("size_bytes", pa.int64(), "File size in bytes."),
     Column("container", pa.string(), "Container format as named by FFmpeg (e.g. `mov,mp4,m4a,3gp`)."),
     Column("codec", pa.string(), "Video codec name (e.g. `h264`)."),
@@ -120,6 +126,7 @@ CLIP_COLUMNS = _cols(
     Column("status", pa.string(), "`accepted` | `rejected` | `error`."),
     Column("reject_reasons", pa.list_(pa.string()), "Every rule the clip failed (empty when accepted)."),
     Column("error", pa.string(), "Why scoring or extraction failed; null otherwise."),
+    Column("error_code", pa.string(), "Short machine code grouping `error` (see the sources table); null otherwise."),
     Column(
         "bucket",
         pa.string(),
