@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= demo
 
-.PHONY: env test demo bench clean
+.PHONY: env test test-fast demo bench clean
 
 env: $(VENV)/.installed
 
@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml
 
 test: env
 	$(BIN)/python -m pytest -q
+
+# The inner loop: everything but the end-to-end tests that start Ray, Prefect or torchrun.
+test-fast: env
+	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: env
 	$(BIN)/videomill samples $(DEMO)/inputs
