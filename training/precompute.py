@@ -1,6 +1,7 @@
 """Precompute the latent cache: VAE posterior moments and T5 embeddings, once per sample.
 
-Writes the format training/data.py defines and reads (``CacheFormat``): per bucket, parts of
+Writes the format training/latent_cache.py defines and reads (``CacheFormat``): per bucket
+(and drawn frame rate), parts of
 ``part_size`` samples with ``latent_moments`` (unscaled mean and log-variance, so training
 still draws a fresh posterior sample every step) and ``prompt_embeds``; for I2V also
 ``image_latent_moments``. ``index.json`` is written last, by one process, and marks the cache
@@ -9,25 +10,32 @@ complete.
 The I2V condition is where a cache loses something: CogVideoX noises the condition image
 before encoding it, with a fresh sigma = exp(N(-3, 0.5)) every step. A cache can hold one draw
 per clip (seeded by the clip id, so reruns agree), which keeps the augmentation's spread
-across clips but not across epochs. Train I2V from pixels when that matters.
+across clips but not across epochs. Train I2V from pixels when that matters. Likewise a
+multi-frame-rate bucket caches the one rate drawn per clip (plan epoch "precompute").
+
+Memory: ``vae_slicing`` encodes a batch one sample at a time, ``vae_tiling`` encodes each
+frame in overlapping spatial tiles (diffusers' ``AutoencoderKLCogVideoX.enable_slicing`` /
+``enable_tiling``), which bounds the activation memory of large buckets (1360x768) at some
+cost in speed; tiles are blended, so the moments differ slightly from untiled ones.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import webdataset as wds
+from torch.utils.data import IterableDataset
 
-from training.data import (
-    DataConfig,
-    PrecomputeSamples,
-    write_cache_index,
-    write_cache_part,
-)
+from training.bucket_plan import DataConfig, Planned, Planner, fps_prompt
+from training.data import resolve_rank
+from training.latent_cache import write_cache_index, write_cache_part
+from training.shard_source import decode_planned, read_shard_index
 from training.models import Models
 from training.objective import (
     MAX_TEXT_LEN,
@@ -42,6 +50,47 @@ log = logging.getLogger(__name__)
 STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+class PrecomputeSamples(IterableDataset):
+    """Every sample once, decoded, for `videomill train precompute`: dicts with `pixels`
+    (C, F, H, W) as cfg.pixel_dtype, `prompt` (as the text encoder gets it: with the fps prefix
+    under data.fps_condition = "text_prefix"), `caption`, `clip_id`, `bucket`, `fps` (the drawn
+    rate; None for images or the clip's own rate), `is_image`. Shards in index order split by
+    rank (wds-style islice) and by DataLoader worker (wds.split_by_worker); no shuffle. Plans
+    use epoch "precompute", so a rerun makes the same buckets, rates and frame times. Skipped
+    samples (planner reasons, undecodable) are counted in `self.skipped` (in-process use) and
+    logged per worker."""
+
+    def __init__(self, cfg: DataConfig, *, rank: int | None = None, world_size: int | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.rank, self.world_size = resolve_rank(rank, world_size)
+        root, entries = read_shard_index(cfg.shards)
+        self.urls = [str(root / e["path"]) for e in entries]
+        self.skipped: Counter[str] = Counter()
+
+    def __iter__(self) -> Iterator[dict]:
+        mine = self.urls[self.rank :: self.world_size]
+        if not mine:  # more ranks than shards
+            return
+        planner, skipped = Planner(self.cfg), Counter()
+        for s in wds.DataPipeline(wds.SimpleShardList(mine), wds.split_by_worker, wds.tarfile_to_samples()):
+            p = planner.plan(s, "precompute")
+            if not isinstance(p, Planned):
+                skipped[p] += 1
+                continue
+            pixels, kept = decode_planned([p], self.cfg, skipped)
+            if not kept:
+                continue
+            yield {"pixels": pixels[0], "prompt": fps_prompt(p.caption, p.fps, self.cfg.fps_condition),
+                   "caption": p.caption, "clip_id": p.clip_id, "bucket": p.bucket.name, "fps": p.rate,
+                   "is_image": p.bucket.media == "image", "skipped": dict(skipped)}
+            self.skipped.update(skipped)
+            skipped.clear()
+        self.skipped.update(skipped)
+        if skipped or self.skipped:
+            logging.getLogger("videomill").warning("precompute rank %d: skipped %s", self.rank, dict(self.skipped))
+
+
 @dataclass(frozen=True, kw_only=True)
 class PrecomputeConfig:
     out: str  # the cache directory (data.cache_dir of the training run)
@@ -52,6 +101,8 @@ class PrecomputeConfig:
     condition_noise_std: float = 0.5
     seed: int = 0
     max_text_len: int = MAX_TEXT_LEN
+    vae_slicing: bool = False  # encode a batch one sample at a time (AutoencoderKLCogVideoX.enable_slicing)
+    vae_tiling: bool = False  # encode in overlapping spatial tiles (enable_tiling): large buckets in less memory
 
     def __post_init__(self) -> None:
         if not self.out:
@@ -89,40 +140,50 @@ def encode_sample(models: Models, sample: dict, cfg: PrecomputeConfig) -> dict[s
 def precompute_cache(
     models: Models, samples: Iterable[dict], cfg: PrecomputeConfig, *, rank: int = 0, world_size: int = 1
 ) -> list[dict]:
-    """Encode ``samples`` (dicts as training.data.PrecomputeSamples yields) into parts under cfg.out.
+    """Encode ``samples`` (dicts as PrecomputeSamples yields) into parts under cfg.out.
 
     Returns this rank's index entries. With one process the index is written too; with several,
-    gather every rank's entries and call ``training.data.write_cache_index`` once, after all.
+    gather every rank's entries and call ``training.latent_cache.write_cache_index`` once, after all.
     Part numbers interleave ranks (k * world_size + rank), so ranks never write the same file.
     """
     root = Path(cfg.out)
-    pending: dict[str, list[tuple[dict, dict]]] = {}
+    if cfg.vae_slicing:
+        models.vae.enable_slicing()
+    if cfg.vae_tiling:
+        models.vae.enable_tiling()
+    pending: dict[tuple[str, float | None], list[tuple[dict, dict]]] = {}  # (bucket, drawn fps) -> rows
     written: dict[str, int] = {}
     entries: list[dict] = []
+    skipped: Counter[str] = Counter()
 
-    def flush(bucket: str) -> None:
-        rows = pending.pop(bucket, [])
+    def flush(group: tuple[str, float | None]) -> None:
+        rows = pending.pop(group, [])
         if not rows:
             return
-        k = written.get(bucket, 0)
+        bucket, fps = group
+        k = written.get(bucket, 0)  # part numbers per bucket, whatever the rate
         written[bucket] = k + 1
         tensors = {key: torch.cat([t[key] for t, _ in rows]) for key in rows[0][0]}
         ids = [s["clip_id"] for _, s in rows]
         prompts = [s["prompt"] for _, s in rows]
-        entries.append(write_cache_part(root, bucket, k * world_size + rank, tensors, ids, prompts))
+        entries.append(write_cache_part(root, bucket, k * world_size + rank, tensors, ids, prompts, fps=fps))
 
-    n = 0
+    n = empty = 0
     for sample in samples:
         meta = {"clip_id": sample["clip_id"], "prompt": sample["prompt"]}
-        pending.setdefault(sample["bucket"], []).append((encode_sample(models, sample, cfg), meta))
+        group = (sample["bucket"], sample.get("fps"))
+        pending.setdefault(group, []).append((encode_sample(models, sample, cfg), meta))
         n += 1
-        if len(pending[sample["bucket"]]) >= cfg.part_size:
-            flush(sample["bucket"])
-    for bucket in list(pending):
-        flush(bucket)
-    log.info("precompute rank %d: %d samples in %d parts", rank, n, len(entries))
+        empty += not sample.get("caption", sample["prompt"]).strip()
+        skipped.update(sample.get("skipped", {}))
+        if len(pending[group]) >= cfg.part_size:
+            flush(group)
+    for group in list(pending):
+        flush(group)
+    log.info("precompute rank %d: %d samples in %d parts; skipped %s", rank, n, len(entries), dict(skipped))
     if world_size == 1:
-        write_cache_index(root, entries, model=models.path, variant=models.config.variant, dtype=cfg.dtype)
+        write_cache_index(root, entries, model=models.path, variant=models.config.variant, dtype=cfg.dtype,
+                          samples=n, empty_captions=empty, skipped=dict(skipped))
     return entries
 
 

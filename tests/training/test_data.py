@@ -26,12 +26,12 @@ from training.data import (
     BucketSpec,
     DataConfig,
     Planner,
-    PrecomputeSamples,
     TrainLoader,
     resolve_rank,
     write_cache_index,
     write_cache_part,
 )
+from training.precompute import PrecomputeSamples
 from training.video_io import DecodeError, cover_size, crop_origin, decode_image, decode_video, frame_times
 
 # (clip id, (width, height), fps, frames, caption): 16:9 and 4:3 videos of 1.3 s, and images.
@@ -163,8 +163,8 @@ def test_bucket_choice_aspect_size_frames_and_keep_prob():
     assert set(got) == {"256x144_f9", "512x288_f9"} and 0.4 < got.count("256x144_f9") / 400 < 0.6
     long = planner.plan(_fake("b", 480, 270, frames=60), 0)  # 2.4 s: 17 frames at 8 fps fit
     assert long.bucket.name == "256x144_f17" and long.times == tuple(k / 8 for k in range(17))
-    assert planner.plan(_fake("c", 480, 270, frames=20), 0) == "too short for every bucket of its aspect"
-    assert planner.plan(_fake("d", 480, 270, fps=None), 0) == "no image bucket"
+    assert planner.plan(_fake("c", 480, 270, frames=20), 0) == "too_short"
+    assert planner.plan(_fake("d", 480, 270, fps=None), 0) == "no_bucket"
     # Plans depend on (seed, epoch, key) only: the same on every call.
     assert [planner.plan(_fake("a", 480, 270), e).bucket.name for e in range(400)] == got
 
