@@ -17,7 +17,7 @@ import pyarrow as pa
 from PIL import Image, ImageOps
 
 from curation.config import RunConfig
-from curation.decode import iter_frames, scaled_size
+from curation.decode import DecodeStats, check_complete, iter_frames, scaled_size
 from curation.media import MediaError
 from curation.schema import analyzed_source_schema, to_table
 from curation.score_motion import MotionScorer
@@ -109,6 +109,7 @@ def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer) -> tuple[dict
     scorer = _ClipScorer(cfg, motion, row)
     times: list[float] = []
     cuts = 0
+    stats = DecodeStats()
     for fr in iter_frames(
         row["source"],
         thumb_width=cfg.decode.cut_thumb_width,
@@ -118,6 +119,8 @@ def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer) -> tuple[dict
         # At least one tag frame in the shortest clip, whatever the configured rate.
         tags_fps=max(cfg.tags.sample_fps, 1.0 / cfg.split.min_clip_s),
         threads=cfg.decode.threads,
+        stats=stats,
+        stall_timeout_s=cfg.decode.stall_timeout_s,
     ):
         if fr.index == 0 and fr.rotation:
             # Display rotation lives in frame side data: sizes are reported after it.
@@ -125,8 +128,11 @@ def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer) -> tuple[dict
             if fr.rotation in (90, 270):
                 row["width"], row["height"] = row["height"], row["width"]
         is_cut = detector.update(fr.index, fr.thumb)
-        cuts += is_cut
         closed = windower.push(fr.index, fr.t, is_cut)
+        if (gradual := detector.transition()) is not None:  # frames [first, end) are dropped
+            closed += windower.drop(*gradual)
+            is_cut = True
+        cuts += is_cut
         for w in closed:
             scorer.close(w)
         if closed or is_cut:  # the open window moved: drop samples before it
@@ -134,13 +140,11 @@ def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer) -> tuple[dict
         scorer.add(fr.index, fr.t, fr.gray, fr.rgb)
         times.append(fr.t)
     if not times:
-        raise MediaError("video stream has no decodable frames")
+        raise MediaError("video stream has no decodable frames", code="undecodable")
+    check_complete(stats)  # judged on the video stream, from its first decodable frame
     intervals = np.diff(times)
-    frame_dur = float(np.median(intervals)) if len(intervals) else 1 / 25
+    frame_dur = float(np.median(intervals)) if len(intervals) else stats.frame_s
     duration = times[-1] - times[0] + frame_dur
-    expected = row.get("duration_s")
-    if expected and duration < 0.9 * expected - 0.5:
-        raise MediaError(f"truncated video: frames stop at {duration:.2f} s of the {expected:.2f} s the container declares")
     for w in windower.finish(len(times), times[-1] + frame_dur):
         scorer.close(w)
     fps = len(times) / duration

@@ -26,9 +26,15 @@ class DecodeConfig:
     work_short_side: int = 128  # optical flow runs on grey frames at this short side
     cut_thumb_width: int = 64  # cut detection runs on thumbnails this wide
     threads: int = 0  # 0: let FFmpeg choose (frame + slice threads)
+    # Frames (and images) over this many pixels are refused from their header, before any
+    # decoding: 100 Mpx holds 8K video (33 Mpx) and large photos, and bounds one decoded
+    # RGB frame to 300 MB; a forged header claiming 60000x60000 would need ~10 GB a frame.
+    max_pixels: int = 100_000_000
+    # A decoder that yields no frame for this long fails its item (error_code "timeout").
+    stall_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
-        _positive(self, "work_short_side", "cut_thumb_width")
+        _positive(self, "work_short_side", "cut_thumb_width", "max_pixels", "stall_timeout_s")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,12 +46,22 @@ class SplitConfig:
     # ...and this many times the recent median delta: cuts measured >= 2.8 times it (during
     # 8 px/frame pans), moving frames <= 1.3 times.
     adaptive_ratio: float = 2.0
-    min_shot_frames: int = 8  # a cut closer than this to the previous one is ignored
     min_clip_s: float = 2.0
     max_clip_s: float = 10.0  # longer shots are cut into windows of this length
+    # Gradual transitions (curation/split_scenes.py), on a 4x4 grid of block means (0-255).
+    # Measured on synthetic 320x240 shots moving 2 px/frame: a 20-frame dissolve changes
+    # 0.75-0.9 a frame over a 0.45 level, a fade through black 4-5; steady pans of 2/8/16
+    # px/frame 0.45/1.7/3.4, flat. Start and end shots differ by 15-19; blends fit within
+    # 0.03-0.16 of that change, while pans fit within 0.07-0.6 (the rise above the level is
+    # what tells them apart).
+    gradual_delta: float = 0.3  # a run frame changes at least this much...
+    gradual_ratio: float = 1.4  # ...and this many times the level before the run
+    gradual_change: float = 6.0  # the run's last frame differs from its first by this much
+    gradual_fit: float = 0.25  # rms misfit of the mix / rms change, at most
+    gradual_max_frames: int = 60  # longer runs are motion, not a transition
 
     def __post_init__(self) -> None:
-        _positive(self, "cut_threshold", "min_shot_frames", "min_clip_s", "max_clip_s")
+        _positive(self, "cut_threshold", "min_clip_s", "max_clip_s", "gradual_delta", "gradual_ratio", "gradual_change", "gradual_fit", "gradual_max_frames")
         if self.max_clip_s < self.min_clip_s:
             raise ValueError("split.max_clip_s must be >= split.min_clip_s")
 

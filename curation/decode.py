@@ -20,13 +20,22 @@ import contextlib
 import queue
 import threading
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Iterator
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from curation.media import MediaError, display_rotation, open_container
+from curation.media import (
+    MediaError,
+    declared_video_span,
+    display_rotation,
+    display_size,
+    nominal_rate,
+    open_container,
+    video_stream,
+)
 
 _PLANAR_8BIT = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p"}
 
@@ -70,12 +79,146 @@ def yuv_thumb(frame: av.VideoFrame, thumb_width: int) -> np.ndarray:
     return np.stack([p[:h, :w] for p in planes], axis=-1)
 
 
+# A forward jump of more than this between consecutive frames is a timestamp discontinuity
+# (MPEG-TS PCR jump, files joined with `cat`), not a held frame: VFR screen recordings
+# hold a frame for a few seconds at most.
+MAX_GAP_S = 5.0
+# Undecodable packets (corrupt frames mid-stream) are skipped; this many in a row means the
+# stream is broken from there on.
+MAX_BAD_PACKETS = 50
+
+
+@dataclass
+class DecodeStats:
+    """What one decode pass learnt beyond its frames (filled when the pass ends)."""
+
+    declared_start_s: float | None = None  # the container's video stream start and duration
+    declared_duration_s: float | None = None
+    first_raw_s: float | None = None  # first and last decoded timestamps, as stored
+    last_raw_s: float | None = None
+    frame_s: float = 1 / 25  # nominal frame duration
+    frames: int = 0
+    repaired: int = 0  # timestamps that went backwards or jumped (restart, discontinuity)
+    missing: int = 0  # frames without a timestamp
+    bad_packets: int = 0  # skipped undecodable packets
+    end_s: float = 0.0  # timeline time just after the last frame
+
+
+class Timeline:
+    """The one timestamp policy of analysis and extraction: frame k gets time t_k (seconds,
+    0 at the first decoded frame), strictly increasing.
+
+    * a timestamp is kept relative to the first decoded frame (negative or late starts,
+      leading frames the decoder could not decode are simply not there);
+    * a frame without a timestamp (raw H.264/HEVC elementary streams) is one nominal frame
+      duration after the previous one;
+    * a timestamp that goes backwards, repeats, or jumps ahead more than MAX_GAP_S (restarts
+      and discontinuities: MPEG-TS files joined with `cat`) continues one frame duration after
+      the previous frame, and later frames keep that new offset.
+    Both passes decode the same packets in the same order, so they agree frame by frame."""
+
+    def __init__(self, rate: float | None, stats: DecodeStats | None = None):
+        self.stats = stats if stats is not None else DecodeStats()
+        self.dur = 1.0 / rate if rate else 1 / 25
+        self.stats.frame_s = self.dur
+        self.offset = 0.0
+        self.last: float | None = None
+
+    def time(self, frame: av.VideoFrame) -> float:
+        st = self.stats
+        raw = float(frame.time) if frame.time is not None else None
+        if raw is None:
+            st.missing += 1
+        else:
+            if st.first_raw_s is None:
+                st.first_raw_s = raw
+            st.last_raw_s = raw
+        if self.last is None:
+            t = 0.0
+            self.offset = -raw if raw is not None else 0.0
+        elif raw is None:
+            t = self.last + self.dur
+        else:
+            t = raw + self.offset
+            if not self.last < t <= self.last + MAX_GAP_S:
+                st.repaired += 1
+                t = self.last + self.dur
+                self.offset = t - raw
+        self.last = t
+        st.frames += 1
+        st.end_s = t + self.dur
+        return t
+
+
+def decoded_frames(c: av.container.InputContainer, threads: int = 0, stats: DecodeStats | None = None) -> Iterator[tuple[av.VideoFrame, float]]:
+    """(frame, time) for every decodable frame of the video stream of open container `c`,
+    in presentation order, timed by `Timeline`. Undecodable packets are skipped (counted in
+    `stats`); MediaError when the stream does not decode at all or breaks for good."""
+    vs = video_stream(c)
+    vs.thread_type = "AUTO"
+    if threads:
+        vs.codec_context.thread_count = threads
+    stats = stats if stats is not None else DecodeStats()
+    stats.declared_start_s, stats.declared_duration_s = declared_video_span(c, vs)
+    timeline = Timeline(nominal_rate(vs), stats)
+    bad_run = 0
+    try:
+        for packet in c.demux(vs):
+            try:
+                frames = packet.decode()
+            except (av.error.InvalidDataError, av.error.ValueError) as e:
+                stats.bad_packets += 1
+                bad_run += 1
+                if bad_run > MAX_BAD_PACKETS:
+                    raise MediaError(
+                        f"corrupt video: {bad_run} undecodable packets in a row after {stats.frames} frames ({_why(e)})",
+                        code="decode" if stats.frames else "undecodable",
+                    ) from None
+                continue
+            bad_run = 0
+            for frame in frames:
+                yield frame, timeline.time(frame)
+    except av.error.FFmpegError as e:
+        if stats.frames == 0:
+            raise MediaError(f"video stream does not decode ({_why(e)})", code="undecodable") from None
+        raise MediaError(
+            f"truncated or corrupt video: decoding failed after {stats.frames} frames ({stats.end_s:.2f} s): {_why(e)}", code="truncated"
+        ) from None
+    if stats.frames == 0:
+        raise MediaError("video stream has no decodable frames", code="undecodable")
+
+
+def _why(e: Exception) -> str:
+    return str(getattr(e, "strerror", None) or e)
+
+
+def check_complete(stats: DecodeStats) -> None:
+    """MediaError(code="truncated") when decoding stopped well before the end the container
+    declares for the video stream: more than 0.5 s and 10% short. Judged on the video stream
+    alone (audio may run longer) and from the first frame that decoded (a recording that
+    starts mid-GOP loses its undecodable leading frames, which is not truncation). When the
+    timeline was repaired (restarts), stored timestamps mean nothing and the decoded length
+    is compared with the declared one."""
+    dur = stats.declared_duration_s
+    if not dur:
+        return
+    if stats.repaired == 0 and stats.first_raw_s is not None and stats.last_raw_s is not None:
+        declared_end = (stats.declared_start_s if stats.declared_start_s is not None else stats.first_raw_s) + dur
+        got_end = stats.last_raw_s + stats.frame_s
+        have, want = got_end - stats.first_raw_s, declared_end - stats.first_raw_s
+    else:
+        have, want = stats.end_s, dur
+    if have < want - max(0.5, 0.1 * dur):
+        raise MediaError(f"truncated video: frames stop at {have:.2f} s of the {want:.2f} s the container declares", code="truncated")
+
+
 class _Sampler:
     """Reformats sampled frames with one reused swscale context per output kind (a fresh
     context per call costs more than decoding a small frame)."""
 
     def __init__(self, short_side: int, fmt: str, fps: float):
         self.short_side, self.fmt, self.fps = short_side, fmt, fps
+        self.sar = None  # the stream's sample aspect ratio: samples are square-pixel
         self.next_t: float | None = None
         self.reformatter = VideoReformatter()
 
@@ -88,7 +231,7 @@ class _Sampler:
         return True
 
     def take(self, frame: av.VideoFrame, rot: int) -> np.ndarray:
-        w, h = scaled_size(frame.width, frame.height, self.short_side)
+        w, h = scaled_size(*display_size(frame.width, frame.height, self.sar), self.short_side)
         small = self.reformatter.reformat(frame, width=w, height=h, format=self.fmt, interpolation="AREA", threads=1)
         # .copy(): the reused context recycles its output buffer, and an array from a
         # reformatted frame can outlive that buffer (seen as SIGSEGV in cv2 inside Ray
@@ -96,33 +239,18 @@ class _Sampler:
         return np.ascontiguousarray(np.rot90(small.to_ndarray().copy(), rot))
 
 
-def _decode(uri: str, thumb_width: int, motion: _Sampler, tags: _Sampler, threads: int) -> Iterator[Frame]:
+def _decode(uri: str, thumb_width: int, motion: _Sampler, tags: _Sampler, threads: int, stats: DecodeStats) -> Iterator[Frame]:
     with open_container(uri) as c:
-        vs = c.streams.video[0]
-        vs.thread_type = "AUTO"
-        if threads:
-            vs.codec_context.thread_count = threads
-        index = 0
-        last_t = -1.0
-        try:
-            for frame in c.decode(vs):
-                t = float(frame.time) if frame.time is not None else (last_t + 1 / 25 if index else 0.0)
-                if t <= last_t:  # broken/missing timestamps: keep time strictly increasing
-                    t = last_t + 1e-3
-                rot = display_rotation(frame) // 90
-                out = Frame(index=index, t=t, rotation=rot * 90, thumb=np.rot90(yuv_thumb(frame, thumb_width), rot))
-                if motion.due(t):
-                    out.gray = motion.take(frame, rot)
-                if tags.due(t):
-                    out.rgb = tags.take(frame, rot)
-                yield out
-                last_t = t
-                index += 1
-        except av.error.FFmpegError as e:
-            why = getattr(e, "strerror", None) or e
-            if index == 0:
-                raise MediaError(f"video stream does not decode ({why})") from None
-            raise MediaError(f"truncated or corrupt video: decoding failed after {index} frames ({last_t:.2f} s): {why}") from None
+        sar = video_stream(c).sample_aspect_ratio
+        motion.sar = tags.sar = Fraction(sar) if sar else None
+        for index, (frame, t) in enumerate(decoded_frames(c, threads, stats)):
+            rot = display_rotation(frame) // 90
+            out = Frame(index=index, t=t, rotation=rot * 90, thumb=np.rot90(yuv_thumb(frame, thumb_width), rot))
+            if motion.due(t):
+                out.gray = motion.take(frame, rot)
+            if tags.due(t):
+                out.rgb = tags.take(frame, rot)
+            yield out
 
 
 _END = object()
@@ -138,12 +266,18 @@ def iter_frames(
     tags_fps: float,
     threads: int = 0,
     prefetch: int = 32,
+    stats: DecodeStats | None = None,
+    stall_timeout_s: float | None = None,
 ) -> Iterator[Frame]:
     """Yield every frame of `uri` in presentation order. Raises MediaError on a broken stream.
 
     Decoding (and the cheap per-frame views) runs in a background thread, `prefetch` frames
     ahead, so it overlaps the caller's scoring: FFmpeg, swscale, OpenCV and numpy all
-    release the GIL in their heavy parts."""
+    release the GIL in their heavy parts. `stats` is filled as the pass goes (complete once
+    the iterator is exhausted). When the decoder produces nothing for `stall_timeout_s`,
+    MediaError(code="timeout"): an FFmpeg decode call cannot be interrupted, so the stuck
+    thread is abandoned (a daemon) and the run goes on with the next item."""
+    stats = stats if stats is not None else DecodeStats()
     motion = _Sampler(work_short_side, "gray", motion_fps)
     tags = _Sampler(tags_short_side, "rgb24", tags_fps)
     q: queue.Queue = queue.Queue(maxsize=prefetch)
@@ -159,7 +293,7 @@ def iter_frames(
 
     def produce() -> None:
         try:
-            with contextlib.closing(_decode(uri, thumb_width, motion, tags, threads)) as frames:
+            with contextlib.closing(_decode(uri, thumb_width, motion, tags, threads, stats)) as frames:
                 for fr in frames:
                     if stop.is_set():
                         return
@@ -170,9 +304,17 @@ def iter_frames(
 
     worker = threading.Thread(target=produce, name=f"decode:{uri}", daemon=True)
     worker.start()
+    stalled = False
     try:
         while True:
-            item = q.get()
+            try:
+                item = q.get(timeout=stall_timeout_s)
+            except queue.Empty:
+                stalled = True
+                raise MediaError(
+                    f"decoder stalled: no frame for {stall_timeout_s:g} s after {stats.frames} frames ([decode] stall_timeout_s)",
+                    code="timeout",
+                ) from None
             if item is _END:
                 return
             if isinstance(item, BaseException):
@@ -180,4 +322,4 @@ def iter_frames(
             yield item
     finally:
         stop.set()
-        worker.join()
+        worker.join(timeout=1.0 if stalled else None)

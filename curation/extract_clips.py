@@ -2,9 +2,22 @@
 
 One decode pass per source serves all its accepted clips, in order. Output is constant frame
 rate: the source frame showing at each output tick is taken (frames are repeated or dropped
-as needed), so VFR sources and `target_fps` both come out with true motion timing. Files are
-written under a temporary name and renamed, so a file with the final name is complete; a
-rerun skips clips whose file exists.
+as needed), so VFR sources and `target_fps` both come out with true motion timing. Frame
+times come from the same `Timeline` the analysis used (curation/decode.py: missing,
+restarting and jumping timestamps repaired the same way), so a clip's `start_s`/`end_s`
+select the frames the analysis scored. The pass decodes from the start of the file rather
+than seeking: after a seek the repaired timeline could not be reproduced (its cost is at
+most the analysis pass already paid).
+
+Geometry and colour: the clip has square pixels at the source's display size (sample aspect
+ratio applied, rotation applied, even sides for H.264), and keeps the source's colour range
+(full/limited), matrix, primaries and transfer, both in the pixel values and in the stream's
+metadata, so ffprobe shows the clip as it shows the source.
+
+Files are written under a temporary name (dot-prefixed, `.tmp-PID`) and renamed, so a file
+with the final name is complete; a rerun skips clips whose file exists. Output names come
+from the clip id alone (never from the source path): a source named `../../x` cannot write
+outside OUT/clips.
 """
 
 from __future__ import annotations
@@ -21,8 +34,8 @@ from PIL import Image
 
 from curation.analyze import read_image
 from curation.config import ExtractConfig
-from curation.decode import scaled_size
-from curation.media import MediaError, display_rotation, open_container
+from curation.decode import decoded_frames, scaled_size
+from curation.media import MediaError, display_rotation, display_size, open_container, video_stream
 from curation.stage import Stage
 
 EXTRACT_INPUT = pa.schema(
@@ -51,7 +64,14 @@ def output_fps(clip_fps: float, target: float | None) -> float:
     return nearest if abs(nearest - fps) <= 0.01 * fps else round(fps, 2)
 
 
+_SAFE_ID = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
 def clip_file(clips_dir: str | Path, clip_id: str, media_type: str) -> Path:
+    """OUT/clips/<clip_id>.mp4|jpg. ValueError for an id that is not a plain name (ids are
+    `<hash>_<start>_<end>`, never from a file name), so nothing is written outside clips_dir."""
+    if not clip_id or not set(clip_id) <= _SAFE_ID:
+        raise ValueError(f"unsafe clip_id {clip_id!r}: only letters, digits, '_' and '-'")
     return Path(clips_dir) / f"{clip_id}.{'jpg' if media_type == 'image' else 'mp4'}"
 
 
@@ -59,12 +79,19 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+# Colour metadata copied from the source stream to the clip: what ffprobe prints as
+# "yuv420p(pc, bt709/bt709/bt709)" (range, matrix/primaries/transfer). 2 is "unspecified".
+_COLOUR = ("color_range", "colorspace", "color_primaries", "color_trc")
+
+
 class _ClipWriter:
     """Encodes one clip at a constant `fps` from frames pushed with their source times."""
 
-    def __init__(self, path: Path, start_s: float, end_s: float, fps: float, cfg: ExtractConfig):
+    def __init__(self, path: Path, start_s: float, end_s: float, fps: float, cfg: ExtractConfig, sar=None, colour: dict | None = None):
         self.path, self.tmp = path, _tmp(path)
         self.start_s, self.fps, self.cfg = start_s, fps, cfg
+        self.sar, self.colour = sar, colour or {}
+        self.size: tuple[int, int] | None = None
         self.rate = Fraction(fps).limit_denominator(1001)
         self.n_out = max(1, int(round((end_s - start_s) * fps)))
         self.k = 0  # next output tick
@@ -76,22 +103,34 @@ class _ClipWriter:
         self.container = av.open(str(self.tmp), mode="w", format="mp4")
         s = self.container.add_stream("libx264", rate=self.rate)
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for k, v in self.colour.items():
+            setattr(s.codec_context, k, v)
         s.options = {"crf": str(self.cfg.crf), "preset": self.cfg.preset}
         self.stream = s
 
     def _emit(self, frame: av.VideoFrame) -> None:
         rot = display_rotation(frame) // 90
-        w, h = (frame.height, frame.width) if rot % 2 else (frame.width, frame.height)
-        if self.cfg.short_side:
-            w, h = scaled_size(w, h, self.cfg.short_side)
-        w, h = w - w % 2, h - h % 2
+        if self.size is None:  # fixed by the first frame: a later size change is scaled to it
+            w, h = display_size(frame.width, frame.height, self.sar)
+            w, h = (h, w) if rot % 2 else (w, h)
+            if self.cfg.short_side:
+                w, h = scaled_size(w, h, self.cfg.short_side)
+            self.size = (max(2, w - w % 2), max(2, h - h % 2))
+        w, h = self.size
+        rng = self.colour.get("color_range") or None
+        space = self.colour.get("colorspace")
+        space = space if space not in (None, 2) else None
         if rot:
-            rgb = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), rot))
+            rgb = frame.reformat(format="rgb24", src_color_range=rng, src_colorspace=space).to_ndarray()
+            rgb = np.ascontiguousarray(np.rot90(rgb, rot))
             if rgb.shape[:2] != (h, w):
                 rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
-            out = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+            out = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+                format="yuv420p", dst_color_range=rng, dst_colorspace=space
+            )
         else:
-            out = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA")
+            # Same range in and out: full-range pixels stay full range (no 0-255 -> 16-235 squash).
+            out = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA", src_color_range=rng, dst_color_range=rng)
         if self.container is None:
             self._open(w, h)
         out.pts = self.k
@@ -132,22 +171,23 @@ def extract_video(source: str, clips: list[dict], clips_dir: Path, cfg: ExtractC
     queue = list(todo)
     try:
         with open_container(source) as container:
-            vs = container.streams.video[0]
-            vs.thread_type = "AUTO"
-            # Seek near the first clip (keyframe before it); frames are then picked by time.
-            if queue[0]["start_s"] > 2.0 and vs.time_base:
-                container.seek(int((queue[0]["start_s"] - 1.0) / vs.time_base), stream=vs, backward=True)
-            for frame in container.decode(vs):
-                if frame.time is None:
-                    continue
-                t = float(frame.time)
+            vs = video_stream(container)
+            sar = vs.sample_aspect_ratio
+            cc = vs.codec_context
+            colour = {k: int(getattr(cc, k) or 0) for k in _COLOUR}
+            # 0 is "unspecified" for the range; 2 for the others (0 is RGB/reserved there).
+            colour = {k: v for k, v in colour.items() if (v != 0 if k == "color_range" else v not in (0, 2))}
+            if cc.pix_fmt and cc.pix_fmt.startswith("yuvj"):  # the old "JPEG" formats: full range
+                colour["color_range"] = 2
+            for frame, t in decoded_frames(container):
                 while queue or writer:
                     if writer is None:
                         c = queue[0]
                         if t < c["start_s"] - 1e-4:
                             break
                         out_fps = output_fps(c["fps"], cfg.target_fps)
-                        writer = _ClipWriter(clip_file(clips_dir, c["clip_id"], "video"), c["start_s"], c["end_s"], out_fps, cfg)
+                        path = clip_file(clips_dir, c["clip_id"], "video")
+                        writer = _ClipWriter(path, c["start_s"], c["end_s"], out_fps, cfg, Fraction(sar) if sar else None, colour)
                     c = queue[0]
                     if t < c["end_s"] - 1e-4:
                         writer.push(frame, t)

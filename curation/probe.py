@@ -6,36 +6,45 @@ import fsspec
 import pyarrow as pa
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from curation.config import DecodeConfig
 from curation.inputs import is_url
-from curation.media import MediaError, file_size, media_type, probe_video, source_id
+from curation.media import MediaError, check_pixels, check_regular_file, file_size, media_type, probe_video, source_id
 from curation.schema import SOURCE_COLUMNS, source_schema, to_table
 from curation.stage import Stage
 
 
-def probe_image(uri: str) -> dict:
+def probe_image(uri: str, max_pixels: int = DecodeConfig.max_pixels) -> dict:
+    """Read the header, refuse sizes over `max_pixels` (not decoded), then decode once to
+    know the image is whole. MediaError codes: empty, too_large, not_media."""
+    check_regular_file(uri)
     if file_size(uri) == 0:
-        raise MediaError("empty file (0 bytes)")
+        raise MediaError("empty file (0 bytes)", code="empty")
     try:
         with fsspec.open(uri, "rb") if is_url(uri) else open(uri, "rb") as f:
             img = Image.open(f)
             fmt = img.format
+            check_pixels(img.width, img.height, max_pixels, "image")
             img = ImageOps.exif_transpose(img)
             img.load()
             w, h = img.size
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise MediaError(f"not a readable image ({e})") from None
+    except Image.DecompressionBombError as e:  # Pillow's own limit (~179 Mpx), when below ours
+        raise MediaError(f"image too large (over the {max_pixels / 1e6:.0f} Mpx limit, [decode] max_pixels): {e}", code="too_large") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise MediaError(f"not a readable image ({e})", code="not_media") from None
     return {"codec": (fmt or "").lower(), "container": "image", "width": w, "height": h, "rotation": 0, "has_audio": False}
 
 
-def probe_source(uri: str) -> dict:
-    """One `sources` row for `uri`; a problem with the file becomes status=error."""
+def probe_source(uri: str, decode: DecodeConfig | None = None) -> dict:
+    """One `sources` row for `uri`; a problem with the file becomes status=error with an
+    `error_code` (see curation/media.py)."""
+    max_pixels = (decode or DecodeConfig()).max_pixels
     row = {"source": uri, "source_id": source_id(uri), "media_type": media_type(uri), "status": "ok", "num_clips": 0}
     try:
         row["size_bytes"] = file_size(uri)
         if row["media_type"] == "image":
-            row.update(probe_image(uri))
+            row.update(probe_image(uri, max_pixels))
         else:
-            info = probe_video(uri)
+            info = probe_video(uri, max_pixels)
             row.update(
                 container=info.container,
                 codec=info.codec,
@@ -60,7 +69,9 @@ class ProbeSources(Stage):
     batch_size = 8
 
     def __init__(self, cfg: object = None):
+        """`cfg`: the RunConfig (its [decode] limits apply) or None for the defaults."""
         self.cfg = cfg
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return to_table([probe_source(u) for u in batch.column("source").to_pylist()], source_schema())
+        decode = getattr(self.cfg, "decode", None)
+        return to_table([probe_source(u, decode) for u in batch.column("source").to_pylist()], source_schema())

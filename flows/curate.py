@@ -88,7 +88,7 @@ def score_partition(sources: list[str], out: str, cfg: RunConfig) -> dict:
     if marker.exists():
         return {"partition": pid, "skipped": True}
     t0 = time.perf_counter()
-    analyzed = get_runner(cfg)([ProbeSources(), SplitAndScore(cfg)], pa.table({"source": sources}))
+    analyzed = get_runner(cfg)([ProbeSources(cfg), SplitAndScore(cfg)], pa.table({"source": sources}))
     analyzed = analyzed.sort_by("source")
     clips = pa.Table.from_batches([], schema=scored_clip_schema())
     if analyzed.num_rows:

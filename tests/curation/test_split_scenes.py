@@ -13,7 +13,7 @@ from curation.decode import iter_frames
 from curation.split_scenes import CutDetector, Windower
 
 # (size, shot lengths in frames, speed in px/frame): cut positions, shot lengths and motion
-# speeds all vary, down to shots barely longer than min_shot_frames and static shots.
+# speeds all vary, down to shots of 9 frames and static shots.
 CUT_CASES = [
     ((320, 180), (25, 25, 25, 25, 25, 25), 2.0),
     ((320, 180), (12, 40, 18, 60, 10, 30), 8.0),

@@ -1,0 +1,211 @@
+"""The media real collections contain (issue 12's table, rows 1-9), each with its right
+result: timestamps, stream selection, partial streams, frame size changes, gradual
+transitions and short shots; plus geometry and colour surviving from source to clip.
+
+Row 10 (names and paths) is in test_inputs.py; the whole hostile corpus through a real run
+is tests/flows/test_hostile.py.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from curation import hostile
+from curation.analyze import SplitAndScore
+from curation.config import ExtractConfig, load_config
+from curation.extract_clips import extract_video
+from curation.probe import ProbeSources
+from curation.synthetic import moving
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory) -> tuple[Path, dict]:
+    d = tmp_path_factory.mktemp("media_cases")
+    expect: dict = {}
+    for make in (hostile.row1_joined_ts, hostile.row2_long_audio, hostile.row3_raw_h264, hostile.row4_huge_jpeg,
+                 hostile.row5_size_change, hostile.row6_mid_gop_ts, hostile.row7_cover_art, hostile.row8_transitions,
+                 hostile.row9_short_shots):
+        expect.update(make(d))
+    return d, expect
+
+
+@pytest.fixture(scope="module")
+def stage():
+    s = SplitAndScore(load_config())
+    s.setup()
+    return s
+
+
+def analyzed(path: Path, stage: SplitAndScore) -> dict:
+    return stage(ProbeSources(load_config())(pa.table({"source": [str(path)]}))).to_pylist()[0]
+
+
+def spans(row: dict) -> list[tuple[int, int]]:
+    return [(c["start_frame"], c["end_frame"]) for c in row["clips"]]
+
+
+def check(row: dict, want: dict) -> None:
+    assert row["status"] == want["status"], row["error"]
+    if want["status"] == "error":
+        assert row["error_code"] == want["error_code"]
+        assert want["error_contains"] in row["error"]
+        return
+    assert row["error"] is None and row["error_code"] is None
+    for key in ("duration_s", "fps"):
+        if key in want:
+            assert row[key] == pytest.approx(want[key], abs=0.01), key
+    for key in ("vfr", "num_frames"):
+        if key in want:
+            assert row[key] == want[key], key
+    if "clips" in want:
+        assert spans(row) == want["clips"]
+
+
+def extract(row: dict, out: Path) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    return extract_video(row["source"], row["clips"], out, ExtractConfig())
+
+
+def extracted_frames(path: Path) -> tuple[int, Fraction]:
+    with av.open(str(path)) as c:
+        vs = c.streams.video[0]
+        return sum(1 for _ in c.decode(vs)), vs.average_rate
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["joined.ts", "long_audio.mkv", "long_audio.webm", "raw.h264", "raw_h264_named.mp4", "huge.jpg", "size_change.mkv",
+     "song_with_cover.mp4", "dissolve.mp4", "fade_black.mp4", "stub_start.mp4", "insert.mp4"],
+)
+def test_table_row_right_result(cases, stage, name):
+    d, expect = cases
+    check(analyzed(d / name, stage), expect[name])
+
+
+def test_row1_restarting_timestamps_extract_both_shots(cases, stage, tmp_path):
+    """Two MPEG-TS joined with `cat`: 6 s at 25 fps, constant rate, clips [0,75) and [75,150),
+    and extraction (the same timeline) writes both with 75 frames at 25 fps."""
+    d, _ = cases
+    row = analyzed(d / "joined.ts", stage)
+    results = extract(row, tmp_path)
+    assert [r["error"] for r in results] == [None, None]
+    for r in results:
+        n, rate = extracted_frames(Path(r["clip_path"]))
+        assert (n, rate) == (75, 25)
+
+
+def test_row3_stream_without_timestamps_is_extracted(cases, stage, tmp_path):
+    """Raw H.264 (no timestamps) at 30 fps, under its own name and named .mp4: 4 s, and the
+    clip is extracted with all 120 frames at 30 fps (one timestamp policy for both passes)."""
+    d, _ = cases
+    for name in ("raw.h264", "raw_h264_named.mp4"):
+        row = analyzed(d / name, stage)
+        (res,) = extract(row, tmp_path / name)
+        assert res["error"] is None
+        assert extracted_frames(Path(res["clip_path"])) == (120, 30)
+
+
+def test_row6_recording_starting_mid_gop_is_not_truncation(cases, stage, tmp_path):
+    d, expect = cases
+    row = analyzed(d / "mid_gop.ts", stage)
+    assert row["status"] == "ok", row["error"]
+    assert row["num_frames"] >= expect["mid_gop.ts"]["min_frames"]
+    assert row["duration_s"] == pytest.approx(row["num_frames"] / 25, abs=0.01)
+    results = extract(row, tmp_path)
+    assert results and all(r["error"] is None for r in results)
+
+
+def test_row5_size_change_clips_have_their_own_size(cases, stage, tmp_path):
+    d, _ = cases
+    row = analyzed(d / "size_change.mkv", stage)
+    results = extract(row, tmp_path)
+    sizes = []
+    for r in results:
+        with av.open(r["clip_path"]) as c:
+            sizes.append((c.streams.video[0].width, c.streams.video[0].height))
+    assert sizes == [(320, 240), (480, 270)]
+
+
+def test_row8_transition_frames_are_in_no_clip(cases, stage):
+    d, _ = cases
+    for name in ("dissolve.mp4", "fade_black.mp4"):
+        row = analyzed(d / name, stage)
+        covered = {i for a, b in spans(row) for i in range(a, b)}
+        assert covered.isdisjoint(range(60, 80)), name
+        assert row["num_shots"] == 2
+
+
+def test_steady_pans_are_not_gradual_transitions(tmp_path, stage):
+    for speed in (1.0, 4.0, 12.0):
+        path = hostile.encode(tmp_path / f"pan{speed:g}.mp4", moving(150, hostile.SIZE, (speed, speed / 2), seed=40))
+        row = analyzed(path, stage)
+        assert spans(row) == [(0, 150)], speed
+
+
+def test_colour_range_matrix_and_sample_aspect_survive_to_the_clip(tmp_path, stage):
+    """Full-range BT.709 with 4:3 pixels: the clip is square-pixel at the display size, with
+    the same range/matrix/primaries/transfer in its stream (what ffprobe shows) and its black
+    and white kept at full range (0 and 255, not squashed to 16-235)."""
+    frames = []
+    for f in moving(75, (320, 240), seed=41):
+        f = f.copy()
+        f[:, :40] = 0
+        f[:, -40:] = 255
+        frames.append(f)
+    colour = {"color_range": 2, "colorspace": 1, "color_primaries": 1, "color_trc": 1}
+    src = hostile.encode(tmp_path / "full_range.mp4", frames, colour=colour, sar=Fraction(4, 3))
+    row = analyzed(src, stage)
+    assert (row["width"], row["height"]) == (427, 240)
+    (res,) = extract(row, tmp_path / "clips")
+    with av.open(res["clip_path"]) as c:
+        vs = c.streams.video[0]
+        cc = vs.codec_context
+        got = {k: int(getattr(cc, k)) for k in colour}
+        assert got == colour
+        assert (vs.width, vs.height) == (426, 240)
+        assert vs.sample_aspect_ratio in (None, 1)
+        frame = next(c.decode(vs))
+        y = frame.to_ndarray()[: frame.height]  # the Y plane, as stored
+    assert y[:, 5:40].mean() < 6  # full-range black
+    assert y[:, -40:-5].mean() > 249  # full-range white
+
+
+def test_limited_range_source_stays_limited(tmp_path, stage):
+    colour = {"color_range": 1, "colorspace": 6, "color_primaries": 6, "color_trc": 6}
+    src = hostile.encode(tmp_path / "bt601.mp4", moving(60, (320, 240), seed=42), colour=colour)
+    row = analyzed(src, stage)
+    (res,) = extract(row, tmp_path / "clips")
+    with av.open(res["clip_path"]) as c:
+        cc = c.streams.video[0].codec_context
+        assert {k: int(getattr(cc, k)) for k in colour} == colour
+
+
+def test_truncation_is_judged_on_the_video_stream():
+    """The same 3 s video with 8 s of audio is fine in MKV/WebM (checked above) and MP4."""
+    from curation.decode import DecodeStats, check_complete
+
+    check_complete(DecodeStats(declared_start_s=0.0, declared_duration_s=3.0, first_raw_s=0.0, last_raw_s=2.96, frame_s=0.04))
+    with pytest.raises(Exception, match="truncated video: frames stop at 1.00 s of the 3.00 s"):
+        check_complete(DecodeStats(declared_start_s=0.0, declared_duration_s=3.0, first_raw_s=0.0, last_raw_s=0.96, frame_s=0.04))
+
+
+def test_timeline_repairs_missing_backwards_and_jumping_timestamps():
+    from curation.decode import DecodeStats, Timeline
+
+    class F:
+        def __init__(self, time):
+            self.time = time
+
+    stats = DecodeStats()
+    tl = Timeline(25.0, stats)
+    raw = [-0.08, -0.04, None, 0.04, 0.08, 0.0, 0.04, 900.0, 900.04]  # negative start, missing, restart, jump
+    got = [round(tl.time(F(r)), 3) for r in raw]
+    assert got == [0.0, 0.04, 0.08, 0.12, 0.16, 0.2, 0.24, 0.28, 0.32]
+    assert (stats.missing, stats.repaired, stats.frames) == (1, 2, 9)
+    assert np.all(np.diff(got) > 0)
