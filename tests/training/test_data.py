@@ -384,3 +384,83 @@ def test_rank_from_arguments_environment_or_process_group(monkeypatch, tmp_path)
         assert resolve_rank() == (0, 1)  # an initialised process group (torchrun, Ray Train) comes first
     finally:
         torch.distributed.destroy_process_group()
+
+
+# --- multi-frame-rate, skips, captions --------------------------------------------------------
+
+
+def test_multi_frame_rate_spacing_prefix_and_clip_length(shards):
+    """Each sample is drawn at one listed rate it can fill (9 frames at 5 fps need 1.6 s of a
+    1.32-1.375 s clip: never drawn); frames are spaced at that rate; the prompt says it."""
+    rate, captions = {v[0]: v[2] for v in VIDEOS}, {v[0]: v[4] or "" for v in VIDEOS}
+    cfg = config(shards, buckets=(BucketSpec(name="256x144_f9", fps=[11, 5.0, 7]),), random_start=False,
+                 image_ratio=0.0, fps_condition="text_prefix")
+    assert cfg.buckets[0].fps == (5.0, 7.0, 11.0)
+    seen: dict[str, set] = {}
+    for batch in take(TrainLoader(cfg), 24):
+        cid, fps = batch["clip_ids"][0], batch["fps"]
+        assert fps in (7.0, 11.0)
+        # 7 and 11 fps have no ties at 24 or 25 fps; nearest source frame to k / fps
+        assert read_counters(batch["pixels"][0]) == [round(rate[cid] * k / fps) for k in range(9)], (cid, fps)
+        assert batch["prompts"] == [f"<{fps:g} fps> {captions[cid]}".rstrip()]
+        seen.setdefault(cid, set()).add(fps)
+    assert any(rates == {7.0, 11.0} for rates in seen.values())  # the same clip at both rates
+    # Images never get a prefix (without one, prompts are the captions: the first test).
+    img = take(TrainLoader(config(shards, image_ratio=1.0, fps_condition="text_prefix")), 1)[0]
+    assert img["fps"] is None and not any(p.startswith("<") for p in img["prompts"])
+    with pytest.raises(ValueError, match="fps"):
+        BucketSpec(name=WIDE, fps=[8, 8])
+    with pytest.raises(ValueError, match="fps_condition"):
+        config(shards, fps_condition="token")
+
+
+def _bad_shards(out: Path) -> Path:
+    """OUT with 3 good 16:9 clips, one that does not decode and one too short for 9 frames at 8 fps."""
+    (out / "clips").mkdir(parents=True)
+    vids = [(f"g{i}", (480, 270), 25.0, 33, f"good {i}") for i in range(3)]
+    vids += [("bad", (480, 270), 25.0, 33, "bad"), ("short", (480, 270), 25.0, 17, "short")]
+    for cid, size, fps, n, _ in vids:
+        if cid == "bad":
+            (out / "clips" / "bad.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
+        else:
+            write_video(out / "clips" / f"{cid}.mp4", counter_frames(n, size), fps, options={"preset": "ultrafast"})
+    table = to_table([_row(*v) for v in vids], clip_schema()).append_column("caption", pa.array([v[4] for v in vids]))
+    write_shards(table, Layout.at(out), ShardConfig(max_samples_per_shard=1))
+    return out
+
+
+def test_skips_counted_by_reason_undecodable_skipped_and_resume_stays_exact(tmp_path):
+    out = _bad_shards(tmp_path / "out")
+    cfg = DataConfig(shards=str(out), buckets=(BucketSpec(name=WIDE),), fps=8.0, num_workers=0, epoch_length=4,
+                     shuffle_buffer=2, seed=1, resample=False, image_ratio=0.0)
+    loader, full, states = TrainLoader(cfg), [], {}
+    for batch in loader:  # every shard once per pass: 3 batches a pass, skipping one bad and one short
+        full.append(batch)
+        states[len(full)] = json.loads(json.dumps(loader.state_dict()))
+        if len(full) == 9:
+            break
+    assert {c for b in full for c in b["clip_ids"]} == {"g0", "g1", "g2"}
+    assert set(loader.skipped) == {"undecodable", "too_short"} and 2 <= loader.skipped["undecodable"] <= 3
+    assert sum(sum(b["skipped"].values()) for b in full) == sum(loader.skipped.values())
+    assert states[9]["skipped"] == dict(loader.skipped)
+    for g0 in (2, 5):  # mid-epoch, after a failed decode may have used an extra planned batch
+        resumed = TrainLoader(cfg)
+        resumed.load_state_dict(states[g0])
+        for want, got in zip(full[g0:], take(resumed, 9 - g0), strict=True):
+            assert (got["index"], got["clip_ids"], got["skipped"]) == (want["index"], want["clip_ids"], want["skipped"])
+            assert torch.equal(got["pixels"], want["pixels"])
+        assert resumed.skipped == loader.skipped
+    # Precompute skips and counts the same samples instead of raising.
+    pre = PrecomputeSamples(cfg)
+    assert sorted(s["clip_id"] for s in pre) == ["g0", "g1", "g2"]
+    assert dict(pre.skipped) == {"undecodable": 1, "too_short": 1}
+
+
+def test_t2v_refuses_mostly_uncaptioned_data_unless_intended(shards):
+    from training.data import check_captions
+
+    with pytest.raises(ValueError, match=r"2 of 12 samples .* empty caption"):  # w0 and w2 have none
+        check_captions(config(shards), "t2v")
+    assert check_captions(config(shards, max_empty_caption_share=0.2), "t2v") == (2, 12)
+    assert check_captions(config(shards, allow_empty_captions=True), "t2v") is None
+    assert check_captions(config(shards), "i2v") is None
