@@ -464,3 +464,25 @@ def test_t2v_refuses_mostly_uncaptioned_data_unless_intended(shards):
     assert check_captions(config(shards, max_empty_caption_share=0.2), "t2v") == (2, 12)
     assert check_captions(config(shards, allow_empty_captions=True), "t2v") is None
     assert check_captions(config(shards), "i2v") is None
+
+
+def test_fps_prefix_reaches_the_text_encoder(shards, tmp_path):
+    """A loader batch under fps_condition = "text_prefix" goes through the real training step
+    (tiny RANDOM UNTRAINED CogVideoX): the T5 tokenizer is handed "<n fps> caption"."""
+    from training.models import ModelConfig, build_tiny, load_models
+    from training.objective import ObjectiveConfig, training_step
+
+    path = build_tiny(tmp_path / "tiny", variant="t2v", version="1.0")
+    models = load_models(ModelConfig(pretrained=str(path), variant="t2v", version="1.0", dtype="fp32"), "cpu")
+    seen: list[str] = []
+    tokenizer = models.tokenizer
+
+    def spy(texts, **kw):
+        seen.extend(texts)
+        return tokenizer(texts, **kw)
+
+    models.tokenizer = spy
+    cfg = config(shards, buckets=(BucketSpec(name="48x32_f9", fps=[7, 11]),), image_ratio=0.0, fps_condition="text_prefix")
+    batch = take(TrainLoader(cfg), 1)[0]
+    loss = training_step(models, batch, ObjectiveConfig(text_dropout=0.0), torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and seen == batch["prompts"] and seen[0].startswith(f"<{batch['fps']:g} fps>")
