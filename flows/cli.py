@@ -119,13 +119,17 @@ def _train(args: argparse.Namespace) -> int:
         return 2
     if precompute:
         from training.models import load_models
-        from training.precompute import PrecomputeConfig
         from training.precompute import precompute as run_precompute
 
         if not cfg.data.cache_dir:
             print("videomill: configuration error: data.cache_dir names where the cache goes", file=sys.stderr)
             return 2
-        entries = run_precompute(load_models(cfg.model), cfg.data, PrecomputeConfig(out=cfg.data.cache_dir, seed=cfg.run.seed))
+        from dataclasses import replace
+
+        o = cfg.objective  # I2V: cache the noised condition frame, noised as the objective does
+        pc = replace(cfg.precompute, out=cfg.data.cache_dir, seed=cfg.run.seed, i2v_condition=cfg.model.variant == "i2v",
+                     condition_noise_mean=o.condition_noise_mean, condition_noise_std=o.condition_noise_std)
+        entries = run_precompute(load_models(cfg.model), cfg.data, pc)
         print(json.dumps({"cache": cfg.data.cache_dir, "parts": len(entries)}))
         return 0
     from flows.train import train_flow

@@ -6,6 +6,7 @@
     [optim]       below                  AdamW (8-bit when bitsandbytes is installed), warmup
     [run]         below                  steps, checkpoints, validation, logging, seed
     [distributed] below                  workers, GPUs, DDP or FSDP2
+    [precompute]  training/precompute.py `videomill train precompute`: storage dtype, VAE slicing/tiling
 
 Unknown keys fail at load time with their dotted path (curation.config.build_config); the
 resolved config is written into the run directory.
@@ -21,6 +22,7 @@ from curation.config import build_config, merge_dicts, read_config_file
 from training.data import DataConfig
 from training.models import ModelConfig
 from training.objective import ObjectiveConfig
+from training.precompute import PrecomputeConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,6 +112,7 @@ class TrainConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     run: RunSection = field(default_factory=RunSection)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    precompute: PrecomputeConfig = field(default_factory=PrecomputeConfig)
 
     def __post_init__(self) -> None:
         if self.distributed.strategy == "fsdp2" and self.model.lora is not None:

@@ -92,6 +92,7 @@ def write_cache_part(root: str | Path, bucket: str, part: int, tensors: dict[str
 def write_cache_index(root: str | Path, parts: list[dict], **info: Any) -> Path:
     """Write CACHE/index.json (last: its presence says the cache is complete)."""
     path = Path(root) / CACHE_FORMAT.index
+    path.parent.mkdir(parents=True, exist_ok=True)  # a rank or run with no samples wrote no part
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps({"format": CACHE_FORMAT.version, "parts": parts, **info}, indent=1, default=str))
     os.replace(tmp, path)

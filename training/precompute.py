@@ -93,7 +93,7 @@ class PrecomputeSamples(IterableDataset):
 
 @dataclass(frozen=True, kw_only=True)
 class PrecomputeConfig:
-    out: str  # the cache directory (data.cache_dir of the training run)
+    out: str = ""  # the cache directory (`videomill train precompute` sets it to data.cache_dir)
     part_size: int = 64  # samples per safetensors part
     dtype: str = "bfloat16"  # storage dtype of moments and embeddings: half the bytes of float32
     i2v_condition: bool = False  # also store image_latent_moments of the (noised) first frame
@@ -105,8 +105,6 @@ class PrecomputeConfig:
     vae_tiling: bool = False  # encode in overlapping spatial tiles (enable_tiling): large buckets in less memory
 
     def __post_init__(self) -> None:
-        if not self.out:
-            raise ValueError("precompute.out: give the cache directory")
         if self.part_size < 1:
             raise ValueError(f"precompute.part_size must be >= 1, got {self.part_size}")
         if self.dtype not in STORE_DTYPES:
@@ -146,6 +144,8 @@ def precompute_cache(
     gather every rank's entries and call ``training.latent_cache.write_cache_index`` once, after all.
     Part numbers interleave ranks (k * world_size + rank), so ranks never write the same file.
     """
+    if not cfg.out:
+        raise ValueError("precompute.out: give the cache directory (data.cache_dir)")
     root = Path(cfg.out)
     if cfg.vae_slicing:
         models.vae.enable_slicing()

@@ -210,8 +210,14 @@ def test_precompute_writes_a_cache_the_data_reader_serves_and_training_consumes(
         {"pixels": pixels[i], "prompt": p, "clip_id": f"clip{i}", "bucket": "32x32_f9", "is_image": False}
         for i, p in enumerate(["a cat runs", "a red car"])
     ] + [{"pixels": pixels[0, :, :1], "prompt": "a dog", "clip_id": "img0", "bucket": "image_32x32", "is_image": True}]
-    pc = PrecomputeConfig(out=str(tmp_path / "cache"), part_size=1, dtype="float32", i2v_condition=True)
+    # The [precompute] switches reach diffusers' VAE (tiling is left out of the encode below: the
+    # tiny VAE's 16-pixel tiles are too small for its convolutions).
+    precompute_cache(m, [], PrecomputeConfig(out=str(tmp_path / "empty"), vae_tiling=True))
+    assert m.vae.use_tiling
+    m.vae.disable_tiling()
+    pc = PrecomputeConfig(out=str(tmp_path / "cache"), part_size=1, dtype="float32", i2v_condition=True, vae_slicing=True)
     entries = precompute_cache(m, samples, pc)
+    assert m.vae.use_slicing
     assert sorted(e["bucket"] for e in entries) == ["32x32_f9", "32x32_f9", "image_32x32"]
     data = DataConfig(cache_dir=pc.out, buckets=(BucketSpec(name="32x32_f9", batch_size=2), BucketSpec(name="image_32x32")),
                       num_workers=0, image_ratio=0.0)
