@@ -155,6 +155,8 @@ def decoded_frames(c: av.container.InputContainer, threads: int = 0, stats: Deco
     in presentation order, timed by `Timeline`. Undecodable packets are skipped (counted in
     `stats`); MediaError when the stream does not decode at all or breaks for good."""
     vs = video_stream(c)
+    if vs.codec_context is None:
+        raise MediaError("video codec not supported by this FFmpeg build", code="unsupported_codec")
     vs.thread_type = "AUTO"
     if threads:
         vs.codec_context.thread_count = threads
@@ -166,7 +168,7 @@ def decoded_frames(c: av.container.InputContainer, threads: int = 0, stats: Deco
         for packet in c.demux(vs):
             try:
                 frames = packet.decode()
-            except (av.error.InvalidDataError, av.error.ValueError) as e:
+            except av.error.InvalidDataError as e:
                 stats.bad_packets += 1
                 bad_run += 1
                 if bad_run > MAX_BAD_PACKETS:

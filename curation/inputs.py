@@ -33,6 +33,8 @@ log = logging.getLogger("videomill")
 
 VIDEO_EXTS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .flv .wmv .mpg .mpeg .ts .mts .m2ts .3gp .ogv .gif".split()
+    # elementary streams and other containers seen in collections
+    + ".h264 .264 .h265 .hevc .m2v .vob .mxf .dv .y4m .ivf .nut".split()
 )
 IMAGE_EXTS = frozenset(".jpg .jpeg .png .webp .bmp .tif .tiff".split())
 MEDIA_EXTS = VIDEO_EXTS | IMAGE_EXTS

@@ -115,7 +115,8 @@ def nominal_rate(vs: av.VideoStream) -> float | None:
     else FFmpeg's guess from the container, else the average. A raw elementary stream has no
     timestamps and an `average_rate` that is only the demuxer's 25 fps default, so the codec's
     own rate comes first. None when nothing plausible (1-240 fps) is declared."""
-    for r in (vs.codec_context.framerate, vs.guessed_rate, vs.average_rate):
+    codec_rate = vs.codec_context.framerate if vs.codec_context is not None else None
+    for r in (codec_rate, vs.guessed_rate, vs.average_rate):
         if r and 1.0 <= float(r) <= 240.0:
             return float(r)
     return None
@@ -199,9 +200,10 @@ def probe_video(uri: str, max_pixels: int | None = None) -> VideoInfo:
     with open_container(uri) as c:
         vs = video_stream(c)
         cc = vs.codec_context
+        if cc is None:  # FFmpeg knows no decoder for the stream's codec tag
+            tag = getattr(vs, "codec_tag", None) or "unknown"
+            raise MediaError(f"video codec not supported by this FFmpeg build (codec tag {tag!r})", code="unsupported_codec")
         if not cc.width or not cc.height:
-            if vs.codec_context.name in (None, "", "none") or not av.codec.codecs_available & {cc.name}:
-                raise MediaError("video codec not supported by this FFmpeg build (no frame size known)", code="unsupported_codec")
             raise MediaError("video stream has no frame size (corrupt header or unsupported codec)", code="no_size")
         if max_pixels:
             check_pixels(cc.width, cc.height, max_pixels, "frame")

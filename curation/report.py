@@ -86,6 +86,9 @@ def build_report(layout: Layout, sources: pa.Table, clips: pa.Table, scored: pa.
         "sources_failed_by_reason": _count(sources, "error", pc.equal(sources.column("status"), "error")),
         "rejected_by_reason": count_list_values(clips, "reject_reasons"),
         "clip_errors_by_reason": _count(clips, "error", pc.equal(clips.column("status"), "error")),
+        # the same errors grouped by their short code (curation/media.py: empty, not_media, ...)
+        "sources_failed_by_code": _count(sources, "error_code", pc.equal(sources.column("status"), "error")),
+        "clip_errors_by_code": _count(clips, "error_code", pc.equal(clips.column("status"), "error")),
         "tags_fired": count_list_values(clips, "neg_tags"),
         "columns": {c: summarize(float_values(clips, c)) for c in score_cols},
         "thresholds": thresholds(cfg, scored if scored.num_rows else clips, score_cols),

@@ -42,8 +42,11 @@ SOURCE_COLUMNS = _cols(
     Column(
         "error_code",
         pa.string(),
-        "Short machine code grouping `error` in the report (e.g. `truncated`, `no_video_stream`, "
-        "`image_too_large`, `worker_died`, `exception`); null when ok.",
+        "Short machine code grouping `error` in the report; null when ok. Media codes (curation/media.py, "
+        "decode.py): `empty`, `not_found`, `unreadable`, `not_a_file`, `not_media`, `no_video` (none, or only "
+        "cover art), `no_size`, `unsupported_codec`, `too_large` (over [decode] max_pixels), `undecodable`, "
+        "`decode`, `truncated`, `timeout` (decoder stalled); `extract` for a failed clip extraction; "
+        "`worker_died`, `exception` from the pipeline's fault isolation.",
     ),
     Column("size_bytes", pa.int64(), "File size in bytes."),
     Column("container", pa.string(), "Container format as named by FFmpeg (e.g. `mov,mp4,m4a,3gp`)."),

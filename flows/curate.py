@@ -140,7 +140,7 @@ def join_extraction(decided: pa.Table, extracted: pa.Table, out: str) -> pa.Tabl
         if res is None:
             continue
         if res["error"]:
-            row.update(status="error", error=res["error"])
+            row.update(status="error", error=res["error"], error_code="extract")
         else:
             row["clip_path"] = str(Path(res["clip_path"]).relative_to(layout.root))
     return pa.Table.from_pylist(rows, schema=clip_schema()) if rows else clip_schema().empty_table()

@@ -48,3 +48,23 @@ def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     expect = make_corpus(root, seconds=3.0)
     return root, expect
+
+
+# The hostile-corpus tally (tests/flows/test_hostile.py fills it); its one line is the last
+# thing the suite prints, so CI logs end with it.
+HOSTILE_TALLY = pytest.StashKey[dict]()
+
+
+@pytest.fixture(scope="session")
+def hostile_tally(request) -> dict:
+    return request.config.stash.setdefault(HOSTILE_TALLY, {})
+
+
+def pytest_unconfigure(config):
+    tally = config.stash.get(HOSTILE_TALLY, None)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if tally and reporter is not None:
+        reporter.write_line(
+            f"hostile corpus: {tally['kinds']} kinds of hostile input tried, {tally['inputs']} inputs, "
+            f"crashes {tally['crashes']}, items lost {tally['lost']}, duplicates {tally['duplicates']}"
+        )
