@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= demo
 
-.PHONY: env test test-fast demo bench clean
+.PHONY: env test test-fast demo bench realset calibrate clean
 
 env: $(VENV)/.installed
 
@@ -29,6 +29,16 @@ demo: env
 
 bench: env
 	$(BIN)/python bench/cpu_stages.py
+
+# The real-footage development set (needs Debian's opencv-doc: apt-get install opencv-doc),
+# curated with the defaults and measured against its labels: per tag precision and recall.
+REALSET ?= build/realset
+realset: env
+	$(BIN)/python bench/realset.py $(REALSET)
+
+calibrate: realset
+	$(BIN)/videomill run $(REALSET) --out build/realset-run --executor local
+	$(BIN)/videomill calibrate build/realset-run --labels tests/data/realset_labels.csv
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

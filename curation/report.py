@@ -103,7 +103,18 @@ def build_report(layout: Layout, sources: pa.Table, clips: pa.Table, scored: pa.
         "ranked": ranked(clips),
         "models": model_ids(cfg_dict),
         "config": cfg_dict,
+        "calibration": calibration(layout),
     }
+
+
+def calibration(layout: Layout) -> dict | None:
+    """OUT/calibration.json when `videomill calibrate OUT --labels ...` has run (per tag and
+    rule precision/recall against labelled clips, curation/calibrate.py); else None."""
+    path = layout.root / "calibration.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return {k: data[k] for k in ("labels_file", "target_precision", "clips", "labelled", "rows", "verdicts", "fire_rate_on_good", "labels_without_clips") if k in data}
 
 
 def funnel(sources: pa.Table, clips: pa.Table) -> dict[str, int]:

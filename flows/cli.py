@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     trn.add_argument("--ray-address", help="attach to this Ray cluster (default: a local Ray)")
     rep = sub.add_parser("report", help="write OUT/report.html and OUT/report.json: funnel, score histograms, thumbnails")
     rep.add_argument("out")
+    cal = sub.add_parser("calibrate", help="per tag and rule precision/recall of OUT's verdicts against labelled clips")
+    cal.add_argument("out")
+    cal.add_argument("--labels", required=True, help="CSV of labelled clips (format: curation/calibrate.py)")
+    cal.add_argument("--target-precision", type=float, default=0.9, help="suggest thresholds reaching this precision (default 0.9)")
     return p
 
 
@@ -68,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(os.path.join(report["out"], "report.html"))
         return 0
+    if args.cmd == "calibrate":  # reads OUT and the labels only: no Prefect server, no Ray
+        return _calibrate(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.cmd == "train":
@@ -101,6 +107,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"videomill: failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from curation.calibrate import calibrate_run, format_table
+    from curation.report import write_report
+
+    try:
+        result = calibrate_run(args.out, args.labels, args.target_precision)
+    except FileNotFoundError as e:
+        print(f"videomill: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"videomill: bad labels: {e}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    write_report(args.out)  # the report shows OUT/calibration.json
+    print(os.path.join(args.out, "calibration.json"))
     return 0
 
 

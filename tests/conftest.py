@@ -50,6 +50,24 @@ def corpus(tmp_path_factory):
     return root, expect
 
 
+@pytest.fixture(scope="session")
+def realset(tmp_path_factory) -> Path:
+    """The real-footage development set (bench/realset.py), built once per session.
+
+    Skips, loudly, only when its sources are truly absent (Debian's opencv-doc, scikit-image);
+    .ci/run installs them and sets VIDEOMILL_REQUIRE_REALSET=1, which turns a skip into a failure."""
+    import os
+
+    from bench.realset import RealsetMissing, build
+
+    try:
+        return build(tmp_path_factory.mktemp("realset"))
+    except RealsetMissing as e:
+        if os.environ.get("VIDEOMILL_REQUIRE_REALSET") == "1":
+            raise
+        pytest.skip(f"REAL-FOOTAGE TESTS SKIPPED: {e}")
+
+
 # The hostile-corpus tally (tests/flows/test_hostile.py fills it); its one line is the last
 # thing the suite prints, so CI logs end with it.
 HOSTILE_TALLY = pytest.StashKey[dict]()
