@@ -4,8 +4,10 @@ the bucket, centre-cropped. Returns uint8 (F, H, W, 3); the caller makes the ten
 Video: PyAV on the sample's bytes in memory. A training clip is short and we need a run of
 frames from its start, so one sequential decode that stops after the last frame needed is
 both the fastest and the exact way (no seeking, whose keyframe snapping decord gets wrong on
-some files). Only the frames picked are scaled, through one reused swscale context per call
-(`frame.reformat` builds a fresh context every time, which costs more than decoding).
+some files); bench/loader_decode.py measures it against decord's `get_batch` for this pattern
+(figures in bench/RESULTS.md). Only the frames picked are scaled, through one reused swscale
+context per call (`frame.reformat` builds a fresh context every time, which costs more than
+decoding).
 
 Frame picking: output frame k shows time `start_s + k / fps` (seconds from the first decoded
 frame), and the source frame nearest that time is taken (ties go to the earlier frame). A
@@ -24,6 +26,7 @@ import math
 from typing import Sequence
 
 import av
+import cv2
 import numpy as np
 from av.video.reformatter import Interpolation, VideoReformatter
 from PIL import Image, ImageOps
@@ -106,13 +109,19 @@ class _Scaler:
         w, h = (frame.height, frame.width) if rot % 2 else (frame.width, frame.height)
         sw, sh = cover_size(w, h, self.width, self.height)
         coded_w, coded_h = (sh, sw) if rot % 2 else (sw, sh)
-        # AREA averages when shrinking (no aliasing); it is bilinear-like when enlarging,
-        # where bicubic is sharper.
-        interp = Interpolation.AREA if sw <= w else Interpolation.BICUBIC
-        small = self.reformatter.reformat(frame, width=coded_w, height=coded_h, format="rgb24", interpolation=interp, threads=1)
-        # Copy while `small` is alive: the reused context recycles its output buffer and
-        # PyAV 18 can free it under a live numpy view.
-        rgb = np.rot90(small.to_ndarray(), rot) if rot else small.to_ndarray()
+        if sw <= w:
+            # Shrinking: swscale's AREA averages (no aliasing), converting and scaling in one pass.
+            small = self.reformatter.reformat(frame, width=coded_w, height=coded_h, format="rgb24",
+                                              interpolation=Interpolation.AREA, threads=1)
+            # Copy while `small` is alive: the reused context recycles its output buffer and
+            # PyAV 18 can free it under a live numpy view.
+            coded = small.to_ndarray()
+        else:
+            # Enlarging: convert at the source size, then OpenCV's bicubic, ~4x faster than
+            # swscale's bicubic on decoded frames (bench/loader_decode.py, bench/RESULTS.md).
+            src = self.reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+            coded = cv2.resize(src, (coded_w, coded_h), interpolation=cv2.INTER_CUBIC)
+        rgb = np.rot90(coded, rot) if rot else coded
         x0, y0 = crop_origin(sw, sh, self.width, self.height)
         arr = rgb[y0 : y0 + self.height, x0 : x0 + self.width].copy()
         self.last = (frame, arr)

@@ -229,6 +229,10 @@ def test_resize_then_centre_crop_video_image_and_rotation(tmp_path):
         rows = np.r_[5:40, 56:90]  # clear of the white line
         left, right = frames[0, rows, 10:66].astype(int), frames[0, rows, 78:134].astype(int)
         assert (left[..., 1] > left[..., 2] + 100).all() and (right[..., 2] > right[..., 1] + 100).all()
+    # Enlarging (the OpenCV bicubic path): 360x270 -> 720x540, 30 rows cropped top and bottom.
+    up = decode_video(mp4, width=720, height=480, times=[0.0])[0].astype(int)
+    assert abs(int(np.argmax(up.sum(axis=2).mean(axis=1))) - 240) <= 1  # the white line: 135 * 2 - 30
+    assert (up[10:200, 20:340, 1] > up[10:200, 20:340, 2] + 100).all() and (up[10:200, 380:700, 2] > 100).all()
     # Stored display rotation (90 degrees counter-clockwise): decoded upright, portrait.
     rot = write_video(tmp_path / "r.mp4", [img] * 3, 24, rotation=90, options={"preset": "ultrafast", "crf": "10"}).read_bytes()
     frames = decode_video(rot, width=96, height=144, times=[0.0])
