@@ -132,6 +132,12 @@ def _sample(row: dict, root: Path, bucket: str | None, extra: list[str]) -> _Sam
                    caption=None if caption is None else caption.encode(), media_bytes=st.st_size, mtime_ns=st.st_mtime_ns)
 
 
+def _inside(root: Path, rel: str) -> bool:
+    """Whether OUT/`rel` stays inside OUT once `..`, absolute parts and links are resolved."""
+    base = root.resolve()
+    return (base / rel).resolve().is_relative_to(base)
+
+
 def plan_shards(
     clips: pa.Table, root: Path, cfg: ShardConfig, extract: ExtractConfig | None = None
 ) -> tuple[list[_Shard], dict[str, str]]:
@@ -148,6 +154,9 @@ def plan_shards(
         key, bucket = row["clip_id"], None
         if not row["clip_path"]:
             unsharded[key] = "no clip file"
+            continue
+        if not _inside(root, row["clip_path"]):  # a manifest is data: never read outside OUT
+            unsharded[key] = "clip_path outside OUT (refused)"
             continue
         if cfg.bucketing:
             w, h, frames = _file_shape(row, extract)
