@@ -16,6 +16,7 @@ own thread ahead of the scorers, so the pass stays decode-bound.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import queue
 import threading
@@ -115,6 +116,8 @@ class Timeline:
     * a timestamp that goes backwards, repeats, or jumps ahead more than MAX_GAP_S (restarts
       and discontinuities: MPEG-TS files joined with `cat`) continues one frame duration after
       the previous frame, and later frames keep that new offset.
+    Timestamps merely out of order (an AVI with packed B-frames hands frames out in display
+    order carrying decode-order stamps) are put back in order first (`_Reorder`).
     Both passes decode the same packets in the same order, so they agree frame by frame."""
 
     def __init__(self, rate: float | None, stats: DecodeStats | None = None):
@@ -124,9 +127,9 @@ class Timeline:
         self.offset = 0.0
         self.last: float | None = None
 
-    def time(self, frame: av.VideoFrame) -> float:
+    def time(self, raw: float | None) -> float:
+        """The time of the next frame, given its stored timestamp in seconds (or None)."""
         st = self.stats
-        raw = float(frame.time) if frame.time is not None else None
         if raw is None:
             st.missing += 1
         else:
@@ -150,6 +153,43 @@ class Timeline:
         return t
 
 
+REORDER_DEPTH = 16  # frames; deeper than any B-frame pyramid
+
+
+class _Reorder:
+    """Pairs frames (decoder output, display order) with the smallest timestamp among the
+    next REORDER_DEPTH frames': when the stamps are the right set in the wrong order (decode
+    order), that sorts them; in order, it changes nothing. A stamp far behind the one before
+    (a restart within the window) is not pulled forward: the frame keeps its own."""
+
+    def __init__(self, frame_s: float):
+        self.frame_s = frame_s
+        self.frames: list[tuple[av.VideoFrame, float | None]] = []
+        self.pool: list[float] = []
+        self.last: float | None = None
+
+    def push(self, frame: av.VideoFrame) -> list[tuple[av.VideoFrame, float | None]]:
+        raw = float(frame.time) if frame.time is not None else None
+        self.frames.append((frame, raw))
+        if raw is not None:
+            bisect.insort(self.pool, raw)
+        return [self._pop()] if len(self.frames) > REORDER_DEPTH else []
+
+    def flush(self) -> list[tuple[av.VideoFrame, float | None]]:
+        return [self._pop() for _ in range(len(self.frames))]
+
+    def _pop(self) -> tuple[av.VideoFrame, float | None]:
+        frame, raw = self.frames.pop(0)
+        if raw is None:
+            return frame, None
+        t = self.pool[0]
+        if self.last is not None and t < self.last - REORDER_DEPTH * self.frame_s:
+            t = raw  # a restart ahead: do not borrow its stamps
+        self.pool.remove(t)
+        self.last = t
+        return frame, t
+
+
 def decoded_frames(c: av.container.InputContainer, threads: int = 0, stats: DecodeStats | None = None) -> Iterator[tuple[av.VideoFrame, float]]:
     """(frame, time) for every decodable frame of the video stream of open container `c`,
     in presentation order, timed by `Timeline`. Undecodable packets are skipped (counted in
@@ -163,6 +203,7 @@ def decoded_frames(c: av.container.InputContainer, threads: int = 0, stats: Deco
     stats = stats if stats is not None else DecodeStats()
     stats.declared_start_s, stats.declared_duration_s = declared_video_span(c, vs)
     timeline = Timeline(nominal_rate(vs), stats)
+    reorder = _Reorder(timeline.dur)
     bad_run = 0
     try:
         for packet in c.demux(vs):
@@ -179,7 +220,10 @@ def decoded_frames(c: av.container.InputContainer, threads: int = 0, stats: Deco
                 continue
             bad_run = 0
             for frame in frames:
-                yield frame, timeline.time(frame)
+                for fr, raw in reorder.push(frame):
+                    yield fr, timeline.time(raw)
+        for fr, raw in reorder.flush():
+            yield fr, timeline.time(raw)
     except av.error.FFmpegError as e:
         if stats.frames == 0:
             raise MediaError(f"video stream does not decode ({_why(e)})", code="undecodable") from None

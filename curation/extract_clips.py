@@ -53,7 +53,8 @@ EXTRACT_INPUT = pa.schema(
 EXTRACT_OUTPUT = pa.schema([("clip_id", pa.string()), ("clip_path", pa.string()), ("error", pa.string())])
 
 
-_STANDARD_FPS = (23.976, 24.0, 25.0, 29.97, 30.0, 48.0, 50.0, 59.94, 60.0)
+# The NTSC rates exactly (24000/1001, not 23.976 = 2997/125: that drifts a frame an hour).
+_STANDARD_FPS = (24000 / 1001, 24.0, 25.0, 30000 / 1001, 30.0, 48.0, 50.0, 60000 / 1001, 60.0)
 
 
 def output_fps(clip_fps: float, target: float | None) -> float:

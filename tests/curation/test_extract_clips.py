@@ -89,6 +89,6 @@ def test_unreadable_source_gives_error_rows(tmp_path):
     assert res["x"]["clip_path"] is None and "extraction failed" in res["x"]["error"]
 
 
-@pytest.mark.parametrize("fps, target, want", [(29.91, None, 29.97), (25.06, None, 25.0), (17.3, None, 17.3), (30.0, 8.0, 8.0)])
+@pytest.mark.parametrize("fps, target, want", [(29.91, None, 30000 / 1001), (23.95, None, 24000 / 1001), (25.06, None, 25.0), (17.3, None, 17.3), (30.0, 8.0, 8.0)])
 def test_output_fps(fps, target, want):
     assert output_fps(fps, target) == want

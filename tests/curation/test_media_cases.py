@@ -198,14 +198,62 @@ def test_truncation_is_judged_on_the_video_stream():
 def test_timeline_repairs_missing_backwards_and_jumping_timestamps():
     from curation.decode import DecodeStats, Timeline
 
-    class F:
-        def __init__(self, time):
-            self.time = time
-
     stats = DecodeStats()
     tl = Timeline(25.0, stats)
     raw = [-0.08, -0.04, None, 0.04, 0.08, 0.0, 0.04, 900.0, 900.04]  # negative start, missing, restart, jump
-    got = [round(tl.time(F(r)), 3) for r in raw]
+    got = [round(tl.time(r), 3) for r in raw]
     assert got == [0.0, 0.04, 0.08, 0.12, 0.16, 0.2, 0.24, 0.28, 0.32]
     assert (stats.missing, stats.repaired, stats.frames) == (1, 2, 9)
     assert np.all(np.diff(got) > 0)
+
+
+OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
+
+
+@pytest.mark.skipif(not (OPENCV_DATA / "Megamind.avi").exists(), reason="needs Debian's opencv-doc (.ci/run installs it)")
+def test_real_avi_with_decode_order_timestamps(stage, tmp_path):
+    """Real footage: opencv-doc's Megamind.avi (MPEG-4 Part 2 with packed B-frames in AVI)
+    hands frames out in display order stamped in decode order (88 of 269 steps go back).
+    Put in order it is 270 frames at 23.976 fps, constant rate, four shots; extraction (the
+    same timeline) writes every frame of a clip. Taken as stamped, it read as 14.5 fps."""
+    row = analyzed(OPENCV_DATA / "Megamind.avi", stage)
+    assert row["status"] == "ok", row["error"]
+    assert row["fps"] == pytest.approx(24000 / 1001, abs=0.01)
+    assert (row["num_frames"], row["num_shots"], row["vfr"]) == (270, 4, False)
+    assert row["duration_s"] == pytest.approx(270 * 1001 / 24000, abs=0.01)
+    # shots [0,98) [98,154) [154,200) [200,270); the third is 1.9 s, under min_clip_s
+    assert spans(row) == [(0, 98), (98, 154), (200, 270)]
+    res = extract(row, tmp_path)
+    assert [r["error"] for r in res] == [None] * 3
+    assert extracted_frames(Path(res[0]["clip_path"])) == (98, Fraction(24000, 1001))
+
+
+def test_a_stalled_decoder_fails_its_item_not_the_run(cases, monkeypatch):
+    """A decoder call that never returns (a test double stands in for the hung FFmpeg call;
+    the real decode path is everything around it) becomes an error row with code `timeout`
+    after [decode] stall_timeout_s, and the stage goes on to the next item."""
+    import threading
+    import time
+
+    from curation import decode
+
+    d, _ = cases
+    release = threading.Event()
+    real = decode._decode
+
+    def stuck(uri, *a, **k):
+        if uri.endswith("insert.mp4"):
+            release.wait(60)
+        yield from real(uri, *a, **k)
+
+    monkeypatch.setattr(decode, "_decode", stuck)
+    cfg = load_config(overrides={"decode": {"stall_timeout_s": 1.0}})
+    stage = SplitAndScore(cfg)
+    stage.setup()
+    t0 = time.monotonic()
+    rows = stage(ProbeSources(cfg)(pa.table({"source": [str(d / "insert.mp4"), str(d / "stub_start.mp4")]}))).to_pylist()
+    release.set()
+    assert time.monotonic() - t0 < 20
+    assert (rows[0]["status"], rows[0]["error_code"]) == ("error", "timeout")
+    assert "decoder stalled" in rows[0]["error"]
+    assert rows[1]["status"] == "ok" and spans(rows[1]) == [(3, 100)]
