@@ -83,20 +83,28 @@ def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tupl
 def check_captions(cfg: DataConfig, variant: str) -> tuple[int, int] | None:
     """T2V only: raise ValueError (with the count) when more than `max_empty_caption_share` of
     the samples has an empty caption, unless `allow_empty_captions`. Returns (empty, samples),
-    or None when not checked (I2V, allowed, or a cache written without the counts)."""
+    or None when not checked (I2V, allowed, or a cache written without the counts). In a
+    process group rank 0 counts (one pass over the shards' tar headers) and every rank gets
+    its answer, so all raise alike."""
     if variant != "t2v" or cfg.allow_empty_captions:
         return None
-    counts = cache_caption_counts(cfg.cache_dir) if cfg.cache_dir else count_empty_captions(cfg.shards)
-    if counts is None:
-        return None
-    empty, total = counts
-    if total and empty / total > cfg.max_empty_caption_share:
-        raise ValueError(
-            f"data: {empty} of {total} samples ({empty / total:.1%}) have an empty caption, more than "
-            f"data.max_empty_caption_share = {cfg.max_empty_caption_share:g}; a T2V model would learn to ignore "
-            f"its prompt. Caption them (videomill caption), or set data.allow_empty_captions = true if empty "
-            f"prompts are intended")
-    return counts
+    dist = torch.distributed
+    group = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    answer: list = [None]
+    if not group or dist.get_rank() == 0:
+        counts = cache_caption_counts(cfg.cache_dir) if cfg.cache_dir else count_empty_captions(cfg.shards)
+        answer = [counts]
+        if counts is not None and counts[1] and counts[0] / counts[1] > cfg.max_empty_caption_share:
+            empty, total = counts
+            answer = [
+                f"data: {empty} of {total} samples ({empty / total:.1%}) have an empty caption, more than "
+                f"data.max_empty_caption_share = {cfg.max_empty_caption_share:g}; a T2V model would learn to ignore "
+                f"its prompt. Caption them, or set data.allow_empty_captions = true if empty prompts are intended"]
+    if group:
+        dist.broadcast_object_list(answer, src=0)
+    if isinstance(answer[0], str):
+        raise ValueError(answer[0])
+    return None if answer[0] is None else tuple(answer[0])
 
 
 class BucketBatches(IterableDataset):
