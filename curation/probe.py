@@ -40,6 +40,7 @@ def probe_source(uri: str, decode: DecodeConfig | None = None) -> dict:
     max_pixels = (decode or DecodeConfig()).max_pixels
     row = {"source": uri, "source_id": source_id(uri), "media_type": media_type(uri), "status": "ok", "num_clips": 0}
     try:
+        check_regular_file(uri)  # a FIFO would block the open; a dangling link is not found
         row["size_bytes"] = file_size(uri)
         if row["media_type"] == "image":
             row.update(probe_image(uri, max_pixels))

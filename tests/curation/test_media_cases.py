@@ -257,3 +257,22 @@ def test_a_stalled_decoder_fails_its_item_not_the_run(cases, monkeypatch):
     assert (rows[0]["status"], rows[0]["error_code"]) == ("error", "timeout")
     assert "decoder stalled" in rows[0]["error"]
     assert rows[1]["status"] == "ok" and spans(rows[1]) == [(3, 100)]
+
+
+def test_pipes_folders_and_dangling_links_named_explicitly_are_error_rows(tmp_path):
+    """Opening a FIFO would block forever: anything that is not a regular file is refused
+    before FFmpeg or Pillow sees it."""
+    import os
+
+    from curation.probe import probe_source
+
+    os.mkfifo(tmp_path / "pipe.mp4")
+    (tmp_path / "folder.mp4").mkdir()
+    (tmp_path / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    got = {p: probe_source(str(tmp_path / p)) for p in ("pipe.mp4", "folder.mp4", "dangling.jpg")}
+    assert {p: (r["status"], r["error_code"]) for p, r in got.items()} == {
+        "pipe.mp4": ("error", "not_a_file"),
+        "folder.mp4": ("error", "not_a_file"),
+        "dangling.jpg": ("error", "not_found"),
+    }
+    assert "pipe, device or socket" in got["pipe.mp4"]["error"]
