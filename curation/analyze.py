@@ -4,6 +4,10 @@ Frames stream through once (curation/decode.py). Cut detection sees every frame;
 as soon as their window is known and are scored from the samples buffered for them, so
 memory holds one open window's samples, not the video. Source-level facts known only at the
 end (cut rate, frame rate, VFR, truncation) are filled in after the pass.
+
+Rows out are clips (schema.analyzed_clip_schema), so later stages batch by clip: each carries
+its scores, the RGB frames model stages read (curation/frames.py, `[frames]` config), and the
+first clip of a source carries the source's own row in `source_row`.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from PIL import Image, ImageOps
 from curation.config import RunConfig
 from curation.decode import DecodeStats, check_complete, iter_frames, scaled_size
 from curation.media import MediaError
-from curation.schema import analyzed_source_schema, to_table
+from curation.frames import pack_frames
+from curation.schema import SOURCE_ROW, analyzed_clip_schema, source_schema, to_table
 from curation.score_motion import MotionScorer
 from curation.split_scenes import CutDetector, Window, Windower
-from curation.stage import Stage
+from curation.stage import Stage, item_error
 from curation.tag_negatives import FrameMeasures, flicker, measure_frame, tag_scores
 
 # The source row fields this stage reads (written by ProbeSources).
@@ -40,19 +45,26 @@ class _ClipScorer:
         self.cfg, self.motion, self.row = cfg, motion, row
         self.grays: list[tuple[int, float, np.ndarray]] = []
         self.measures: list[tuple[int, FrameMeasures]] = []
+        self.pictures: list[tuple[int, float, np.ndarray]] = []  # model-stage frames
         self.clips: list[dict] = []
 
-    def add(self, index: int, t: float, gray: np.ndarray | None, rgb: np.ndarray | None) -> None:
+    def add(self, index: int, t: float, gray: np.ndarray | None, rgb: np.ndarray | None, model_rgb: np.ndarray | None = None) -> None:
         if gray is not None:
             self.grays.append((index, t, gray))
         if rgb is not None:
             self.measures.append((index, measure_frame(rgb)))
+        if model_rgb is not None:
+            self.pictures.append((index, t, model_rgb))
 
     def close(self, w: Window) -> None:
         g = [(t, a) for i, t, a in self.grays if w.start <= i < w.end]
         m = [fm for i, fm in self.measures if w.start <= i < w.end]
         ms = self.motion.score([a for _, a in g], [t for t, _ in g])
         n = w.end - w.start
+        pics = [(t, a) for i, t, a in self.pictures if w.start <= i < w.end]
+        if len(pics) > self.cfg.frames.max_frames:  # evenly spread over the clip
+            pics = [pics[int(k)] for k in np.linspace(0, len(pics) - 1, self.cfg.frames.max_frames).round()]
+        frames = pack_frames([a for _, a in pics], [t for t, _ in pics]) if pics else {}
         self.clips.append(
             {
                 "clip_id": clip_id(self.row["source_id"], w.start, w.end),
@@ -72,15 +84,17 @@ class _ClipScorer:
                 "_noise": ms.noise_residual,
                 "_flicker": flicker([a for _, a in g]),
                 "_measures": m,
+                **frames,
             }
         )
 
     def prune(self, keep_from: int | None) -> None:
         if keep_from is None:
-            self.grays, self.measures = [], []
+            self.grays, self.measures, self.pictures = [], [], []
         else:
             self.grays = [x for x in self.grays if x[0] >= keep_from]
             self.measures = [x for x in self.measures if x[0] >= keep_from]
+            self.pictures = [x for x in self.pictures if x[0] >= keep_from]
 
 
 def _finish_tags(clips: list[dict], cfg: RunConfig, bits_per_pixel: float | None, cut_rate: float) -> None:
@@ -102,8 +116,10 @@ def _finish_tags(clips: list[dict], cfg: RunConfig, bits_per_pixel: float | None
         c["bits_per_pixel"] = bits_per_pixel
 
 
-def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer) -> tuple[dict, list[dict]]:
-    """Returns (source field updates, clip rows). Raises MediaError for a broken video."""
+def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer, frames: bool = True) -> tuple[dict, list[dict]]:
+    """Returns (source field updates, clip rows). Raises MediaError for a broken video.
+
+    With `frames`, each clip row carries its model-stage frames (`cfg.frames`)."""
     detector = CutDetector(cfg.split)
     windower = Windower(cfg.split)
     scorer = _ClipScorer(cfg, motion, row)
@@ -121,6 +137,8 @@ def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer) -> tuple[dict
         threads=cfg.decode.threads,
         stats=stats,
         stall_timeout_s=cfg.decode.stall_timeout_s,
+        model_short_side=cfg.frames.short_side if frames else None,
+        model_fps=cfg.frames.fps if frames else None,
     ):
         if fr.index == 0 and fr.rotation:
             # Display rotation lives in frame side data: sizes are reported after it.
@@ -137,7 +155,7 @@ def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer) -> tuple[dict
             scorer.close(w)
         if closed or is_cut:  # the open window moved: drop samples before it
             scorer.prune(windower.start)
-        scorer.add(fr.index, fr.t, fr.gray, fr.rgb)
+        scorer.add(fr.index, fr.t, fr.gray, fr.rgb, fr.model_rgb)
         times.append(fr.t)
     if not times:
         raise MediaError("video stream has no decodable frames", code="undecodable")
@@ -174,12 +192,16 @@ def read_image(uri: str) -> np.ndarray:
         return np.asarray(ImageOps.exif_transpose(Image.open(f)).convert("RGB"))
 
 
-def analyze_image(row: dict, cfg: RunConfig) -> tuple[dict, list[dict]]:
+def analyze_image(row: dict, cfg: RunConfig, frames: bool = True) -> tuple[dict, list[dict]]:
     """An image is a one-frame clip: no motion, tags from its single frame."""
     rgb = read_image(row["source"])
     h, w = rgb.shape[:2]
     tw, th = scaled_size(w, h, cfg.tags.short_side)
     small = cv2.resize(rgb, (tw, th), interpolation=cv2.INTER_AREA)
+    picture = {}
+    if frames:
+        fw, fh = scaled_size(w, h, cfg.frames.short_side)
+        picture = pack_frames(cv2.resize(rgb, (fw, fh), interpolation=cv2.INTER_AREA)[None], [0.0])
     clip = {
         "clip_id": clip_id(row["source_id"], 0, 1),
         "source": row["source"],
@@ -198,49 +220,82 @@ def analyze_image(row: dict, cfg: RunConfig) -> tuple[dict, list[dict]]:
         "motion_score": None,
         "motion_min_patch": None,
         "motion_coherence": None,
+        **picture,
     }
     _finish_tags([clip], cfg, None, 0.0)
     return {"num_frames": 1, "num_shots": 1, "cut_rate_per_min": 0.0, "num_clips": 1}, [clip]
 
 
 class SplitAndScore(Stage):
-    """Per source: decode once, split at cuts, score every clip (CPU tier)."""
+    """Per source: decode once, split at cuts, score every clip (CPU tier).
+
+    In: probed source rows. Out: clip rows (schema.analyzed_clip_schema), one per clip, in
+    source order; a source with no clip is one row with a null `clip_id` carrying its
+    `source_row`. Any exception while analysing a source becomes that source's error row
+    (stage.item_error): one bad input never fails the batch.
+
+    `frames=False` leaves the model-stage frame columns null (no model stage will read them,
+    and sampling them costs a colour conversion per sampled frame).
+    """
 
     reads = _PROBED
-    writes = ("width", "height", "rotation", "duration_s", "fps", "vfr", "num_frames", "num_shots", "cut_rate_per_min", "num_clips", "clips")
+    writes = tuple(n for n in analyzed_clip_schema().names if n != "source")
     batch_size = 1
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, frames: bool = True):
         self.cfg = cfg
+        self.frames = frames
         self._motion: MotionScorer | None = None
 
     def setup(self) -> None:
         cv2.setNumThreads(1)  # parallelism comes from running many sources at once
         self._motion = MotionScorer(self.cfg.motion)
 
-    def analyze(self, row: dict) -> dict:
+    def analyze(self, row: dict) -> tuple[dict, list[dict]]:
+        """(source row, its clip rows) for one probed source row."""
         row = dict(row)
-        row["clips"] = []
         if row["status"] != "ok":
-            return row
+            return row, []
         try:
             if row["media_type"] == "image":
-                updates, clips = analyze_image(row, self.cfg)
+                updates, clips = analyze_image(row, self.cfg, self.frames)
             else:
-                updates, clips = analyze_video(row, self.cfg, self._motion)
-        except (MediaError, av.error.FFmpegError, cv2.error, OSError) as e:
-            row.update(
-                status="error",
-                error=str(e) if isinstance(e, MediaError) else f"{type(e).__name__}: {e}",
-                error_code=e.code if isinstance(e, MediaError) else "decode",
-            )
-            return row
+                updates, clips = analyze_video(row, self.cfg, self._motion, self.frames)
+        except (av.error.FFmpegError, cv2.error, OSError) as e:
+            row.update(status="error", **item_error(e, default_code="decode"))
+            return row, []
+        except Exception as e:  # noqa: BLE001 - any failure on one source is that source's error row
+            row.update(status="error", **item_error(e))
+            return row, []
         row.update(updates)
-        row["clips"] = clips
-        return row
+        return row, clips
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self._motion is None:
             self.setup()
-        rows = [self.analyze(r) for r in batch.to_pylist()]
-        return to_table(rows, analyzed_source_schema())
+        names = set(source_schema().names)
+        out: list[dict] = []
+        for probed in batch.to_pylist():
+            src, clips = self.analyze(probed)
+            src = {k: v for k, v in src.items() if k in names}
+            src["num_clips"] = len(clips)
+            if not clips:
+                out.append({"source": src["source"], "media_type": src.get("media_type"), SOURCE_ROW: src})
+                continue
+            clips[0][SOURCE_ROW] = src
+            out += clips
+        return to_table(out, analyzed_clip_schema())
+
+
+def group_sources(table: pa.Table) -> list[dict]:
+    """Clip rows (SplitAndScore's output) back to source rows, each with its `clips` list.
+
+    For tests and benchmarks that look at one source at a time; the pipeline never does this."""
+    rows: dict[str, dict] = {}
+    for r in table.to_pylist():
+        head = r.pop(SOURCE_ROW)
+        if head is not None:
+            rows[head["source"]] = dict(head, clips=[])
+        if r["clip_id"] is not None:
+            rows[r["source"]]["clips"].append(r)
+    return list(rows.values())

@@ -214,9 +214,9 @@ class ShardConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class RuntimeConfig:
-    partition_size: int = 64  # sources per Prefect task (the unit of retry and resume)
+    partition_size: int = 64  # clip rows per manifest part: the unit of resume (flows/run_ray.py streams every source in one pipeline)
     executor: str = "ray"  # "ray": stages on Ray Data; "local": in this process (debugging)
-    task_timeout_s: int = 6 * 3600  # a Prefect task (a partition, or a global step) past this fails and is retried
+    task_timeout_s: int = 6 * 3600  # a Prefect task (the scoring stream, or a global step) past this fails and is retried
     ray_address: str | None = None  # None: RAY_ADDRESS, else start a local Ray
     num_cpus: int | None = None  # local Ray only; None: all cores
     dashboard: bool = True

@@ -49,6 +49,7 @@ class Frame:
     thumb: np.ndarray  # (h, w, 3) uint8 Y/U/V at thumbnail size (display orientation)
     gray: np.ndarray | None = None  # (h, w) uint8 at working size, on motion samples
     rgb: np.ndarray | None = None  # (h, w, 3) uint8 at tags size, on tag samples
+    model_rgb: np.ndarray | None = None  # (h, w, 3) uint8 at the [frames] size, on model-frame samples
 
 
 def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -285,10 +286,12 @@ class _Sampler:
         return np.ascontiguousarray(np.rot90(small.to_ndarray().copy(), rot))
 
 
-def _decode(uri: str, thumb_width: int, motion: _Sampler, tags: _Sampler, threads: int, stats: DecodeStats) -> Iterator[Frame]:
+def _decode(uri: str, thumb_width: int, motion: _Sampler, tags: _Sampler, threads: int, stats: DecodeStats, model: _Sampler | None = None) -> Iterator[Frame]:
     with open_container(uri) as c:
         sar = video_stream(c).sample_aspect_ratio
         motion.sar = tags.sar = Fraction(sar) if sar else None
+        if model is not None:
+            model.sar = motion.sar
         for index, (frame, t) in enumerate(decoded_frames(c, threads, stats)):
             rot = display_rotation(frame) // 90
             out = Frame(index=index, t=t, rotation=rot * 90, thumb=np.rot90(yuv_thumb(frame, thumb_width), rot))
@@ -296,6 +299,8 @@ def _decode(uri: str, thumb_width: int, motion: _Sampler, tags: _Sampler, thread
                 out.gray = motion.take(frame, rot)
             if tags.due(t):
                 out.rgb = tags.take(frame, rot)
+            if model is not None and model.due(t):
+                out.model_rgb = model.take(frame, rot)
             yield out
 
 
@@ -314,6 +319,8 @@ def iter_frames(
     prefetch: int = 32,
     stats: DecodeStats | None = None,
     stall_timeout_s: float | None = None,
+    model_short_side: int | None = None,
+    model_fps: float | None = None,
 ) -> Iterator[Frame]:
     """Yield every frame of `uri` in presentation order. Raises MediaError on a broken stream.
 
@@ -322,10 +329,13 @@ def iter_frames(
     release the GIL in their heavy parts. `stats` is filled as the pass goes (complete once
     the iterator is exhausted). When the decoder produces nothing for `stall_timeout_s`,
     MediaError(code="timeout"): an FFmpeg decode call cannot be interrupted, so the stuck
-    thread is abandoned (a daemon) and the run goes on with the next item."""
+    thread is abandoned (a daemon) and the run goes on with the next item. With
+    `model_short_side` and `model_fps`, frames are also sampled as RGB at that size for model
+    stages (curation/frames.py)."""
     stats = stats if stats is not None else DecodeStats()
     motion = _Sampler(work_short_side, "gray", motion_fps)
     tags = _Sampler(tags_short_side, "rgb24", tags_fps)
+    model = _Sampler(model_short_side, "rgb24", model_fps) if model_short_side and model_fps else None
     q: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
 
@@ -339,7 +349,7 @@ def iter_frames(
 
     def produce() -> None:
         try:
-            with contextlib.closing(_decode(uri, thumb_width, motion, tags, threads, stats)) as frames:
+            with contextlib.closing(_decode(uri, thumb_width, motion, tags, threads, stats, model)) as frames:
                 for fr in frames:
                     if stop.is_set():
                         return

@@ -3,13 +3,20 @@
 OUT/
   config.resolved.json        the run's configuration after profile, file and flags
   clips/<clip_id>.mp4|.jpg    extracted accepted clips
-  manifest/sources/part-*.parquet  one row per input; a part is written once its partition
-                                   is fully scored, so the part *is* the completion marker
-  manifest/scores/part-*.parquet   scored clips of that partition, before any decision
+  manifest/scores/part-X.parquet   scored clips of one batch of the scoring stream, before any decision
+  manifest/sources/part-X.parquet  the `sources` rows whose head travelled in that batch; written
+                                   after its scores twin, it is the part's completion marker
   manifest/clips/clips.parquet     scores + decision + clip paths (rewritten by each run)
 
 Every file is written to a dot-prefixed temporary name and renamed into place; readers (and
-pyarrow.dataset, which skips names starting with `.` or `_`) never see a partial file.
+pyarrow.dataset, which skips names starting with `.` or `_`) never see a partial file. A scores
+part without its sources twin (a crash between the two renames) is never read.
+
+The resume unit is the part: the scoring stream (flows/run_ray.py) ends in `WriteParts`, one
+part per batch of clip rows. A source is *complete* when its one `sources` row and exactly
+`num_clips` distinct clip rows sit in committed parts; `settle` removes every row of any other
+source (a crash can split a source's clips over a written and an unwritten part), so a rerun
+scores exactly the incomplete sources again and never duplicates a clip.
 """
 
 from __future__ import annotations
@@ -22,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from curation.schema import METADATA_KEY, SCHEMA_VERSION
+from curation.frames import drop_transient
+from curation.schema import METADATA_KEY, SCHEMA_VERSION, SOURCE_ROW, scored_clip_schema, source_schema
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,125 @@ def read_dataset(directory: Path, schema: pa.Schema | None = None) -> pa.Table:
 
 def partition_id(sources: list[str]) -> str:
     return hashlib.sha1("\n".join(sorted(sources)).encode()).hexdigest()[:16]
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with exactly `schema`'s columns, in order: absent ones null, extra ones dropped."""
+    cols = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type) for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def split_rows(batch: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Clip rows of the scoring stream -> (sources rows, scored clip rows), as written."""
+    heads = batch.column(SOURCE_ROW).combine_chunks() if batch.num_rows else pa.array([], batch.schema.field(SOURCE_ROW).type)
+    heads = heads.filter(heads.is_valid())
+    sources = conform(pa.Table.from_struct_array(heads), source_schema()) if len(heads) else source_schema().empty_table()
+    clips = drop_transient(batch.filter(pc.is_valid(batch.column("clip_id"))))
+    return sources, conform(clips, scored_clip_schema())
+
+
+def write_part(layout: Layout, batch: pa.Table) -> dict:
+    """Write one batch of the scoring stream as a part: scores first, then its marker.
+
+    The name is a hash of the rows' keys, so a retried task rewrites the same part instead of
+    adding a duplicate. Returns counts for the progress line."""
+    sources, clips = split_rows(batch)
+    if not sources.num_rows and not clips.num_rows:
+        return {"part": None, "sources": 0, "clips": 0, "errors": 0}
+    keys = sorted(sources.column("source").to_pylist()) + sorted(clips.column("clip_id").to_pylist())
+    name = f"part-{hashlib.sha1(chr(10).join(keys).encode()).hexdigest()[:20]}.parquet"
+    write_table_atomic(clips, layout.scores / name)
+    write_table_atomic(sources, layout.sources / name)
+    errors = pc.sum(pc.equal(sources.column("status"), "error")).as_py() or 0
+    return {"part": name, "sources": sources.num_rows, "clips": clips.num_rows, "errors": errors}
+
+
+class WriteParts:
+    """The scoring stream's last operator: each batch of clip rows becomes one manifest part.
+
+    A plain callable (curation/ imports no Ray); flows/run_ray.py runs it as the final
+    `map_batches` so each part's counts stream back to the driver for the progress line
+    (a Ray `Datasink` would report only when the whole write is over)."""
+
+    def __init__(self, out: str | Path):
+        self.out = str(out)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        stats = write_part(Layout.at(self.out), batch)
+        return pa.Table.from_pylist([stats], schema=PART_STATS)
+
+
+PART_STATS = pa.schema([("part", pa.string()), ("sources", pa.int64()), ("clips", pa.int64()), ("errors", pa.int64())])
+
+
+def committed_parts(layout: Layout) -> list[str]:
+    """Names of the parts whose marker (the sources twin) and scores file both exist."""
+    marks = {p.name for p in layout.sources.glob("part-*.parquet")} if layout.sources.exists() else set()
+    return sorted(n for n in marks if (layout.scores / n).exists())
+
+
+def read_parts(directory: Path, names: list[str], schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+    """The named parts of a manifest directory as one table (empty when there are none)."""
+    if not names:
+        t = schema.empty_table()
+        return t.select(columns) if columns else t
+    return pads.dataset([str(directory / n) for n in names], format="parquet", schema=schema).to_table(columns=columns)
+
+
+def read_scores(layout: Layout) -> pa.Table:
+    """Every scored clip of the committed parts: what `decide` reads."""
+    return read_parts(layout.scores, committed_parts(layout), scored_clip_schema())
+
+
+def read_sources(layout: Layout) -> pa.Table:
+    return read_parts(layout.sources, committed_parts(layout), source_schema())
+
+
+def settle(layout: Layout) -> set[str]:
+    """Make the manifest hold only complete sources; return them.
+
+    Deletes scores parts without a marker and markers without scores; a source whose rows are
+    not exactly one `sources` row plus `num_clips` distinct clip rows (a crash split it, or a
+    retried batch duplicated it) loses all its rows, parts rewritten atomically (scores
+    first), so the next pass scores it again. Reads only the key columns."""
+    if not layout.sources.exists():
+        return set()
+    for p in layout.scores.glob("part-*.parquet"):
+        if not (layout.sources / p.name).exists():
+            p.unlink()
+    for p in layout.sources.glob("part-*.parquet"):
+        if not (layout.scores / p.name).exists():
+            p.unlink()
+    names = committed_parts(layout)
+    src_parts, clip_parts = [], []
+    for n in names:
+        s = pq.read_table(layout.sources / n, columns=["source", "num_clips"])
+        c = pq.read_table(layout.scores / n, columns=["source", "clip_id"])
+        src_parts.append(s.append_column("part", pa.array([n] * s.num_rows, pa.string())))
+        clip_parts.append(c.append_column("part", pa.array([n] * c.num_rows, pa.string())))
+    if not names:
+        return set()
+    srcs, clips = pa.concat_tables(src_parts), pa.concat_tables(clip_parts)
+    heads = srcs.group_by("source").aggregate([("num_clips", "max"), ("source", "count")])
+    counts = clips.group_by("source").aggregate([("clip_id", "count"), ("clip_id", "count_distinct")])
+    j = heads.join(counts, "source", join_type="full outer")
+    want = pc.fill_null(j.column("num_clips_max"), 0)
+    n_clips = pc.fill_null(j.column("clip_id_count"), 0)
+    ok = pc.and_(
+        pc.and_(pc.equal(pc.fill_null(j.column("source_count"), 0), 1), pc.equal(n_clips, want)),
+        pc.equal(pc.fill_null(j.column("clip_id_count_distinct"), 0), n_clips),
+    )
+    complete = set(j.filter(ok).column("source").to_pylist())
+    bad = pa.array(sorted(set(j.column("source").to_pylist()) - complete), pa.string())
+    if len(bad):
+        touched = set(srcs.filter(pc.is_in(srcs.column("source"), bad)).column("part").to_pylist())
+        touched |= set(clips.filter(pc.is_in(clips.column("source"), bad)).column("part").to_pylist())
+        for n in sorted(touched):
+            for d in (layout.scores, layout.sources):  # scores first: the marker goes last
+                t = pq.read_table(d / n)
+                keep = t.filter(pc.invert(pc.is_in(t.column("source"), bad)))
+                write_table_atomic(keep, d / n)
+    return complete
 
 
 def fingerprint(section: dict) -> str:

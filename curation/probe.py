@@ -10,7 +10,7 @@ from curation.config import DecodeConfig
 from curation.inputs import is_url
 from curation.media import MediaError, check_pixels, check_regular_file, file_size, media_type, probe_video, source_id
 from curation.schema import SOURCE_COLUMNS, source_schema, to_table
-from curation.stage import Stage
+from curation.stage import Stage, item_error
 
 
 def probe_image(uri: str, max_pixels: int = DecodeConfig.max_pixels) -> dict:
@@ -75,4 +75,13 @@ class ProbeSources(Stage):
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         decode = getattr(self.cfg, "decode", None)
-        return to_table([probe_source(u, decode) for u in batch.column("source").to_pylist()], source_schema())
+        return to_table([self.probe(u, decode) for u in batch.column("source").to_pylist()], source_schema())
+
+    @staticmethod
+    def probe(uri: str, decode: DecodeConfig | None = None) -> dict:
+        """probe_source, with any unexpected exception made this source's error row."""
+        try:
+            return probe_source(uri, decode)
+        except Exception as e:  # noqa: BLE001 - per-item fault isolation (stage.item_error)
+            return {"source": uri, "source_id": source_id(uri), "media_type": media_type(uri), "status": "error",
+                    "num_clips": 0, **item_error(e)}

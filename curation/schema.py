@@ -35,7 +35,7 @@ def _cols(*cols: Column) -> dict[str, Column]:
 
 SOURCE_COLUMNS = _cols(
     Column("source", pa.string(), "Input URI or path, as expanded from the command line."),
-    Column("source_id", pa.string(), "Stable short hash of `source`; prefix of its clip ids."),
+    Column("source_id", pa.string(), "Stable hash of `source` (16 hex digits); prefix of its clip ids."),
     Column("media_type", pa.string(), "`video` or `image` (unknown when unreadable)."),
     Column("status", pa.string(), "`ok` | `error`."),
     Column("error", pa.string(), "Why the source failed, in words a person understands; null when ok."),
@@ -47,6 +47,12 @@ SOURCE_COLUMNS = _cols(
         "cover art), `no_size`, `unsupported_codec`, `too_large` (over [decode] max_pixels), `undecodable`, "
         "`decode`, `truncated`, `timeout` (decoder stalled); `extract` for a failed clip extraction; "
         "`worker_died`, `exception` from the pipeline's fault isolation.",
+    ),
+    Column(
+        "error_detail",
+        pa.string(),
+        "For an unexpected failure: the exception's traceback (last frames, at most 4000 characters); "
+        "for a worker that died: what was tried. Null otherwise.",
     ),
     Column("size_bytes", pa.int64(), "File size in bytes."),
     Column("container", pa.string(), "Container format as named by FFmpeg (e.g. `mov,mp4,m4a,3gp`)."),
@@ -130,6 +136,7 @@ CLIP_COLUMNS = _cols(
     Column("reject_reasons", pa.list_(pa.string()), "Every rule the clip failed (empty when accepted)."),
     Column("error", pa.string(), "Why scoring or extraction failed; null otherwise."),
     Column("error_code", pa.string(), "Short machine code grouping `error` (see the sources table); null otherwise."),
+    Column("error_detail", pa.string(), "Traceback or detail of an unexpected failure (see the sources table); null otherwise."),
     Column(
         "bucket",
         pa.string(),
@@ -192,7 +199,19 @@ def check_chain(stages: Sequence[object], available: Iterable[str]) -> list[str]
     return have
 
 
-def analyzed_source_schema() -> pa.Schema:
-    """A source row carrying its scored clips, as the analysis stage emits it."""
-    clips = pa.field("clips", pa.list_(pa.struct(list(scored_clip_schema()))))
-    return source_schema().append(clips)
+SOURCE_ROW = "source_row"
+
+
+def analyzed_clip_schema() -> pa.Schema:
+    """Clip rows as the analysis stage emits them, before any decision.
+
+    The scored clip columns, the transient frame columns (curation/frames.py) and
+    `source_row`: the source's own `sources` row as a struct, set on exactly one row per
+    source (its first clip). A source with no clip (an error, or too short) is one row with a
+    null `clip_id` that carries only its `source_row`. The manifest writer splits the two
+    apart; neither `source_row` nor the frames are written with the clips.
+    """
+    from curation.frames import frame_fields
+
+    fields = [*scored_clip_schema(), *frame_fields(), pa.field(SOURCE_ROW, pa.struct(list(source_schema())))]
+    return pa.schema(fields, metadata={METADATA_KEY: str(SCHEMA_VERSION).encode()})

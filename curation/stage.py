@@ -29,3 +29,22 @@ class Stage:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         raise NotImplementedError
+
+
+def item_error(e: BaseException, default_code: str = "exception") -> dict:
+    """The error fields of one item's row (schema: `error`, `error_code`, `error_detail`).
+
+    Per-item fault isolation: a stage catches *any* exception raised while working on one
+    source or clip and turns it into that item's error row with this, so one bad input
+    never fails its batch. A `MediaError` (an expected problem with the file) keeps its
+    message and code; anything else is named by type and message, grouped under
+    `default_code`, and keeps its traceback as the detail for whoever debugs it.
+    """
+    import traceback
+
+    from curation.media import MediaError
+
+    if isinstance(e, MediaError):
+        return {"error": str(e), "error_code": e.code, "error_detail": None}
+    detail = "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=-8))
+    return {"error": f"{type(e).__name__}: {e}", "error_code": default_code, "error_detail": detail[-4000:]}

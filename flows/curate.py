@@ -1,16 +1,19 @@
-"""The curation flow: ingest -> split & score (per partition) -> decide -> extract -> manifest.
+"""The curation flow: ingest -> score (one streaming pipeline) -> decide -> extract -> shards -> report.
 
-Prefect tasks are coarse: one per partition of sources (retried; its Parquet part is its
-completion marker, so a rerun skips it) and one per global step. Per-source and per-clip
-parallelism is Ray Data's (flows/run_ray.py), or in-process with `runtime.executor = "local"`.
+Scoring is ONE streaming pipeline over every source still to do (flows/run_ray.py): probe,
+split into clip rows, the clip-level model stages (flows/stages.py), and a writer that turns
+each batch of clip rows into a manifest part, the unit of resume (curation/manifest.py).
+Prefect tasks stay coarse: the streaming scoring step and each global step (decide, extract,
+shards, report), retried as wholes; a retried or rerun scoring step skips complete sources.
+`runtime.executor = "local"` runs the same stages in-process.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,30 +21,37 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE as NO_CACHE
 
-from curation.analyze import SplitAndScore
 from curation.config import RunConfig, load_config, merge_dicts, to_dict
 from curation.decide import decide
 from curation.extract_clips import EXTRACT_INPUT, ExtractClips
 from curation.inputs import expand_inputs
 from curation.manifest import (
     Layout,
+    WriteParts,
+    conform,
     fingerprint,
-    partition_id,
     read_dataset,
+    read_scores,
+    read_sources,
+    settle,
     write_bytes_atomic,
     write_json_atomic,
+    write_part,
     write_table_atomic,
 )
-from curation.probe import ProbeSources
+from curation.media import media_type, source_id
 from curation.report import count_list_values, write_report
 from curation.report import funnel as funnel_counts
-from curation.schema import clip_schema, scored_clip_schema, source_schema
+from curation.schema import SOURCE_ROW, analyzed_clip_schema, clip_schema
 from curation.stage import Stage
 from curation.write_shards import write_shards
 from flows.logs import run_logger
-from flows.run_local import run_local
+from flows.run_local import run_local, stream_local
+from flows.stages import check_clip_stages, clip_stages, source_stages
 
 Runner = Callable[[Sequence[Stage], pa.Table], pa.Table]
+# Ray's retries of a block whose worker died, before the flow retries its sources one by one.
+WORKER_RETRIES = 2
 
 
 class ConfigError(ValueError):
@@ -56,9 +66,28 @@ def get_runner(cfg: RunConfig) -> Runner:
     return run_ray
 
 
+def get_streamer(cfg: RunConfig) -> tuple[Callable[..., Iterator[pa.Table]], Callable[[int], int]]:
+    """(the scoring stream, its sources-per-block rule) of the configured executor."""
+    if cfg.runtime.executor == "local":
+        from flows.run_local import sources_per_block
+
+        return stream_local, sources_per_block
+    from flows.run_ray import sources_per_block, stream_ray
+
+    return stream_ray, sources_per_block
+
+
+# Config sections that never change a score: decisions, shards and where things run.
+_NOT_SCORING = ("profile", "decide", "shard", "runtime")
+
+
 def scoring_fingerprint(cfg: RunConfig) -> str:
+    """Hash of everything a stored score depends on: every scoring config section (model
+    ids included) and the code `version` of every stage of the stream."""
     d = to_dict(cfg)
-    return fingerprint({k: d[k] for k in ("decode", "split", "motion", "tags", "extract")})
+    clip = clip_stages(cfg)
+    stages = {type(st).__qualname__: str(getattr(st, "version", "1")) for st in (*source_stages(cfg, clip), *clip)}
+    return fingerprint({"config": {k: v for k, v in d.items() if k not in _NOT_SCORING}, "stages": stages})
 
 
 def check_fingerprint(layout: Layout, cfg: RunConfig, rescore: bool) -> None:
@@ -69,8 +98,8 @@ def check_fingerprint(layout: Layout, cfg: RunConfig, rescore: bool) -> None:
     if old is not None and old != fp:
         if not rescore:
             raise ConfigError(
-                f"{layout.root} holds scores made with different decode/split/motion/tags/extract "
-                "settings; use a new --out, or --rescore to discard them"
+                f"{layout.root} holds scores made with different scoring settings or scorer versions "
+                "(decode/split/motion/tags/frames/extract or a model stage); use a new --out, or --rescore to discard them"
             )
         for d in (layout.sources, layout.scores, layout.clip_manifest, layout.clips):
             for p in d.glob("*"):
@@ -79,71 +108,152 @@ def check_fingerprint(layout: Layout, cfg: RunConfig, rescore: bool) -> None:
     write_bytes_atomic(f, (fp + "\n").encode())
 
 
-@task(name="split-and-score", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def score_partition(sources: list[str], out: str, cfg: RunConfig) -> dict:
-    """Probe, split and score one partition; write its scores, then its sources part."""
-    layout = Layout.at(out)
-    pid = partition_id(sources)
-    marker = layout.sources / f"part-{pid}.parquet"
-    if marker.exists():
-        return {"partition": pid, "skipped": True}
-    t0 = time.perf_counter()
-    analyzed = get_runner(cfg)([ProbeSources(cfg), SplitAndScore(cfg)], pa.table({"source": sources}))
-    analyzed = analyzed.sort_by("source")
-    clips = pa.Table.from_batches([], schema=scored_clip_schema())
-    if analyzed.num_rows:
-        flat = pc.list_flatten(analyzed.column("clips"))
-        if len(flat):
-            clips = pa.Table.from_struct_array(flat).cast(scored_clip_schema()).sort_by("clip_id")
-    if analyzed.num_rows != len(sources):
-        raise RuntimeError(f"partition {pid}: {len(sources)} sources in, {analyzed.num_rows} rows out")
-    write_table_atomic(clips, layout.scores / f"part-{pid}.parquet")
-    write_table_atomic(analyzed.drop_columns(["clips"]).cast(source_schema()), marker)
-    errors = pc.sum(pc.equal(analyzed.column("status"), "error")).as_py() or 0
-    run_logger().info(
-        "partition %s: %d sources (%d failed), %d clips in %.1fs", pid, len(sources), errors, clips.num_rows, time.perf_counter() - t0
-    )
-    return {"partition": pid, "skipped": False, "sources": len(sources), "clips": clips.num_rows}
+class Progress:
+    """The run's live progress line: sources done/total, clips, clips/s, ETA.
+
+    Logged through the run logger (the CLI's stderr, and the Prefect run's logs) at most
+    every `every_s` seconds while parts are written, and once at the end."""
+
+    def __init__(self, total: int, done: int, log: logging.Logger | logging.LoggerAdapter, every_s: float = 5.0):
+        self.total, self.done, self.start_done = total, done, done
+        self.clips = self.errors = 0
+        self.log, self.every_s = log, every_s
+        self.t0 = self.last = time.monotonic()
+
+    def update(self, stats: pa.Table) -> None:
+        self.done += pc.sum(stats.column("sources")).as_py() or 0
+        self.clips += pc.sum(stats.column("clips")).as_py() or 0
+        self.errors += pc.sum(stats.column("errors")).as_py() or 0
+        if time.monotonic() - self.last >= self.every_s:
+            self.emit()
+
+    def line(self) -> str:
+        dt = max(time.monotonic() - self.t0, 1e-9)
+        rate = (self.done - self.start_done) / dt
+        left = self.total - self.done
+        eta = "0 s" if left <= 0 else (f"{left / rate:.0f} s" if rate > 0 else "?")
+        return (f"progress: {self.done}/{self.total} sources ({self.errors} failed), {self.clips} clips, "
+                f"{self.clips / dt:.2f} clips/s, ETA {eta}")
+
+    def emit(self) -> None:
+        self.last = time.monotonic()
+        self.log.info("%s", self.line())
+
+
+def worker_died_rows(sources: list[str], tries: int) -> pa.Table:
+    """Error rows for sources whose worker died on every try (scoring stream row layout)."""
+    heads = [
+        {"source": s, "source_id": source_id(s), "media_type": media_type(s), "status": "error", "num_clips": 0,
+         "error": f"the worker processing this source died on all {tries} tries (crash, out of memory or killed)",
+         "error_code": "worker_died",
+         "error_detail": f"Ray retried its block {WORKER_RETRIES} times (then, if it shared the block, "
+                         "the flow ran it alone in a block of its own)"}
+        for s in sources
+    ]
+    return pa.Table.from_pylist([{"source": h["source"], "media_type": h["media_type"], SOURCE_ROW: h} for h in heads],
+                                schema=analyzed_clip_schema())
+
+
+def score_sources(sources: list[str], layout: Layout, cfg: RunConfig, extra_source_stages: Sequence[Stage] = ()) -> dict:
+    """Score every source of `sources` that OUT does not hold complete yet, in one stream.
+
+    `extra_source_stages` run after the analysis, as source stages (tasks) on its clip rows:
+    tests use them to inject faults into the real pipeline."""
+    log = run_logger()
+    clip = clip_stages(cfg)
+    check_clip_stages(clip)
+    stages = [*source_stages(cfg, clip), *extra_source_stages]
+    done = settle(layout)
+    todo = [s for s in sources if s not in done]
+    log.info("%d sources already done, %d to score", len(sources) - len(todo), len(todo))
+    progress = Progress(len(sources), len(sources) - len(todo), log)
+    stream, block_size = get_streamer(cfg)
+    writer = WriteParts(layout.root)
+    rows, k = cfg.runtime.partition_size, block_size(len(todo))
+    for stats in stream(todo, stages, clip, writer, rows_per_part=rows, sources_per_block=k, max_retries=WORKER_RETRIES):
+        progress.update(stats)
+    done = settle(layout)
+    missing = [s for s in todo if s not in done]
+    if missing and k > 1:  # their blocks were dropped after Ray's retries: each alone in a block, once more
+        log.warning("%d sources lost their worker; retrying each in a block of its own", len(missing))
+        for stats in stream(missing, stages, clip, writer, rows_per_part=rows, sources_per_block=1, max_retries=WORKER_RETRIES):
+            progress.update(stats)
+        done = settle(layout)
+        missing = [s for s in missing if s not in done]
+    if missing:
+        log.error("%d sources killed their worker on every try: error rows (worker_died)", len(missing))
+        progress.update(pa.table({"sources": [len(missing)], "clips": [0], "errors": [len(missing)]}))
+        write_part(layout, worker_died_rows(missing, (2 if k > 1 else 1) * (WORKER_RETRIES + 1)))
+        settle(layout)
+    progress.emit()
+    return {"sources": len(sources), "scored": len(todo), "clips": progress.clips, "worker_died": len(missing)}
+
+
+@task(name="score", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def score_step(sources: list[str], out: str, cfg: RunConfig) -> dict:
+    """The streaming scoring step; a retry (or a rerun) scores only incomplete sources."""
+    return score_sources(sources, Layout.at(out), cfg)
 
 
 @task(name="decide", cache_policy=NO_CACHE)
 def decide_step(out: str, cfg: RunConfig) -> pa.Table:
     layout = Layout.at(out)
-    scored = read_dataset(layout.scores, scored_clip_schema()).sort_by("clip_id")
+    scored = read_scores(layout).sort_by("clip_id")
     decided, resolved = decide(scored, cfg.decide)
     for r in resolved:
         run_logger().info("rule %s on %s: keep within [%s, %s]", r.name, r.column, r.min, r.max)
     return decided
 
 
+def extract_input(decided: pa.Table) -> pa.Table:
+    """Accepted clips grouped per source (EXTRACT_INPUT), in Arrow: one row per source."""
+    acc = decided.filter(pc.equal(decided.column("status"), "accepted"))
+    if not acc.num_rows:
+        return EXTRACT_INPUT.empty_table()
+    item = EXTRACT_INPUT.field("clips").type.value_type
+    acc = acc.sort_by([("source", "ascending"), ("start_s", "ascending")])
+    spans = pa.StructArray.from_arrays([acc.column(f.name).combine_chunks().cast(f.type) for f in item], fields=list(item))
+    # Sorted by source: each source is one run; its run ends are the list offsets.
+    runs = pc.run_end_encode(acc.column("source").combine_chunks())
+    ends = runs.run_ends.cast(pa.int32())
+    starts = pa.concat_arrays([pa.array([0], pa.int32()), ends[:-1]])
+    clips = pa.ListArray.from_arrays(pa.concat_arrays([starts, ends[-1:]]), spans)
+    media = pc.take(acc.column("media_type"), starts)
+    return pa.table({"source": runs.values, "media_type": media, "clips": clips}).cast(EXTRACT_INPUT)
+
+
 @task(name="extract-clips", retries=1, cache_policy=NO_CACHE)
 def extract_step(decided: pa.Table, out: str, cfg: RunConfig) -> pa.Table:
-    """Write accepted clips; return (clip_id, clip_path, error) for each."""
+    """Write accepted clips, one task per source on the cluster; (clip_id, clip_path, error) each."""
     layout = Layout.at(out)
-    accepted = decided.filter(pc.equal(decided.column("status"), "accepted"))
-    by_source: dict[str, dict] = {}
-    for r in accepted.select(["source", "media_type", "clip_id", "start_s", "end_s", "fps"]).to_pylist():
-        entry = by_source.setdefault(r["source"], {"source": r["source"], "media_type": r["media_type"], "clips": []})
-        entry["clips"].append({k: r[k] for k in ("clip_id", "start_s", "end_s", "fps")})
-    table = pa.Table.from_pylist(list(by_source.values()), schema=EXTRACT_INPUT)
-    return get_runner(cfg)([ExtractClips(cfg.extract, str(layout.clips))], table)
+    return get_runner(cfg)([ExtractClips(cfg.extract, str(layout.clips))], extract_input(decided))
 
 
 def join_extraction(decided: pa.Table, extracted: pa.Table, out: str) -> pa.Table:
-    """Join extraction results into the decision; a failed extraction makes the clip `error`."""
-    layout = Layout.at(out)
-    results = {r["clip_id"]: r for r in extracted.to_pylist()}
-    rows = decided.to_pylist()
-    for row in rows:
-        res = results.get(row["clip_id"])
-        row["clip_path"] = None
-        if res is None:
-            continue
-        if res["error"]:
-            row.update(status="error", error=res["error"], error_code="extract")
-        else:
-            row["clip_path"] = str(Path(res["clip_path"]).relative_to(layout.root))
-    return pa.Table.from_pylist(rows, schema=clip_schema()) if rows else clip_schema().empty_table()
+    """Join extraction results into the decision, in Arrow. A failed extraction makes the
+    clip `error` (`extract`); an accepted clip with no result at all (its worker died on
+    every retry) is `error` (`worker_died`). clip_path is relative to OUT."""
+    res = extracted.select(["clip_id", "clip_path", "error"]).rename_columns(["clip_id", "_path", "_error"])
+    # Acero joins no list columns (neg_tags, reject_reasons): join the keys, then align by row.
+    keys = pa.table({"clip_id": decided.column("clip_id"), "_row": pa.array(range(decided.num_rows), pa.int64())})
+    hit = keys.join(res, "clip_id", join_type="left outer").sort_by("_row")
+    j = decided.drop_columns([c for c in ("clip_path",) if c in decided.column_names])
+    j = j.append_column("_path", hit.column("_path")).append_column("_error", hit.column("_error"))
+    accepted = pc.equal(j.column("status"), "accepted")
+    failed = pc.is_valid(j.column("_error"))
+    lost = pc.and_(accepted, pc.and_(pc.is_null(j.column("_path")), pc.invert(failed)))
+    bad = pc.or_(failed, lost)
+    cols = {
+        "status": pc.if_else(bad, pa.scalar("error"), j.column("status")),
+        "error": pc.if_else(failed, j.column("_error"),
+                            pc.if_else(lost, pa.scalar("extraction never finished: its worker died on every retry"), j.column("error"))),
+        "error_code": pc.if_else(failed, pa.scalar("extract"), pc.if_else(lost, pa.scalar("worker_died"), j.column("error_code"))),
+        "clip_path": pc.if_else(bad, pa.scalar(None, pa.string()), pc.replace_substring_regex(j.column("_path"), r"^.*/", "clips/")),
+    }
+    for name, arr in cols.items():
+        i = j.schema.get_field_index(name)
+        j = j.set_column(i, name, arr) if i >= 0 else j.append_column(name, arr)
+    return conform(j, clip_schema()).sort_by("clip_id")
 
 
 @task(name="write-shards", retries=1, cache_policy=NO_CACHE)
@@ -193,16 +303,8 @@ def curate(
     log = run_logger()
     log.info("%d inputs -> %s (profile %s, executor %s)", len(sources), layout.root, cfg.profile, cfg.runtime.executor)
 
-    done = set(read_dataset(layout.sources, source_schema()).column("source").to_pylist())
-    todo = [s for s in sources if s not in done]
-    size = cfg.runtime.partition_size
-    partitions = [todo[i : i + size] for i in range(0, len(todo), size)]
-    log.info("%d sources already done, %d to score in %d partitions", len(sources) - len(todo), len(todo), len(partitions))
-
     with _compute(cfg) as dashboard:
-        scorer = score_partition.with_options(timeout_seconds=cfg.runtime.task_timeout_s)
-        for part in partitions:
-            scorer(part, str(layout.root), cfg)
+        score_step.with_options(timeout_seconds=cfg.runtime.task_timeout_s)(sources, str(layout.root), cfg)
         summary = _decide_and_extract(layout, cfg)
     publish_summary(summary, dashboard)
     return summary
@@ -219,7 +321,7 @@ def _decide_and_extract(layout: Layout, cfg: RunConfig) -> dict:
 
 
 def _summarize(layout: Layout, clips: pa.Table) -> dict:
-    summary = funnel(read_dataset(layout.sources, source_schema()), clips) | {"out": str(layout.root)}
+    summary = funnel(read_sources(layout), clips) | {"out": str(layout.root)}
     write_json_atomic(layout.root / "summary.json", summary)
     summary["report"] = report_step(str(layout.root))
     run_logger().info("funnel: %s", summary)

@@ -1,10 +1,11 @@
-"""Run a chain of stages in this process: tests, debugging, and `runtime.executor = "local"`."""
+"""Run stages in this process: tests, debugging, and `runtime.executor = "local"`."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curation.schema import check_chain
 from curation.stage import Stage
@@ -17,3 +18,60 @@ def run_local(stages: Sequence[Stage], table: pa.Table) -> pa.Table:
         parts = [stage(table.slice(i, stage.batch_size)) for i in range(0, table.num_rows, stage.batch_size)]
         table = pa.concat_tables(parts) if parts else stage(table.slice(0, 0))
     return table
+
+
+def apply_clip_stage(stage: Stage, batch: pa.Table) -> pa.Table:
+    """Run a clip stage on the real clips of `batch` and attach its `writes` columns.
+
+    Rows with a null `clip_id` (a source that gave no clip, carrying only its `source_row`)
+    skip the stage and get nulls. The stage sees every column of its rows; whatever else it
+    returns is ignored, so a stage can never drop or reorder the rows it was given."""
+    mask = pc.is_valid(batch.column("clip_id"))
+    n_real = pc.sum(mask).as_py() or 0
+    sub = batch if n_real == batch.num_rows else batch.filter(mask)
+    out = stage(sub) if n_real else None
+    if out is not None and out.num_rows != sub.num_rows:
+        raise RuntimeError(f"clip stage {type(stage).__name__} returned {out.num_rows} rows for {sub.num_rows}")
+    for col in stage.writes:
+        if out is None:
+            arr = pa.nulls(batch.num_rows, pa.null())
+        elif n_real == batch.num_rows:
+            arr = out.column(col)
+        else:  # scatter the stage's values back to the real clips' positions
+            vals = out.column(col).combine_chunks()
+            pos = pc.subtract(pc.cumulative_sum(pc.cast(mask, pa.int64())), 1)
+            arr = pc.if_else(mask, pc.take(vals, pc.max_element_wise(pos, 0)), pa.scalar(None, vals.type))
+        if col in batch.column_names:
+            batch = batch.set_column(batch.schema.get_field_index(col), col, arr)
+        else:
+            batch = batch.append_column(col, arr)
+    return batch
+
+
+def sources_per_block(n: int) -> int:
+    return 1
+
+
+def stream_local(
+    sources: list[str], source_stages: Sequence[Stage], clip_stages: Sequence[Stage], write: Callable[[pa.Table], pa.Table],
+    rows_per_part: int, **_: object,
+) -> Iterator[pa.Table]:
+    """The scoring stream in this process: the same stages and writer as on Ray, one source
+    at a time, a part every `rows_per_part` clip rows. Yields each part's counts."""
+    for s in (*source_stages, *clip_stages):
+        s.setup()
+    pending: list[pa.Table] = []
+    n = 0
+    for uri in sources:
+        t = pa.table({"source": [uri]})
+        for s in source_stages:
+            t = s(t)
+        for s in clip_stages:
+            t = apply_clip_stage(s, t)
+        pending.append(t)
+        n += t.num_rows
+        if n >= rows_per_part:
+            yield write(pa.concat_tables(pending, promote_options="default"))
+            pending, n = [], 0
+    if pending:
+        yield write(pa.concat_tables(pending, promote_options="default"))

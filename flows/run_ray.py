@@ -1,24 +1,35 @@
 """Run a chain of stages on Ray Data.
 
 Each stage becomes one `map_batches` operator named after the stage class, so the Ray
-dashboard reads as the pipeline. Stateful stages (models) run on an autoscaling actor pool
-and load once per actor in `setup()`; stateless ones run as tasks. Ray Data's streaming
-executor provides the backpressure; there is no scheduler of ours.
+dashboard reads as the pipeline. Stateful stages (models) run on an actor pool sized from the
+cluster (GPUs / the stage's `num_gpus`, or CPUs / `num_cpus`) and load once per actor in
+`setup()`; stateless ones run as tasks. `stream_ray` builds the whole scoring run as ONE
+streaming pipeline (sources -> probe -> split -> clip stages -> manifest parts): Ray Data's
+streaming executor keeps every stage busy across part boundaries and provides the
+backpressure; there is no scheduler of ours.
+
+Fault isolation: stages turn any exception on one item into its error row themselves
+(curation.stage.item_error). A worker that *dies* on an item (segfault, os._exit, OOM kill)
+is retried `max_retries` times by Ray; then its block is dropped (`max_errored_blocks`) and
+the flow, finding those sources missing from the manifest, retries them one per block and
+finally writes them as `worker_died` error rows (flows/curate.py).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import pyarrow as pa
 import ray
 
 from curation.schema import check_chain
-from flows.logs import run_logger
 from curation.stage import Stage
-
+from flows.logs import run_logger
+from flows.run_local import apply_clip_stage
 
 
 class _StageActor:
@@ -32,8 +43,13 @@ class _StageActor:
         return self.stage(batch)
 
 
-def _actor_class(stage: Stage) -> type:
-    return type(type(stage).__name__, (_StageActor,), {})
+class _ClipStageActor(_StageActor):
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return apply_clip_stage(self.stage, batch)
+
+
+def _actor_class(stage: Stage, clip: bool = False) -> type:
+    return type(type(stage).__name__, (_ClipStageActor if clip else _StageActor,), {})
 
 
 def _task_fn(stage: Stage):
@@ -66,6 +82,79 @@ def run_ray(stages: Sequence[Stage], table: pa.Table) -> pa.Table:
     return pa.concat_tables(tables) if tables else run_empty(stages, table)
 
 
+def _add_stage(ds, stage: Stage, clip: bool, max_retries: int, batch_size: int | None = None):
+    common: dict = dict(batch_format="pyarrow", batch_size=batch_size or stage.batch_size, num_cpus=stage.num_cpus)
+    if stage.num_gpus:
+        common["num_gpus"] = stage.num_gpus
+    if stage.stateful or clip:
+        # Model stages: a pool of actors, each loading its model once for the whole run.
+        n = pool_size(stage)
+        size = n if stage.num_gpus else (1, n)  # GPUs: hold them; CPU models: scale with the work
+        return ds.map_batches(_actor_class(stage, clip), fn_constructor_args=(stage,), concurrency=size, **common)
+    return _with_retries(ds, _task_fn(stage), max_retries, **common)
+
+
+def _with_retries(ds, fn, max_retries: int, **kwargs):
+    """map_batches with a bounded task retry count. Ray Data retries tasks forever by default
+    (max_retries=-1): an item that kills its worker would never end the run. Ray 2.60 has no
+    named parameter for it, only the deprecated ray_remote_args pass-through."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return ds.map_batches(fn, max_retries=max_retries, **kwargs)
+
+
+def stream_ray(
+    sources: list[str],
+    source_stages: Sequence[Stage],
+    clip_stages: Sequence[Stage],
+    write: Callable[[pa.Table], pa.Table],
+    rows_per_part: int,
+    sources_per_block: int | None = None,
+    max_retries: int = 2,
+) -> Iterator[pa.Table]:
+    """The scoring run as one streaming Ray Data pipeline; yields each written part's counts.
+
+    sources: URIs still to score. Input blocks hold `sources_per_block` sources (default:
+    enough blocks to keep every CPU busy, at most 8 sources each); the writer closes a part
+    every `rows_per_part` clip rows. Blocks whose worker died `max_retries` + 1 times are
+    dropped, not fatal: their sources are simply missing from the manifest afterwards."""
+    check_chain([*source_stages, *clip_stages], ["source"])
+    if not sources:
+        return
+    ctx = ray.data.DataContext.get_current()
+    old = ctx.max_errored_blocks
+    ctx.max_errored_blocks = -1  # a dead item's block is dropped; the flow accounts for it
+    try:
+        yield from _stream(sources, source_stages, clip_stages, write, rows_per_part, sources_per_block, max_retries)
+    finally:
+        ctx.max_errored_blocks = old
+
+
+def sources_per_block(n: int) -> int:
+    """Sources per input block: enough blocks to keep every CPU busy (4 per CPU), at most 8
+    sources each, so a slow source delays few others and a dead worker loses few."""
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return max(1, min(8, math.ceil(n / (4 * cpus))))
+
+
+def _stream(sources, source_stages, clip_stages, write, rows_per_part, k, max_retries) -> Iterator[pa.Table]:
+    k = k or sources_per_block(len(sources))
+    ds = ray.data.from_arrow([pa.table({"source": sources[i : i + k]}) for i in range(0, len(sources), k)])
+    for i, stage in enumerate(source_stages):
+        # The first operator's batch size is what Ray bundles input blocks to: never more
+        # than a block, so a task holds one block and a dead worker loses only that block.
+        ds = _add_stage(ds, stage, clip=False, max_retries=max_retries, batch_size=min(stage.batch_size, k) if i == 0 else None)
+    for stage in clip_stages:
+        ds = _add_stage(ds, stage, clip=True, max_retries=max_retries)
+
+    def write_part(batch: pa.Table) -> pa.Table:
+        return write(batch)
+
+    write_part.__name__ = write_part.__qualname__ = "WriteParts"
+    ds = _with_retries(ds, write_part, max_retries, batch_format="pyarrow", batch_size=rows_per_part, num_cpus=0.25)
+    yield from ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
+
+
 def run_empty(stages: Sequence[Stage], table: pa.Table) -> pa.Table:
     for stage in stages:
         table = stage(table.slice(0, 0))
@@ -74,6 +163,15 @@ def run_empty(stages: Sequence[Stage], table: pa.Table) -> pa.Table:
 
 def max_actors() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def pool_size(stage: Stage, resources: dict | None = None) -> int:
+    """Actors for a model stage: the cluster's GPUs / the stage's `num_gpus` (fractional
+    allowed: 0.25 puts four actors on a GPU), or CPUs / `num_cpus` for a CPU model; >= 1."""
+    res = resources if resources is not None else ray.cluster_resources()
+    if stage.num_gpus:
+        return max(1, int(res.get("GPU", 0) / stage.num_gpus + 1e-9))
+    return max(1, int(res.get("CPU", 1) / max(stage.num_cpus, 1e-3) + 1e-9))
 
 
 @contextmanager

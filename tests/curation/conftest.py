@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation.analyze import SplitAndScore
+from curation.analyze import SplitAndScore, group_sources
 from curation.config import load_config
 from curation.probe import ProbeSources
 from curation.synthetic import write_video
@@ -41,12 +41,13 @@ def make_video(video_dir) -> Callable[[str, Iterable[np.ndarray]], Path]:
 
 
 def analyze_source(path: str | Path, overrides: dict[str, Any] | None = None) -> dict:
-    """Probe and analyze one source with the cpu profile (plus `overrides`); the source row."""
+    """Probe and analyze one source with the cpu profile (plus `overrides`): the source row,
+    with its clip rows (scores and model-stage frames) under `clips`."""
     cfg = load_config(overrides=overrides)
     probed = ProbeSources()(pa.table({"source": [str(path)]}))
     stage = SplitAndScore(cfg)
     stage.setup()
-    row = stage(probed).to_pylist()[0]
+    (row,) = group_sources(stage(probed))
     assert row["status"] == "ok", row["error"]
     return row
 

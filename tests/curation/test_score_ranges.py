@@ -7,7 +7,7 @@ import math
 import pyarrow as pa
 import pytest
 
-from curation.analyze import SplitAndScore
+from curation.analyze import SplitAndScore, group_sources
 from curation.config import load_config
 from curation.probe import ProbeSources
 from curation.schema import NEG_TAGS, neg_column
@@ -20,7 +20,7 @@ def analyzed(corpus) -> dict[str, dict]:
     probed = ProbeSources()(pa.table({"source": [str(root / name) for name in sorted(expect)]}))
     stage = SplitAndScore(cfg)
     stage.setup()
-    return {r["source"].rsplit("/", 1)[-1]: r for r in stage(probed).to_pylist()}
+    return {r["source"].rsplit("/", 1)[-1]: r for r in group_sources(stage(probed))}
 
 
 def _clips(analyzed):

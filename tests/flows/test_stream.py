@@ -1,0 +1,127 @@
+"""The one streaming scoring pipeline on Ray: model stages set up once per actor per run,
+and per-item fault isolation (poison inputs become one error row each; the run completes)."""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+import uuid
+import zlib
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from ray import cloudpickle
+
+from curation.config import load_config
+from curation.frames import unpack_frames
+from curation.manifest import Layout, committed_parts, read_scores, read_sources
+from curation.stage import Stage
+from flows import curate as curate_mod
+
+pytestmark = pytest.mark.slow
+# The stages below travel to Ray workers by value (this test module is not importable there).
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class CountSetups(Stage):
+    """A stateful clip stage that records each setup() and, per batch, which actor served it
+    and how many model frames it saw (files in `where`)."""
+
+    reads = ("clip_id", "frames", "frames_shape", "frames_t_s")
+    writes = ()
+    stateful = True
+    num_cpus = 0.5
+    batch_size = 2
+
+    def __init__(self, where: str):
+        self.where = where
+        self.token: str | None = None
+
+    def setup(self) -> None:
+        self.token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        Path(self.where, f"setup-{self.token}").touch()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        frames = [unpack_frames(batch, i) for i in range(batch.num_rows)]
+        assert all(f is not None and f[0].shape[0] >= 1 for f in frames), "a clip row without frames"
+        Path(self.where, f"call-{self.token}-{uuid.uuid4().hex[:8]}").write_text(str(batch.num_rows))
+        return batch
+
+
+class KillWorkerOn(Stage):
+    """Kills its worker process (no exception, no cleanup) when a row comes from `name`."""
+
+    reads = ("source",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if any(s.endswith(self.name) for s in batch.column("source").to_pylist()):
+            os._exit(1)
+        return batch
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _png(width: int, height: int, extra: bytes = b"") -> bytes:
+    """A valid 1-bit greyscale PNG of any size (all black compresses to almost nothing)."""
+    raw = b"".join(b"\0" * (1 + (width + 7) // 8) for _ in range(height))
+    ihdr = _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + ihdr + extra + _chunk(b"IDAT", zlib.compress(raw, 9)) + _chunk(b"IEND", b"")
+
+
+def test_model_stage_sets_up_once_per_actor_across_many_parts(corpus, tmp_path, ray_local, monkeypatch):
+    root, expect = corpus
+    sources = sorted(str(root / n) for n in expect)
+    where = tmp_path / "calls"
+    where.mkdir()
+    stage = CountSetups(str(where))
+    monkeypatch.setattr(curate_mod, "clip_stages", lambda cfg: [stage])
+    cfg = load_config(profile="tiny", overrides={"runtime": {"partition_size": 1}})
+    layout = Layout.at(tmp_path / "out")
+    layout.make()
+    curate_mod.score_sources(sources, layout, cfg)
+    setups = {p.name.removeprefix("setup-") for p in where.glob("setup-*")}
+    calls = list(where.glob("call-*"))
+    served = {p.name.removeprefix("call-").rsplit("-", 1)[0] for p in calls}
+    clips = read_scores(layout).num_rows
+    assert sum(int(p.read_text()) for p in calls) == clips > 4  # every clip went through the stage
+    assert served <= setups and len(setups) <= 4  # pool: 2 CPUs / 0.5 CPU per actor
+    assert len(setups) == len(served), (setups, served)  # one setup per actor that served
+    assert len(committed_parts(layout)) > len(setups)  # many parts, still one setup per actor
+    assert read_sources(layout).num_rows == len(sources)
+
+
+def test_poison_inputs_become_one_error_row_each(corpus, tmp_path, ray_local, monkeypatch):
+    root, expect = corpus
+    good = sorted(str(root / n) for n, w in expect.items() if w["status"] == "ok" and n.endswith(".mp4"))[:2]
+    assert len(good) == 2
+    bad = tmp_path / "in"
+    bad.mkdir()
+    (bad / "bomb.png").write_bytes(_png(15000, 15000))  # 225 Mpx: PIL raises DecompressionBombError
+    # A compressed text chunk inflating past PIL's limit: its probe raises ValueError.
+    (bad / "text_bomb.png").write_bytes(_png(8, 8, _chunk(b"zTXt", b"Comment\0\0" + zlib.compress(b"a" * (4 << 20), 9))))
+    killer = bad / "killer.mp4"
+    killer.write_bytes(Path(good[0]).read_bytes())  # a good video, but its worker dies on it
+    sources = [*good, str(bad / "bomb.png"), str(bad / "text_bomb.png"), str(killer)]
+    cfg = load_config(profile="tiny", overrides={"runtime": {"partition_size": 2}})
+    layout = Layout.at(tmp_path / "out")
+    layout.make()
+    monkeypatch.setattr(curate_mod, "WORKER_RETRIES", 1)  # each try restarts a worker: keep the test short
+    result = curate_mod.score_sources(sources, layout, cfg, extra_source_stages=[KillWorkerOn("killer.mp4")])
+    rows = {Path(r["source"]).name: r for r in read_sources(layout).to_pylist()}
+    assert sorted(rows) == sorted(Path(s).name for s in sources)  # exactly one row per input
+    assert [rows[Path(g).name]["status"] for g in good] == ["ok", "ok"]
+    bomb, text, dead = rows["bomb.png"], rows["text_bomb.png"], rows["killer.mp4"]
+    assert bomb["status"] == "error" and "DecompressionBombError" in bomb["error"] and bomb["error_detail"]
+    assert text["status"] == "error" and text["error_code"] == "exception" and text["error"].startswith("ValueError")
+    assert dead["status"] == "error" and dead["error_code"] == "worker_died" and result["worker_died"] == 1
+    scores = read_scores(layout)
+    assert pc.all(pc.is_in(scores.column("source"), pa.array(good))).as_py()  # no clip of a dead item
+    assert scores.num_rows == len(set(scores.column("clip_id").to_pylist()))
