@@ -77,11 +77,13 @@ class ProbeSources(Stage):
         decode = getattr(self.cfg, "decode", None)
         return to_table([self.probe(u, decode) for u in batch.column("source").to_pylist()], source_schema())
 
-    @staticmethod
-    def probe(uri: str, decode: DecodeConfig | None = None) -> dict:
-        """probe_source, with any unexpected exception made this source's error row."""
+    def probe(self, uri: str, decode: DecodeConfig | None = None) -> dict:
+        """`probe_file`, with any unexpected exception made this source's error row."""
         try:
-            return probe_source(uri, decode)
+            return self.probe_file(uri, decode)
         except Exception as e:  # noqa: BLE001 - per-item fault isolation (stage.item_error)
             return {"source": uri, "source_id": source_id(uri), "media_type": media_type(uri), "status": "error",
                     "num_clips": 0, **item_error(e)}
+
+    def probe_file(self, uri: str, decode: DecodeConfig | None) -> dict:
+        return probe_source(uri, decode)

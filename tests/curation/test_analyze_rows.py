@@ -76,7 +76,7 @@ def test_any_exception_analysing_a_source_is_its_error_row(make_video, monkeypat
 def test_any_exception_probing_a_source_is_its_error_row(tmp_path, monkeypatch):
     import curation.probe as probe
 
-    def boom(uri):
+    def boom(*args, **kwargs):
         raise ZeroDivisionError("odd container")
 
     monkeypatch.setattr(probe, "probe_video", boom)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 from curation import hostile
-from curation.analyze import SplitAndScore
+from curation.analyze import SplitAndScore, group_sources
 from curation.config import ExtractConfig, load_config
 from curation.extract_clips import extract_video
 from curation.probe import ProbeSources
@@ -43,7 +43,8 @@ def stage():
 
 
 def analyzed(path: Path, stage: SplitAndScore) -> dict:
-    return stage(ProbeSources(load_config())(pa.table({"source": [str(path)]}))).to_pylist()[0]
+    (row,) = group_sources(stage(ProbeSources(load_config())(pa.table({"source": [str(path)]}))))
+    return row
 
 
 def spans(row: dict) -> list[tuple[int, int]]:

@@ -15,9 +15,11 @@ import pyarrow.compute as pc
 import pytest
 from ray import cloudpickle
 
+from curation.analyze import SplitAndScore
 from curation.config import load_config
 from curation.frames import unpack_frames
 from curation.manifest import Layout, committed_parts, read_scores, read_sources
+from curation.probe import ProbeSources
 from curation.stage import Stage
 from flows import curate as curate_mod
 
@@ -49,6 +51,20 @@ class CountSetups(Stage):
         assert all(f is not None and f[0].shape[0] >= 1 for f in frames), "a clip row without frames"
         Path(self.where, f"call-{self.token}-{uuid.uuid4().hex[:8]}").write_text(str(batch.num_rows))
         return batch
+
+
+class OddProbe(ProbeSources):
+    """The real probe, except that a file named `name` makes it raise an exception type no
+    probe code expects (a library bug, say)."""
+
+    def __init__(self, cfg, name: str):
+        super().__init__(cfg)
+        self.name = name
+
+    def probe_file(self, uri, decode):
+        if uri.endswith(self.name):
+            raise KeyError("codec_tag")
+        return super().probe_file(uri, decode)
 
 
 class KillWorkerOn(Stage):
@@ -107,20 +123,25 @@ def test_poison_inputs_become_one_error_row_each(corpus, tmp_path, ray_local, mo
     (bad / "bomb.png").write_bytes(_png(15000, 15000))  # 225 Mpx: PIL raises DecompressionBombError
     # A compressed text chunk inflating past PIL's limit: its probe raises ValueError.
     (bad / "text_bomb.png").write_bytes(_png(8, 8, _chunk(b"zTXt", b"Comment\0\0" + zlib.compress(b"a" * (4 << 20), 9))))
-    killer = bad / "killer.mp4"
+    killer, odd = bad / "killer.mp4", bad / "odd.mp4"
     killer.write_bytes(Path(good[0]).read_bytes())  # a good video, but its worker dies on it
-    sources = [*good, str(bad / "bomb.png"), str(bad / "text_bomb.png"), str(killer)]
+    odd.write_bytes(Path(good[1]).read_bytes())  # a good video, but its probe raises KeyError
+    sources = [*good, str(bad / "bomb.png"), str(bad / "text_bomb.png"), str(killer), str(odd)]
     cfg = load_config(profile="tiny", overrides={"runtime": {"partition_size": 2}})
     layout = Layout.at(tmp_path / "out")
     layout.make()
+    monkeypatch.setattr(curate_mod, "source_stages", lambda cfg, clip: [OddProbe(cfg, "odd.mp4"), SplitAndScore(cfg, frames=False)])
     monkeypatch.setattr(curate_mod, "WORKER_RETRIES", 1)  # each try restarts a worker: keep the test short
     result = curate_mod.score_sources(sources, layout, cfg, extra_source_stages=[KillWorkerOn("killer.mp4")])
     rows = {Path(r["source"]).name: r for r in read_sources(layout).to_pylist()}
     assert sorted(rows) == sorted(Path(s).name for s in sources)  # exactly one row per input
     assert [rows[Path(g).name]["status"] for g in good] == ["ok", "ok"]
-    bomb, text, dead = rows["bomb.png"], rows["text_bomb.png"], rows["killer.mp4"]
-    assert bomb["status"] == "error" and "DecompressionBombError" in bomb["error"] and bomb["error_detail"]
-    assert text["status"] == "error" and text["error_code"] == "exception" and text["error"].startswith("ValueError")
+    bomb, text, dead, strange = rows["bomb.png"], rows["text_bomb.png"], rows["killer.mp4"], rows["odd.mp4"]
+    # Refused from its header ([decode] max_pixels), or by PIL's DecompressionBombError.
+    assert bomb["status"] == "error" and bomb["error_code"] in ("too_large", "exception"), bomb
+    assert text["status"] == "error" and text["error_code"] in ("not_media", "exception"), text  # PIL raises ValueError
+    assert strange["status"] == "error" and strange["error_code"] == "exception" and strange["error"] == "KeyError: 'codec_tag'"
+    assert "probe_file" in strange["error_detail"]  # the traceback, for whoever debugs it
     assert dead["status"] == "error" and dead["error_code"] == "worker_died" and result["worker_died"] == 1
     scores = read_scores(layout)
     assert pc.all(pc.is_in(scores.column("source"), pa.array(good))).as_py()  # no clip of a dead item
