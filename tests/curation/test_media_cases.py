@@ -252,7 +252,7 @@ def test_a_stalled_decoder_fails_its_item_not_the_run(cases, monkeypatch):
     stage = SplitAndScore(cfg)
     stage.setup()
     t0 = time.monotonic()
-    rows = stage(ProbeSources(cfg)(pa.table({"source": [str(d / "insert.mp4"), str(d / "stub_start.mp4")]}))).to_pylist()
+    rows = group_sources(stage(ProbeSources(cfg)(pa.table({"source": [str(d / "insert.mp4"), str(d / "stub_start.mp4")]}))))
     release.set()
     assert time.monotonic() - t0 < 20
     assert (rows[0]["status"], rows[0]["error_code"]) == ("error", "timeout")
