@@ -237,3 +237,24 @@ class TrainLoader:
         self.batches = int(state["batches"])
         self.plans = {int(k): [int(e), int(n)] for k, (e, n) in state.get("plans", {}).items()}
         self.skipped = Counter({k: int(v) for k, v in state.get("skipped", {}).items()})
+
+
+def skipped_total(loader: TrainLoader) -> dict[str, int]:
+    """The run's skipped samples by reason, summed over ranks (a collective under a process
+    group: call it on every rank at the same step)."""
+    mine = dict(loader.skipped)
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return dict(sorted(mine.items()))
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return dict(sorted(sum((Counter(c) for c in every), Counter()).items()))
+
+
+def skipped_in_position(data_position: dict) -> dict[str, int]:
+    """Skipped samples by reason, summed over the ranks of a checkpoint's data position
+    ({rank: TrainLoader.state_dict()}): the end-of-run figure."""
+    total: Counter[str] = Counter()
+    for state in data_position.values():
+        total.update(state.get("skipped", {}))
+    return dict(sorted(total.items()))

@@ -447,6 +447,9 @@ def test_skips_counted_by_reason_undecodable_skipped_and_resume_stays_exact(tmp_
     assert set(loader.skipped) == {"undecodable", "too_short"} and 2 <= loader.skipped["undecodable"] <= 3
     assert sum(sum(b["skipped"].values()) for b in full) == sum(loader.skipped.values())
     assert states[9]["skipped"] == dict(loader.skipped)
+    from training.data import skipped_in_position, skipped_total
+
+    assert skipped_total(loader) == skipped_in_position({"0": states[9]}) == dict(sorted(loader.skipped.items()))
     for g0 in (2, 5):  # mid-epoch, after a failed decode may have used an extra planned batch
         resumed = TrainLoader(cfg)
         resumed.load_state_dict(states[g0])
