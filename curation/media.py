@@ -61,6 +61,34 @@ def check_regular_file(uri: str) -> None:
         raise MediaError(f"not a media file: {kind}", code="not_a_file")
 
 
+def mp4_without_index(path: str) -> bool:
+    """Whether a local file is an MP4/MOV (starts with an 'ftyp' box) whose top-level boxes,
+    walked by their headers (ISO/IEC 14496-12), hold no 'moov' (the index FFmpeg needs)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            pos, first = 0, True
+            while pos + 8 <= size:
+                f.seek(pos)
+                head = f.read(16)
+                n, kind = int.from_bytes(head[:4], "big"), head[4:8]
+                if first and kind != b"ftyp":
+                    return False
+                first = False
+                if kind == b"moov":
+                    return False
+                if n == 1 and len(head) == 16:
+                    n = int.from_bytes(head[8:16], "big")
+                elif n == 0:  # the box runs to the end of the file
+                    break
+                if n < 8:
+                    return False  # not a box structure we can walk
+                pos += n
+            return not first
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def open_container(uri: str) -> Iterator[av.container.InputContainer]:
     """Open `uri` (local path or fsspec URL) for demuxing; MediaError when it is not media."""
@@ -77,6 +105,11 @@ def open_container(uri: str) -> Iterator[av.container.InputContainer]:
     except PermissionError:
         raise MediaError("cannot read file (permission denied)", code="unreadable") from None
     except av.error.InvalidDataError as e:
+        if not is_url(uri) and mp4_without_index(uri):
+            raise MediaError(
+                "truncated MP4: its index (the 'moov' box) is missing, as in an unfinished recording or an "
+                "interrupted copy", code="truncated"
+            ) from None
         raise MediaError(f"not a readable media file ({_ffmpeg_msg(e)})", code="not_media") from None
     except av.error.FFmpegError as e:
         raise MediaError(f"FFmpeg cannot open it ({_ffmpeg_msg(e)})", code="not_media") from None

@@ -253,7 +253,7 @@ def make_corpus(root: str | Path, seconds: float = 4.0) -> dict[str, dict]:
     expect["empty.mp4"] = {"status": "error", "error_contains": "empty"}
     data = (root / "h264_16x9.mp4").read_bytes()
     (root / "truncated.mp4").write_bytes(data[: len(data) // 2])
-    expect["truncated.mp4"] = {"status": "error", "error_contains": "readable"}
+    expect["truncated.mp4"] = {"status": "error", "error_contains": "truncated MP4"}
     (root / "notes.mp4").write_text("this is a text file, not a video\n" * 20)
     expect["notes.mp4"] = {"status": "error", "error_contains": "readable"}
     write_audio_only(root / "song.mp4", seconds=1.0)
