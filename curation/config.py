@@ -213,6 +213,76 @@ class ShardConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CaptionOpenAIConfig:
+    """The `openai` caption backend: any OpenAI-compatible chat-completions server."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key_env: str = "OPENAI_API_KEY"  # read from this variable; "EMPTY" when unset (local servers)
+    served_model: str | None = None  # the name the server knows the model by; None: caption.model
+    max_in_flight: int = 64  # concurrent requests per stage actor
+    timeout_s: float = 120.0
+    max_retries: int = 4  # the openai client retries connection errors, 408/429/5xx with exponential backoff
+    frames_as: str = "images"  # "images": one base64 JPEG per frame; "video": one base64 MP4 at the sample fps
+    extra_body: dict[str, Any] = field(default_factory=dict)  # e.g. vLLM {mm_processor_kwargs = {fps = 2.0}}
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_in_flight", "timeout_s")
+        if self.frames_as not in ("images", "video"):
+            raise ValueError(f"caption.openai.frames_as must be 'images' or 'video', got {self.frames_as!r}")
+        if self.max_retries < 0:
+            raise ValueError("caption.openai.max_retries must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaptionConfig:
+    """Dense re-captioning of accepted clips (captioning/). Models: hub id, local path or "tiny"."""
+
+    enabled: bool = True
+    mode: str = "video"  # "video": the VLM sees the clip; "frames+summary": CogVideoX's chain
+    backend: str = "transformers"  # "transformers" (in-process actor pool) | "openai" (a server)
+    model: str = "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"
+    summary_model: str | None = None  # frames+summary fusion and shortening LLM; None: `model` in text mode
+    budget_tokenizer: str = "THUDM/CogVideoX-2b"  # the trainer's T5 tokenizer (its `tokenizer` subfolder), or "tiny"
+    max_tokens: int = 226  # every final caption fits this many budget-tokenizer tokens (CogVideoX's T5 length)
+    max_new_tokens: int = 256  # generation limit of a dense caption
+    temperature: float = 0.2
+    top_p: float = 0.9
+    retry_temperature: float = 0.8  # a failed gate retries once with this sampling
+    repetition_penalty: float = 1.05
+    seed: int = 0
+    frame_source: str = "auto"  # "pipeline" (frames the analysis decoded), "clip" (the extracted file), "auto"
+    fps: float = 2.0
+    max_frames: int = 16
+    max_pixels: int = 336 * 336  # per frame; larger frames are scaled down (video VLMs slow down or OOM)
+    summary_frames: int = 4  # K frames captioned densely in frames+summary mode
+    duplicate_min_clips: int = 3  # the same caption text on this many clips is flagged `duplicate`
+    block_size: int = 256  # clips captioned and written per block (the unit of resume)
+    batch_size: int = 8  # clips per stage batch (and generation batch)
+    num_gpus: float = 0.0  # per caption actor; > 0 runs bf16 + SDPA on the GPU
+    dtype: str = "auto"  # "auto": bf16 on GPU, fp32 on CPU
+    openai: CaptionOpenAIConfig = field(default_factory=CaptionOpenAIConfig)
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_tokens", "max_new_tokens", "fps", "max_frames", "max_pixels", "summary_frames",
+                  "duplicate_min_clips", "block_size", "batch_size")
+        if self.mode not in ("video", "frames+summary"):
+            raise ValueError(f"caption.mode must be 'video' or 'frames+summary', got {self.mode!r}")
+        if self.backend not in ("transformers", "openai"):
+            raise ValueError(f"caption.backend must be 'transformers' or 'openai', got {self.backend!r}")
+        if self.frame_source not in ("auto", "pipeline", "clip"):
+            raise ValueError(f"caption.frame_source must be auto, pipeline or clip, got {self.frame_source!r}")
+        if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
+            raise ValueError(f"caption.dtype must be auto, bf16, fp16 or fp32, got {self.dtype!r}")
+        for f in ("temperature", "retry_temperature", "num_gpus"):
+            if getattr(self, f) < 0:
+                raise ValueError(f"caption.{f} must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("caption.top_p must be within (0, 1]")
+        if not self.model:
+            raise ValueError("caption.model: give a hub id, a local path or 'tiny'")
+
+
+@dataclass(frozen=True, kw_only=True)
 class RuntimeConfig:
     partition_size: int = 64  # clip rows per manifest part: the unit of resume (flows/run_ray.py streams every source in one pipeline)
     executor: str = "ray"  # "ray": stages on Ray Data; "local": in this process (debugging)
@@ -238,15 +308,21 @@ class RunConfig:
     decide: DecideConfig = field(default_factory=DecideConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
+    caption: CaptionConfig = field(default_factory=CaptionConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
 PROFILES: dict[str, dict[str, Any]] = {
     # Smallest working sizes: tests, demos, laptops.
-    "tiny": {"decode": {"work_short_side": 96, "cut_thumb_width": 48}, "motion": {"sample_fps": 3.0}},
+    "tiny": {"decode": {"work_short_side": 96, "cut_thumb_width": 48}, "motion": {"sample_fps": 3.0},
+             # captioning/tiny.py: a random-initialised Qwen2.5-VL, UNTRAINED (captions are noise)
+             "caption": {"model": "tiny", "budget_tokenizer": "tiny", "max_new_tokens": 24, "max_frames": 4,
+                         "max_pixels": 112 * 112, "summary_frames": 2, "batch_size": 4}},
     "cpu": {},
-    # GPU machines have many cores: larger partitions keep them busy.
-    "gpu": {"runtime": {"partition_size": 256}},
+    # GPU machines have many cores: larger partitions keep them busy. Captions: Qwen2.5-VL-7B
+    # (video-native, time-aligned rope, Apache-2.0, served by vLLM) on one GPU per actor.
+    "gpu": {"runtime": {"partition_size": 256},
+            "caption": {"model": "Qwen/Qwen2.5-VL-7B-Instruct", "num_gpus": 1.0, "batch_size": 16}},
 }
 
 

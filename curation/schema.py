@@ -151,11 +151,31 @@ CLIP_COLUMNS = _cols(
     ),
 )
 
+# Caption columns (captioning/caption_clips.py), filled after extraction on accepted clips.
+CAPTION_COLUMNS = _cols(
+    Column("caption", pa.string(), "Dense caption of the clip (subject, motion, scene, lighting, camera), within the "
+           "token budget; null when not captioned (not accepted, or `caption_error`)."),
+    Column("caption_short", pa.string(), "One-sentence caption: the short clip caption of `frames+summary`, the "
+           "first sentence of the dense caption in `video` mode."),
+    Column("caption_model", pa.string(), "Model id(s) that wrote the caption: `vlm` and, when different, `+llm`."),
+    Column("caption_prompt_version", pa.string(), "Version of the prompt templates (captioning/prompts.py)."),
+    Column("caption_sampling", pa.string(), "JSON: mode, sampling and frame policy the caption was made with."),
+    Column("caption_key", pa.string(), "Hash of model, prompt version, sampling and frame policy: the resume key."),
+    Column("caption_tokens", pa.int32(), "Length of `caption` in budget-tokenizer tokens (T5 for CogVideoX), "
+           "special tokens included, as the trainer tokenizes it."),
+    Column("caption_flags", pa.list_(pa.string()), "Quality gates that fired: hit_token_limit, repetition, refusal, "
+           "empty, boilerplate_stripped, shortened, cut_at_sentence, retried, duplicate."),
+    Column("caption_error", pa.string(), "Why the clip has no caption (model call failed, gates failed twice, "
+           "over budget); null otherwise."),
+)
+CLIP_COLUMNS.update(CAPTION_COLUMNS)
+
+
 # Columns the decision step owns; scoring leaves them out.
 DECISION_COLUMNS = ("neg_tags", "status", "reject_reasons", "clip_path")
 # Columns the shard writer owns (curation/write_shards.py); scoring leaves them out too.
 SHARD_COLUMNS = ("bucket", "shard")
-SCORE_COLUMNS = tuple(c for c in CLIP_COLUMNS if c not in DECISION_COLUMNS + SHARD_COLUMNS)
+SCORE_COLUMNS = tuple(c for c in CLIP_COLUMNS if c not in DECISION_COLUMNS + SHARD_COLUMNS + tuple(CAPTION_COLUMNS))
 
 
 def _schema(columns: dict[str, Column], names: Iterable[str]) -> pa.Schema:

@@ -256,6 +256,32 @@ def join_extraction(decided: pa.Table, extracted: pa.Table, out: str) -> pa.Tabl
     return conform(j, clip_schema()).sort_by("clip_id")
 
 
+@task(name="caption", retries=1, cache_policy=NO_CACHE)
+def caption_step(clips: pa.Table, out: str, cfg: RunConfig) -> pa.Table:
+    """Dense captions for the accepted clips (captioning/): the missing ones, block by block,
+    on an actor pool; then every stored caption joined in, duplicates flagged across the run."""
+    from captioning.store import caption_missing, join_captions
+
+    layout = Layout.at(out)
+    if not cfg.caption.enabled:
+        return clips
+    counts = caption_missing(clips, layout, cfg.caption, get_runner(cfg))
+    run_logger().info("captions: %s", counts)
+    return join_captions(clips, layout, cfg.caption)
+
+
+def check_captioning(cfg: RunConfig) -> None:
+    """Fail at start, in one line, when a caption model or server is missing."""
+    if not cfg.caption.enabled:
+        return
+    from captioning.backends import MissingModel, check_models
+
+    try:
+        check_models(cfg.caption)
+    except MissingModel as e:
+        raise ConfigError(str(e)) from None
+
+
 @task(name="write-shards", retries=1, cache_policy=NO_CACHE)
 def shard_step(clips: pa.Table, out: str, cfg: RunConfig) -> pa.Table:
     """Accepted clips into WebDataset shards; the manifest learns each clip's shard."""
@@ -296,6 +322,7 @@ def curate(
         sources = expand_inputs(list(inputs))
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from None
+    check_captioning(cfg)
     layout = Layout.at(out)
     layout.make()
     check_fingerprint(layout, cfg, rescore)
@@ -315,7 +342,8 @@ def _decide_and_extract(layout: Layout, cfg: RunConfig) -> dict:
     out = str(layout.root)
     decided = decide_step(out, cfg)
     extracted = extract_step.with_options(timeout_seconds=cfg.runtime.task_timeout_s)(decided, out, cfg)
-    clips = shard_step(join_extraction(decided, extracted, out), out, cfg)
+    clips = caption_step(join_extraction(decided, extracted, out), out, cfg)
+    clips = shard_step(clips, out, cfg)
     write_table_atomic(clips, layout.clip_manifest / "clips.parquet")
     return _summarize(layout, clips)
 
@@ -350,6 +378,7 @@ def redecide(out: str, config: str | None = None, profile: str | None = None, ex
     clips, reshard and report. Without --config/--profile it uses OUT's resolved config."""
     overrides = {"runtime": {"executor": executor}} if executor else None
     layout, cfg = config_for_out(out, config, profile, overrides)
+    check_captioning(cfg)
     check_fingerprint(layout, cfg, rescore=False)
     write_json_atomic(layout.resolved_config, to_dict(cfg))
     with _compute(cfg) as dashboard:

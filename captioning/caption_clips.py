@@ -1,0 +1,252 @@
+"""Stage: dense captions for accepted clips, within the trainer's token budget.
+
+Per batch of clips:
+
+1. frames (captioning/frames.py): the pipeline's decoded frames or the extracted clip file;
+2. a draft per clip: `video` mode asks the VLM for one dense caption of the clip as a video;
+   `frames+summary` (CogVideoX's chain) asks for a short clip caption and dense captions of
+   K frames, then fuses them with the text LLM (or the same VLM in text mode);
+3. cleaning and gates (captioning/text.py); a clip failing a gate is drafted once more with
+   different sampling (`retry_temperature`, another seed); failing again -> `caption_error`;
+4. the budget: over `max_tokens` (counted with the trainer's tokenizer) -> one LLM shortening
+   pass; still over -> cut at the last sentence boundary that fits (`cut_at_sentence`); no
+   boundary fits -> `caption_error`. Every caption written is within the budget.
+
+Output rows: `clip_id` plus the caption columns of curation/schema.py (`duplicate` is flagged
+later, across the whole run, by captioning/store.py) and `caption_gen_tokens` (generated
+tokens, all calls, for throughput figures; not written to the manifest).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from captioning import text as T
+from captioning.backends import OpenAIBackend, Request, Sampling, TransformersBackend, resolve_model
+from captioning.frames import pick, read_clip
+from captioning.prompts import PROMPT_VERSION, get_prompts
+from captioning.tiny import TINY
+from curation.config import CaptionConfig
+from curation.frames import FRAMES, unpack_frames
+from curation.manifest import fingerprint
+from curation.media import MediaError
+from curation.schema import CAPTION_COLUMNS, CLIP_COLUMNS
+from curation.stage import Stage
+
+GEN_TOKENS = "caption_gen_tokens"
+OUTPUT_SCHEMA = pa.schema([pa.field("clip_id", pa.string())]
+                          + [pa.field(c, CLIP_COLUMNS[c].type) for c in CAPTION_COLUMNS] + [pa.field(GEN_TOKENS, pa.int64())])
+
+
+def settings(cfg: CaptionConfig) -> dict:
+    """What a caption depends on: models, prompt version, sampling, frame policy, budget."""
+    keys = ("mode", "model", "summary_model", "budget_tokenizer", "max_tokens", "max_new_tokens", "temperature", "top_p",
+            "retry_temperature", "repetition_penalty", "seed", "frame_source", "fps", "max_frames", "max_pixels", "summary_frames")
+    return {"prompt_version": PROMPT_VERSION, **{k: getattr(cfg, k) for k in keys}}
+
+
+def caption_key(cfg: CaptionConfig) -> str:
+    """The resume key: a hash of `settings` (the backend is left out: same model, same captions)."""
+    return fingerprint(settings(cfg))
+
+
+def model_label(cfg: CaptionConfig) -> str:
+    return cfg.model if not cfg.summary_model or cfg.summary_model == cfg.model else f"{cfg.model}+{cfg.summary_model}"
+
+
+@dataclass
+class _Clip:
+    clip_id: str
+    frames: np.ndarray | None = None
+    fps: float = 2.0
+    text: str | None = None
+    short: str | None = None
+    flags: list[str] = field(default_factory=list)
+    error: str | None = None
+    gen_tokens: int = 0
+
+
+class BudgetCounter:
+    """Token count of a caption as the trainer tokenizes it (special tokens included)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def setup(self) -> None:
+        from transformers import AutoTokenizer
+
+        path = resolve_model(self.name)
+        sub = Path(path) / "tokenizer"  # a diffusers pipeline folder (CogVideoX) keeps T5's tokenizer there
+        self.tok = AutoTokenizer.from_pretrained(str(sub) if sub.is_dir() else path)
+
+    def __call__(self, text: str) -> int:
+        return len(self.tok(text, add_special_tokens=True)["input_ids"])
+
+
+class CaptionClips(Stage):
+    """Captions for accepted clips. Reads clip_id, clip_path, media_type (and the transient
+    frames when present); root: OUT, which clip_path is relative to."""
+
+    reads = ("clip_id", "clip_path", "media_type")
+    writes = tuple(CAPTION_COLUMNS) + (GEN_TOKENS,)
+    stateful = True
+
+    def __init__(self, cfg: CaptionConfig, root: str):
+        self.cfg, self.root = cfg, root
+        self.batch_size = cfg.batch_size
+        self.num_gpus = cfg.num_gpus if cfg.backend == "transformers" else 0.0
+        self.prompts = get_prompts(PROMPT_VERSION)
+        self.key, self.sampling_json = caption_key(cfg), json.dumps(settings(cfg), sort_keys=True)
+
+    def setup(self) -> None:
+        c = self.cfg
+        if c.backend == "transformers":
+            device = "cuda" if self.num_gpus > 0 else "cpu"
+            self.backend = TransformersBackend(c.model, c.summary_model, system=self.prompts.system,
+                                               batch_size=c.batch_size, device=device, dtype=c.dtype)
+        else:
+            o = c.openai
+            self.backend = OpenAIBackend(o.served_model or c.model, c.summary_model, system=self.prompts.system,
+                                         base_url=o.base_url, api_key_env=o.api_key_env, max_in_flight=o.max_in_flight,
+                                         timeout_s=o.timeout_s, max_retries=o.max_retries, frames_as=o.frames_as,
+                                         extra_body=o.extra_body)
+        self.backend.setup()
+        self.count = BudgetCounter(c.budget_tokenizer if c.budget_tokenizer != TINY else TINY)
+        self.count.setup()
+
+    # ---- sampling
+    def _sampling(self, retry: bool, max_new_tokens: int | None = None) -> Sampling:
+        c = self.cfg
+        return Sampling(max_new_tokens=max_new_tokens or c.max_new_tokens, repetition_penalty=c.repetition_penalty,
+                        temperature=c.retry_temperature if retry else c.temperature, top_p=c.top_p,
+                        seed=c.seed + (1_000_003 if retry else 0))
+
+    # ---- frames
+    def _frames(self, batch: pa.Table, i: int, clip: _Clip) -> None:
+        c = self.cfg
+        row = {k: batch.column(k)[i].as_py() for k in ("clip_path", "media_type")}
+        try:
+            got = unpack_frames(batch, i) if c.frame_source != "clip" and FRAMES in batch.column_names else None
+            if got is not None and len(got[1]):
+                clip.frames, clip.fps = pick(got[0], got[1], c.fps, c.max_frames, c.max_pixels)
+            elif c.frame_source == "pipeline":
+                clip.error = "no decoded frames on the row (caption.frame_source = 'pipeline')"
+            elif not row["clip_path"]:
+                clip.error = "no clip file to caption"
+            else:
+                clip.frames, clip.fps = read_clip(Path(self.root) / row["clip_path"], c.fps, c.max_frames, c.max_pixels)
+        except (MediaError, ValueError) as e:
+            clip.error = f"frames: {e}"
+
+    # ---- drafting
+    def _visual(self, clip: _Clip, prompt: str) -> Request:
+        kind = "video" if len(clip.frames) > 1 else "images"  # an image (or 1-frame clip) goes as an image
+        return Request(prompt, kind, clip.frames, clip.fps)
+
+    def _draft(self, clips: list[_Clip], retry: bool) -> None:
+        """Set text/short/flags (or error) of each clip from one pass of the configured mode."""
+        s, p = self._sampling(retry), self.prompts
+        if self.cfg.mode == "video":
+            for clip, rep in zip(clips, self.backend.generate([self._visual(c, p.dense) for c in clips], s)):
+                self._take(clip, rep)
+            return
+        # frames+summary: short caption + K frame captions, then one fusion call
+        reqs, spans = [], []
+        for clip in clips:
+            k = min(self.cfg.summary_frames, len(clip.frames))
+            idx = np.unique(np.linspace(0, len(clip.frames) - 1, k).round().astype(int))
+            spans.append((len(reqs), len(idx)))
+            reqs.append(self._visual(clip, p.short))
+            reqs += [Request(p.frame, "images", clip.frames[j : j + 1], clip.fps) for j in idx]
+        reps = self.backend.generate(reqs, s)
+        fuse, fusing = [], []
+        for clip, (at, k) in zip(clips, spans):
+            short, frames = reps[at], reps[at + 1 : at + 1 + k]
+            clip.gen_tokens += sum(r.tokens for r in (short, *frames))
+            failed = [r.error for r in (short, *frames) if r.error]
+            if failed:
+                clip.error = failed[0]
+                continue
+            clip.short = T.first_sentence(T.clean(T.drop_unfinished(short.text or ""))[0])
+            listing = "\n".join(f"{n + 1}. {T.clean(r.text or '')[0]}" for n, r in enumerate(frames))
+            fuse.append(Request(p.fuse.format(short=clip.short, frames=listing), "text", text_model=True))
+            fusing.append(clip)
+        for clip, rep in zip(fusing, self.backend.generate(fuse, s)):
+            self._take(clip, rep)
+
+    def _take(self, clip: _Clip, rep) -> None:
+        clip.gen_tokens += rep.tokens
+        if rep.error:
+            clip.error = rep.error
+            return
+        raw = rep.text or ""
+        if rep.hit_limit:
+            clip.flags.append("hit_token_limit")
+            raw = T.drop_unfinished(raw)
+        clip.text, flags = T.clean(raw)
+        clip.flags += flags
+
+    # ---- the stage
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ids = batch.column("clip_id").to_pylist()
+        clips = [_Clip(clip_id=k) for k in ids]
+        for i, clip in enumerate(clips):
+            self._frames(batch, i, clip)
+        live = [c for c in clips if c.error is None]
+        if live:
+            self._draft(live, retry=False)
+        failing = [c for c in live if c.error is None and T.gates(c.text)]
+        if failing:
+            for c in failing:
+                c.flags = ["retried"]
+                c.text = c.short = None
+            self._draft(failing, retry=True)
+            for c in failing:
+                if c.error is None and (fired := T.gates(c.text)):
+                    c.flags += fired
+                    c.error = f"caption failed its quality gates twice ({', '.join(fired)})"
+        self._budget([c for c in live if c.error is None])
+        return self._rows(clips)
+
+    def _budget(self, clips: list[_Clip]) -> None:
+        c, over = self.cfg, []
+        for clip in clips:
+            if self.count(clip.text) > c.max_tokens:
+                over.append(clip)
+        if over:
+            words = max(8, int(c.max_tokens * 0.55))  # T5 averages ~1.3-1.6 tokens per English word
+            reqs = [Request(self.prompts.shorten.format(words=words, caption=cl.text), "text", text_model=True) for cl in over]
+            for clip, rep in zip(over, self.backend.generate(reqs, self._sampling(False))):
+                clip.gen_tokens += rep.tokens
+                clip.flags.append("shortened")
+                short = T.clean(T.drop_unfinished(rep.text or ""))[0] if not rep.error else ""
+                if short and not T.gates(short) and len(T.words(short)) < len(T.words(clip.text)):
+                    clip.text = short
+        for clip in over:
+            if self.count(clip.text) > c.max_tokens:
+                cut = T.cut_to_budget(clip.text, self.count, c.max_tokens)
+                if cut is None:
+                    clip.error = f"caption over the {c.max_tokens}-token budget after shortening, and no sentence boundary fits"
+                else:
+                    clip.text = cut
+                    clip.flags.append("cut_at_sentence")
+
+    def _rows(self, clips: list[_Clip]) -> pa.Table:
+        rows = []
+        for clip in clips:
+            ok = clip.error is None
+            text = clip.text if ok else None
+            rows.append({
+                "clip_id": clip.clip_id, "caption": text,
+                "caption_short": (clip.short or T.first_sentence(text)) if ok else None,
+                "caption_model": model_label(self.cfg), "caption_prompt_version": PROMPT_VERSION,
+                "caption_sampling": self.sampling_json, "caption_key": self.key,
+                "caption_tokens": self.count(text) if ok else None, "caption_flags": clip.flags,
+                "caption_error": clip.error, GEN_TOKENS: clip.gen_tokens,
+            })
+        return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
