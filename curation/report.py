@@ -96,7 +96,7 @@ def build_report(layout: Layout, sources: pa.Table, clips: pa.Table, scored: pa.
             "clips": _shape_stats(videos, float_values(videos, "end_s") - float_values(videos, "start_s")),
             "sources": _shape_stats(ok_sources, float_values(ok_sources, "duration_s")),
         },
-        "captions": captions(clips),
+        "captions": captions(clips, cfg),
         "shards": shards(layout, clips),
         "thumbs_per_sheet": PER_SHEET,
         "contact_sheets": contact_sheets(clips, cfg),
@@ -199,16 +199,34 @@ def thresholds(cfg: RunConfig, table: pa.Table, score_cols: list[str]) -> dict[s
     return {c: v for c, v in out.items() if v}
 
 
-def captions(clips: pa.Table) -> dict:
+def captions(clips: pa.Table, cfg: RunConfig | None = None) -> dict:
+    """Caption counts, lengths (words, characters, budget tokens) against the token budget,
+    gate flags and errors by kind, and a sample of captioned clips (shown with thumbnails)."""
     if "caption" not in clips.column_names:
         return {"present": False, "count": 0}
-    texts = [t for t in clips.column("caption").to_pylist() if t is not None]
-    return {
+    rows = [r for r in clips.to_pylist() if r.get("caption") is not None]
+    texts = [r["caption"] for r in rows]
+    out = {
         "present": True,
         "count": len(texts),
+        "budget": cfg.caption.max_tokens if cfg is not None else None,
         "length_words": summarize(np.array([len(t.split()) for t in texts], np.float64)),
         "length_chars": summarize(np.array([len(t) for t in texts], np.float64)),
     }
+    if "caption_tokens" in clips.column_names:
+        out["length_tokens"] = summarize(float_values(clips, "caption_tokens"))
+        out["flags"] = count_list_values(clips, "caption_flags") if "caption_flags" in clips.column_names else {}
+        errors = [e for e in clips.column("caption_error").to_pylist() if e is not None]
+        out["errors"] = len(errors)
+        out["errors_by_reason"] = dict(Counter(e.split(":")[0][:80] for e in errors).most_common())
+        models = Counter(r["caption_model"] for r in rows if r.get("caption_model"))
+        out["models"] = dict(models.most_common())
+        out["prompt_versions"] = dict(Counter(r["caption_prompt_version"] for r in rows if r.get("caption_prompt_version")).most_common())
+        step = max(1, len(rows) // PER_SHEET)  # spread over the run, in clip_id order
+        out["samples"] = [{"clip_id": r["clip_id"], "source": Path(r["source"]).name, "caption": r["caption"],
+                           "tokens": r.get("caption_tokens"), "flags": r.get("caption_flags") or []}
+                          for r in sorted(rows, key=lambda r: r["clip_id"])[::step][:PER_SHEET]]
+    return out
 
 
 def shards(layout: Layout, clips: pa.Table) -> dict:

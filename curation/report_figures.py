@@ -114,10 +114,16 @@ def render_figures(report: dict, sources: pa.Table, clips: pa.Table, root: Path)
         "thumbs": {},
     }
     if report["captions"]["present"] and report["captions"]["count"]:
-        words = [len(t.split()) for t in clips.column("caption").to_pylist() if t is not None]
-        figs["captions"] = histogram(np.array(words, np.float64), "caption length (words)")
+        cap = report["captions"]
+        if "length_tokens" in cap:  # budget tokens (the trainer's tokenizer) against the budget
+            lines = [(float(cap["budget"]), "token budget", True)] if cap.get("budget") else []
+            figs["captions"] = histogram(float_values(clips, "caption_tokens"), "caption length (budget tokens)", lines)
+        else:
+            words = [len(t.split()) for t in clips.column("caption").to_pylist() if t is not None]
+            figs["captions"] = histogram(np.array(words, np.float64), "caption length (words)")
     rows = {r["clip_id"]: r for r in clips.select(["clip_id", "clip_path", "source", "media_type", "start_s", "end_s"]).to_pylist()}
     shown = [e for s in report["contact_sheets"] for e in s["clips"]] + report["ranked"]["top"] + report["ranked"]["bottom"]
+    shown += report["captions"].get("samples", [])
     for e in shown:
         if e["clip_id"] not in figs["thumbs"]:
             figs["thumbs"][e["clip_id"]] = thumbnail(root, rows[e["clip_id"]])
