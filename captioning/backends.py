@@ -68,9 +68,11 @@ def resolve_model(name: str) -> str:
         return str(Path(name).expanduser())
     from huggingface_hub import snapshot_download
 
+    # OSError: not in the cache (LocalEntryNotFoundError); ValueError: not a valid repo id either
+    # (HFValidationError), e.g. a local path that does not exist.
     try:
         return snapshot_download(name, local_files_only=True)
-    except Exception:  # noqa: BLE001 - any failure here means "not available offline"
+    except (OSError, ValueError):
         raise MissingModel(
             f"model {name!r} is not a local folder and not in the Hugging Face cache: fetch it first "
             f"(`hf download {name}`) or give a local path"
@@ -200,12 +202,12 @@ class OpenAIBackend:
 
     def check(self) -> None:
         """Fail fast (one line) when no server answers at base_url."""
-        from openai import OpenAI
+        from openai import APIError, OpenAI
 
         try:
             OpenAI(base_url=self.base_url, api_key=os.environ.get(self.api_key_env) or "EMPTY",
                    timeout=10.0, max_retries=1).models.list()
-        except Exception as e:  # noqa: BLE001 - reported as one line at start
+        except APIError as e:  # connection refused, timeout, or an HTTP error status
             raise MissingModel(f"caption.openai.base_url {self.base_url}: no OpenAI-compatible server answers "
                                f"({type(e).__name__}: {e})") from None
 
@@ -219,6 +221,8 @@ class OpenAIBackend:
         return media + [{"type": "text", "text": r.prompt}]
 
     async def _one(self, client, sem: asyncio.Semaphore, r: Request, s: Sampling) -> Reply:
+        from openai import APIError
+
         async with sem:
             try:
                 msgs = [{"role": "system", "content": self.system}] if self.system else []
@@ -228,7 +232,7 @@ class OpenAIBackend:
                     max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
                     extra_body=self.extra_body or None,
                 )
-            except Exception as e:  # noqa: BLE001 - after the client's retries: this clip's caption_error
+            except (APIError, ValueError) as e:  # after the client's retries (or a frame that will not encode): caption_error
                 return Reply(None, error=f"model call failed: {type(e).__name__}: {e}")
             choice = resp.choices[0]
             tokens = resp.usage.completion_tokens if resp.usage else 0
