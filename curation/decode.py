@@ -22,7 +22,7 @@ import queue
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterator
+from typing import Callable, Iterator
 
 import av
 import numpy as np
@@ -305,6 +305,53 @@ def _decode(uri: str, thumb_width: int, motion: _Sampler, tags: _Sampler, thread
 
 
 _END = object()
+
+
+def run_ahead(items: Callable[[], Iterator], *, stall_timeout_s: float | None, prefetch: int = 8, name: str = "decode") -> Iterator:
+    """Iterate `items()` in a background thread, up to `prefetch` items ahead. The thread
+    creates the iterator itself, so whatever it opens (a container) is used and closed by one
+    thread only. No item for `stall_timeout_s`: MediaError(code="timeout"); the stuck thread
+    is abandoned (a daemon: an FFmpeg call cannot be interrupted)."""
+    q: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def put(item: object) -> None:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        try:
+            with contextlib.closing(items()) as it:
+                for x in it:
+                    if stop.is_set():
+                        return
+                    put(x)
+            put(_END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer and re-raised there
+            put(e)
+
+    worker = threading.Thread(target=produce, name=name, daemon=True)
+    worker.start()
+    stalled = False
+    try:
+        while True:
+            try:
+                item = q.get(timeout=stall_timeout_s)
+            except queue.Empty:
+                stalled = True
+                raise MediaError(f"decoder stalled: nothing for {stall_timeout_s:g} s ([decode] stall_timeout_s)", code="timeout") from None
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=1.0 if stalled else None)
 
 
 def iter_frames(

@@ -22,9 +22,11 @@ outside OUT/clips.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterator
 
 import av
 import cv2
@@ -33,8 +35,8 @@ import pyarrow as pa
 from PIL import Image
 
 from curation.analyze import read_image
-from curation.config import ExtractConfig
-from curation.decode import decoded_frames, scaled_size
+from curation.config import DecodeConfig, ExtractConfig
+from curation.decode import decoded_frames, run_ahead, scaled_size
 from curation.media import MediaError, display_rotation, display_size, open_container, video_stream
 from curation.stage import Stage
 
@@ -162,7 +164,24 @@ class _ClipWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-def extract_video(source: str, clips: list[dict], clips_dir: Path, cfg: ExtractConfig) -> list[dict]:
+def _source_frames(source: str) -> Iterator:
+    """First (sample aspect ratio, colour metadata to keep), then every (frame, time)."""
+    with open_container(source) as container:
+        vs = video_stream(container)
+        sar = vs.sample_aspect_ratio
+        cc = vs.codec_context
+        colour = {k: int(getattr(cc, k) or 0) for k in _COLOUR}
+        # 0 is "unspecified" for the range; 2 for the others (0 is RGB/reserved there).
+        colour = {k: v for k, v in colour.items() if (v != 0 if k == "color_range" else v not in (0, 2))}
+        if cc.pix_fmt and cc.pix_fmt.startswith("yuvj"):  # the old "JPEG" formats: full range
+            colour["color_range"] = 2
+        yield (Fraction(sar) if sar else None), colour
+        yield from decoded_frames(container)
+
+
+def extract_video(
+    source: str, clips: list[dict], clips_dir: Path, cfg: ExtractConfig, stall_timeout_s: float | None = DecodeConfig.stall_timeout_s
+) -> list[dict]:
     """Write every clip of one source in a single decode pass; one result row per clip."""
     todo = sorted((c for c in clips if not clip_file(clips_dir, c["clip_id"], "video").exists()), key=lambda c: c["start_s"])
     results = {c["clip_id"]: {"clip_id": c["clip_id"], "clip_path": str(clip_file(clips_dir, c["clip_id"], "video")), "error": None} for c in clips}
@@ -171,16 +190,12 @@ def extract_video(source: str, clips: list[dict], clips_dir: Path, cfg: ExtractC
     writer: _ClipWriter | None = None
     queue = list(todo)
     try:
-        with open_container(source) as container:
-            vs = video_stream(container)
-            sar = vs.sample_aspect_ratio
-            cc = vs.codec_context
-            colour = {k: int(getattr(cc, k) or 0) for k in _COLOUR}
-            # 0 is "unspecified" for the range; 2 for the others (0 is RGB/reserved there).
-            colour = {k: v for k, v in colour.items() if (v != 0 if k == "color_range" else v not in (0, 2))}
-            if cc.pix_fmt and cc.pix_fmt.startswith("yuvj"):  # the old "JPEG" formats: full range
-                colour["color_range"] = 2
-            for frame, t in decoded_frames(container):
+        # Decoded in a thread, so a decoder call that hangs fails this source after
+        # stall_timeout_s instead of hanging the run (curation/decode.py: run_ahead).
+        items = run_ahead(lambda: _source_frames(source), stall_timeout_s=stall_timeout_s, name=f"extract:{source}")
+        with contextlib.closing(items):
+            sar, colour = next(items)
+            for frame, t in items:
                 while queue or writer:
                     if writer is None:
                         c = queue[0]
@@ -188,7 +203,7 @@ def extract_video(source: str, clips: list[dict], clips_dir: Path, cfg: ExtractC
                             break
                         out_fps = output_fps(c["fps"], cfg.target_fps)
                         path = clip_file(clips_dir, c["clip_id"], "video")
-                        writer = _ClipWriter(path, c["start_s"], c["end_s"], out_fps, cfg, Fraction(sar) if sar else None, colour)
+                        writer = _ClipWriter(path, c["start_s"], c["end_s"], out_fps, cfg, sar, colour)
                     c = queue[0]
                     if t < c["end_s"] - 1e-4:
                         writer.push(frame, t)

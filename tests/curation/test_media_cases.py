@@ -277,3 +277,29 @@ def test_pipes_folders_and_dangling_links_named_explicitly_are_error_rows(tmp_pa
         "dangling.jpg": ("error", "not_found"),
     }
     assert "pipe, device or socket" in got["pipe.mp4"]["error"]
+
+
+def test_a_stalled_decoder_fails_extraction_of_its_source_not_the_run(cases, stage, tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from curation import extract_clips
+
+    d, _ = cases
+    row = analyzed(d / "stub_start.mp4", stage)
+    release = threading.Event()
+    real = extract_clips.decoded_frames
+
+    def stuck(container):
+        for k, item in enumerate(real(container)):
+            if k == 10:
+                release.wait(60)  # a decoder call that never returns, mid-clip
+            yield item
+
+    monkeypatch.setattr(extract_clips, "decoded_frames", stuck)
+    t0 = time.monotonic()
+    (out,) = extract_video(row["source"], row["clips"], tmp_path, ExtractConfig(), stall_timeout_s=1.0)
+    release.set()
+    assert time.monotonic() - t0 < 20
+    assert out["clip_path"] is None and "decoder stalled" in out["error"]
+    assert not list(tmp_path.glob("*.mp4"))  # nothing with a final name; the temporary is removed
