@@ -156,15 +156,20 @@ def _train(args: argparse.Namespace) -> int:
         entries = run_precompute(load_models(cfg.model), cfg.data, pc)
         print(json.dumps({"cache": cfg.data.cache_dir, "parts": len(entries)}))
         return 0
-    from flows.train import train_flow
+    from flows.train import PreflightError, preflight, summary_lines, train_flow, with_overrides
 
+    try:  # seconds, before Prefect and Ray start: the data and the model exist and fit
+        preflight(with_overrides(cfg, args.num_workers, args.gpus_per_worker))
+    except PreflightError as e:
+        print(f"videomill: cannot train: {e}", file=sys.stderr)
+        return 2
     try:
-        metrics = train_flow(config=paths[0], num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker,
+        summary = train_flow(config=paths[0], num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker,
                              ray_address=args.ray_address)
     except Exception as e:  # infrastructure failure: one line for the user, traceback in the log above
         print(f"videomill: training failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
-    print(json.dumps(metrics, indent=2, default=str))
+    print("\n".join(summary_lines(summary)))
     return 0
 
 

@@ -12,6 +12,13 @@ Layout of ``<root>/checkpoint-<step:08d>/``::
 A checkpoint is written into a hidden temporary directory and renamed into place, so a
 directory named ``checkpoint-*`` is always complete; a crash mid-save leaves only a ``.tmp-*``
 directory that the next save of that step replaces. Only the main process should call save.
+
+FSDP2 (sharded parameters): the loop gathers full state dicts collectively on every rank
+(torch.distributed.checkpoint.state_dict with full_state_dict=True) and passes them here as
+``transformer_state`` / ``optimizer_state`` / ``ema_state``; rank 0 writes the same layout
+(the transformer in diffusers format, so export reads it as any full finetune). The optimizer
+state is then keyed by parameter name (state.json ``optimizer_keys: "fqn"``) and loads back
+with ``set_optimizer_state_dict`` (``sharded_module``), each rank taking its shards.
 """
 
 from __future__ import annotations
@@ -65,6 +72,9 @@ def save_checkpoint(
     data_position: dict | None = None,
     generators: dict[str, torch.Generator] | None = None,
     keep_last: int | None = None,
+    transformer_state: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict | None = None,
+    ema_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write checkpoint ``step`` atomically and return its directory. ``data_position`` must be JSON."""
     root = Path(root)
@@ -78,11 +88,15 @@ def save_checkpoint(
     lora = models.config.lora is not None
     if lora:
         _save_lora(models, tmp / "lora")
-    else:
-        models.transformer.save_pretrained(tmp / "transformer", safe_serialization=True)
+    else:  # diffusers' layout (config.json + safetensors), from the live or the gathered weights
+        models.transformer.save_config(tmp / "transformer")
+        weights = transformer_state if transformer_state is not None else models.transformer.state_dict()
+        save_file({n: t.detach().cpu().contiguous() for n, t in weights.items()},
+                  tmp / "transformer" / "diffusion_pytorch_model.safetensors")
     if ema is not None:
-        save_file({n: t.contiguous() for n, t in ema.state_dict().items()}, tmp / "ema.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        shadows = ema_state if ema_state is not None else ema.state_dict()
+        save_file({n: t.detach().cpu().contiguous() for n, t in shadows.items()}, tmp / "ema.safetensors")
+    torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
     if lr_scheduler is not None:
         torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
     torch.save(_rng_state(generators or {}), tmp / "rng.pt")
@@ -93,6 +107,7 @@ def save_checkpoint(
         "variant": models.config.variant,
         "version": models.config.version,
         "ema_updates": ema.num_updates if ema is not None else None,
+        "optimizer_keys": "fqn" if optimizer_state is not None else "index",
         "data_position": data_position or {},
     }
     _write_synced(tmp / "state.json", json.dumps(state, indent=2))
@@ -119,8 +134,11 @@ def load_checkpoint(
     ema: EMA | None = None,
     generators: dict[str, torch.Generator] | None = None,
     restore_rng: bool = True,
+    sharded_module: torch.nn.Module | None = None,
 ) -> ResumeState:
-    """Restore a checkpoint into already built objects (same model config, same parameter order)."""
+    """Restore a checkpoint into already built objects (same model config, same parameter order).
+    ``sharded_module``: the FSDP2-sharded transformer; every rank calls this and loads its shards
+    of the weights and optimizer state (collective)."""
     path = Path(path)
     state = json.loads((path / "state.json").read_text())
     if state["format"] != FORMAT:
@@ -135,13 +153,28 @@ def load_checkpoint(
         weights = {}
         for f in sorted((path / "transformer").glob("*.safetensors")):
             weights.update(load_file(f))
-        models.transformer.load_state_dict(weights, strict=True)
+        if sharded_module is not None:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            set_model_state_dict(sharded_module, weights, options=StateDictOptions(full_state_dict=True, strict=True))
+        else:
+            models.transformer.load_state_dict(weights, strict=True)
     if ema is not None:
         if state["ema_updates"] is None:
             raise ValueError(f"{path} has no EMA state but an EMA was passed")
         ema.load_state_dict(load_file(path / "ema.safetensors"), state["ema_updates"])
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+        keys = state.get("optimizer_keys", "index")
+        if keys != ("fqn" if sharded_module is not None else "index"):
+            raise ValueError(f"{path}: optimizer state keyed by {keys}: written by a run with another "
+                             "distributed.strategy (fsdp2 checkpoints resume under fsdp2)")
+        optim_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        if sharded_module is not None:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(sharded_module, optimizer, optim_state, options=StateDictOptions(full_state_dict=True))
+        else:
+            optimizer.load_state_dict(optim_state)
     if lr_scheduler is not None:
         lr_scheduler.load_state_dict(torch.load(path / "lr_scheduler.pt", map_location="cpu", weights_only=True))
     if restore_rng:

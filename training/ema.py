@@ -3,6 +3,10 @@
 Shadows are fp32 and keyed by parameter name, so they save to safetensors and load back into
 any model whose trainable parameters have the same names (the export path loads LoRA under
 the adapter name "default" for exactly this reason).
+
+Under FSDP2 the parameters are DTensors and so are the shadows (each rank keeps the shards of
+its parameters); `state_dict` gathers them (collective: every rank calls it) and
+`load_state_dict` shards full tensors back the parameters' way.
 """
 
 from __future__ import annotations
@@ -53,13 +57,25 @@ class EMA:
         self.num_updates += 1
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self.shadow)
+        """Full (unsharded) shadows by name; collective when they are DTensors."""
+        from torch.distributed.tensor import DTensor
+
+        return {n: s.full_tensor() if isinstance(s, DTensor) else s for n, s in self.shadow.items()}
 
     def load_state_dict(self, shadow: dict[str, torch.Tensor], num_updates: int) -> None:
         if shadow.keys() != self.shadow.keys():
             missing, extra = self.shadow.keys() - shadow.keys(), shadow.keys() - self.shadow.keys()
             raise ValueError(f"EMA state does not match the model: missing {sorted(missing)[:3]}, extra {sorted(extra)[:3]}")
-        self.shadow = {n: t.to(self.shadow[n].device, torch.float32).clone() for n, t in shadow.items()}
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        loaded = {}
+        for n, t in shadow.items():
+            like = self.shadow[n]
+            if isinstance(like, DTensor):  # shard as the parameter is sharded (collective)
+                loaded[n] = distribute_tensor(t.to(like.device, torch.float32), like.device_mesh, like.placements)
+            else:
+                loaded[n] = t.to(like.device, torch.float32).clone()
+        self.shadow = loaded
         self.num_updates = num_updates
 
     @torch.no_grad()

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from diffusers import (
     CogVideoXDDIMScheduler,
+    CogVideoXDPMScheduler,
     CogVideoXImageToVideoPipeline,
     CogVideoXPipeline,
     CogVideoXTransformer3DModel,
@@ -59,17 +60,20 @@ def load_pipeline(
     return pipe.to(device)
 
 
-def pipeline_from_models(models: Models):
+def pipeline_from_models(models: Models, scheduler: str = "ddim"):
     """A pipeline over the in-memory models being trained (LoRA active): validation without a save.
 
-    The scheduler is a copy: sampling calls set_timesteps, which training should not see.
+    ``scheduler``: "ddim" (CogVideoXDDIMScheduler) or "dpm" (CogVideoXDPMScheduler, the 1.5
+    models' released sampler), built from the training scheduler's config: a copy, because
+    sampling calls set_timesteps, which training should not see.
     """
+    sampler = {"ddim": CogVideoXDDIMScheduler, "dpm": CogVideoXDPMScheduler}[scheduler]
     return PIPELINES[models.config.variant](
         tokenizer=models.tokenizer,
         text_encoder=models.text_encoder,
         vae=models.vae,
         transformer=models.transformer,
-        scheduler=CogVideoXDDIMScheduler.from_config(models.scheduler.config),
+        scheduler=sampler.from_config(models.scheduler.config),
     )
 
 

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 TINY = "tiny"
 TINY_MARKER = "videomill_tiny.json"  # written by build_tiny; its presence makes loading warn
+TINY_COMPLETE = ".complete.json"  # written last by build_tiny: every file with its size
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # attention projections, as the CogVideoX finetune
 
 
@@ -119,19 +120,49 @@ class Models:
 
 
 def resolve_pretrained(cfg: ModelConfig) -> str:
+    """The model path: ``cfg.pretrained``, or for "tiny" the tiny-model cache directory, built
+    (or rebuilt, when its completion record is missing or a file it lists is missing or of
+    another size) first."""
     if cfg.pretrained != TINY:
         return cfg.pretrained
     tiny = Path(cfg.tiny_dir) if cfg.tiny_dir else Path.home() / ".cache" / "videomill" / "tiny"
     tiny = tiny / f"{cfg.variant}-{cfg.version}"
-    if not (tiny / "model_index.json").exists():
+    problem = tiny_cache_problem(tiny)
+    if problem is not None:
+        if tiny.exists():
+            log.warning("rebuilding the tiny-model cache %s: %s", tiny, problem)
         # Built aside and renamed: ranks starting together never load a half-written directory.
         tmp = tiny.with_name(f".{tiny.name}.tmp-{os.getpid()}")
         build_tiny(tmp, variant=cfg.variant, version=cfg.version)
+        if tiny.exists() and tiny_cache_problem(tiny) is not None:  # move the broken one aside
+            old = tiny.with_name(f".{tiny.name}.old-{os.getpid()}")
+            try:
+                os.rename(tiny, old)
+                shutil.rmtree(old)
+            except OSError:  # another process moved it first
+                pass
         try:
             os.rename(tmp, tiny)
         except OSError:  # another process finished first; its models are the same (seed 0)
             shutil.rmtree(tmp)
     return str(tiny)
+
+
+def tiny_cache_problem(path: Path) -> str | None:
+    """Why the tiny-model directory PATH is not complete (None when it is): build_tiny writes
+    TINY_COMPLETE last, listing every file of every component with its size."""
+    record = path / TINY_COMPLETE
+    if not record.is_file():
+        return f"no {TINY_COMPLETE} (never finished building)"
+    try:
+        files = json.loads(record.read_text())["files"]
+    except (ValueError, KeyError) as e:
+        return f"{TINY_COMPLETE} unreadable: {e}"
+    for rel, size in files.items():
+        f = path / rel
+        if not f.is_file() or f.stat().st_size != size:
+            return f"{rel} missing or truncated"
+    return None
 
 
 def load_models(cfg: ModelConfig, device: str | torch.device = "cpu") -> Models:
@@ -295,5 +326,7 @@ def build_tiny(out: str | Path, *, variant: str = "t2v", version: str = "1.5", s
     pipe.save_pretrained(out)
     marker = {"warning": "tiny random-initialised models, untrained", "variant": variant, "version": version, "seed": seed}
     (out / TINY_MARKER).write_text(json.dumps(marker, indent=2))
+    files = {str(f.relative_to(out)): f.stat().st_size for f in sorted(out.rglob("*")) if f.is_file()}
+    (out / TINY_COMPLETE).write_text(json.dumps({"files": files}, indent=2))  # last: the directory is complete
     _warn_tiny(str(out))
     return out

@@ -39,7 +39,9 @@ class ObjectiveConfig:
     # MSE, which down-weights low-noise timesteps by (1 - alphas_cumprod[t]).
     loss_weighting: Literal["inv_one_minus_alpha", "none"] = "inv_one_minus_alpha"
     text_dropout: float = 0.1  # prompt -> "" so the model learns the unconditional branch of CFG
-    condition_dropout: float = 0.0  # I2V: zero the image latents (SAT's noised_image_dropout)
+    # I2V: zero the image latents (SAT's noised_image_dropout); 0.05 as CogVideo's I2V finetune
+    # configs and finetrainers, so the model keeps a weaker-conditioned branch.
+    condition_dropout: float = 0.05
     condition_noise_mean: float = -3.0  # log sigma of the noise on the I2V condition image
     condition_noise_std: float = 0.5
     ofs: float = 2.0  # the ofs value CogVideoX1.5 I2V pipelines pass; used when the model has ofs
