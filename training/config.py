@@ -77,16 +77,16 @@ VERSION_DEFAULTS: dict[str, VersionDefaults] = {
 # (transformer/config.json of each hub repository; THUDM is now also zai-org).
 _NATIVE_720x480 = {"sample_height": 60, "sample_width": 90, "sample_frames": 49, "max_text_seq_length": 226}
 RELEASED: dict[str, dict] = {
-    "CogVideoX-2b": {**_NATIVE_720x480, "use_rotary_positional_embeddings": False,
+    "CogVideoX-2b": {**_NATIVE_720x480, "version": "1.0", "variant": "t2v", "use_rotary_positional_embeddings": False,
                      "use_learned_positional_embeddings": False, "patch_size_t": None},
-    "CogVideoX-5b": {**_NATIVE_720x480, "use_rotary_positional_embeddings": True,
+    "CogVideoX-5b": {**_NATIVE_720x480, "version": "1.0", "variant": "t2v", "use_rotary_positional_embeddings": True,
                      "use_learned_positional_embeddings": False, "patch_size_t": None},
-    "CogVideoX-5b-I2V": {**_NATIVE_720x480, "use_rotary_positional_embeddings": True,
+    "CogVideoX-5b-I2V": {**_NATIVE_720x480, "version": "1.0", "variant": "i2v", "use_rotary_positional_embeddings": True,
                          "use_learned_positional_embeddings": True, "patch_size_t": None},
-    "CogVideoX1.5-5B": {"sample_height": 300, "sample_width": 170, "sample_frames": 81, "max_text_seq_length": 226,
+    "CogVideoX1.5-5B": {"version": "1.5", "variant": "t2v", "sample_height": 300, "sample_width": 170, "sample_frames": 81, "max_text_seq_length": 226,
                         "use_rotary_positional_embeddings": True, "use_learned_positional_embeddings": False,
                         "patch_size_t": 2},
-    "CogVideoX1.5-5B-I2V": {"sample_height": 300, "sample_width": 170, "sample_frames": 81, "max_text_seq_length": 226,
+    "CogVideoX1.5-5B-I2V": {"version": "1.5", "variant": "i2v", "sample_height": 300, "sample_width": 170, "sample_frames": 81, "max_text_seq_length": 226,
                             "use_rotary_positional_embeddings": True, "use_learned_positional_embeddings": False,
                             "patch_size_t": 2},
 }
@@ -221,6 +221,10 @@ class TrainConfig:
         check_version(self)
         facts = released_facts(self.model.pretrained)
         if facts is not None:
+            for f in ("version", "variant"):
+                if getattr(self.model, f) != facts[f]:
+                    raise ValueError(f"model.{f}: {self.model.pretrained} is {facts[f]}, "
+                                     f"got {getattr(self.model, f)!r}")
             check_model_fit(self, facts)
 
 
