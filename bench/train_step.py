@@ -29,9 +29,9 @@ machine's load falls on both alike; default 3 for tiny, where torch also gets 1 
 the step, so the full phase's compute slows too: the ratio counts that as loader cost.
 Both phases replay the same batches, not one batch, because a config mixes buckets of different
 cost; and the same RNG stream, so timesteps, noise and dropout are the same too.
-The step is training/loop.py's: training_step under the run's autocast, backward, gradient
-clipping, AdamW (the loop's _optimizer), LR scheduler, zero_grad, EMA when configured, and
-float(loss), which waits for the device as the loop's does. Data wait is what the loop logs as
+The step is training/loop.py's own `train_step` on the state its `build_state` makes:
+training_step under the run's autocast, backward, gradient clipping, AdamW, the LR schedule,
+zero_grad, EMA when configured, and float(loss), which waits for the device. Data wait is what the loop logs as
 data_wait_frac: time from the end of one step until next(loader) returns, over the total.
 
 Model FLOPs (MFU on CUDA) per sample, from the transformer's shapes and the tokens it was called on:
@@ -87,10 +87,9 @@ from training.data import (
     write_cache_index,
     write_cache_part,
 )
-from training.ema import EMA, EMAConfig
-from training.loop import _optimizer, _warmup
+from training.loop import build_state, train_step
 from training.models import DTYPES, LoraOptions, ModelConfig, Models, load_models, prepare_transformer
-from training.objective import MAX_TEXT_LEN, training_step
+from training.objective import MAX_TEXT_LEN
 
 # The published THUDM/CogVideoX-2b transformer/config.json (diffusers' defaults are this config).
 COGVIDEOX_2B = {
@@ -186,7 +185,7 @@ def shape_setup(root: Path, args: argparse.Namespace) -> tuple[TrainConfig, str]
     entry = write_cache_part(cache, bucket.name, 0, tensors, [f"s{i}" for i in range(n)], ["synthetic"] * n)
     write_cache_index(cache, [entry], note="bench/train_step.py: random latents and embeddings")
     cfg = TrainConfig(
-        data=DataConfig(cache_dir=str(cache), buckets=(bucket,), frame_multiple=4, image_ratio=0.0,
+        data=DataConfig(cache_dir=str(cache), buckets=(bucket,), frame_multiple=8, image_ratio=0.0,
                         num_workers=workers, epoch_length=1000),
         model=ModelConfig(pretrained="random CogVideoX-2B shape", variant="t2v", version="1.0", dtype=args.precision,
                           lora=None if args.full else LoraOptions(),
@@ -305,32 +304,18 @@ class Phase:
 
 
 class Stepper:
-    """training/loop.py's step on one model and optimizer, timed as the loop times it. The
-    optimizer and LR warm-up come from the loop's own _optimizer and _warmup."""
+    """training/loop.py's step itself (build_state + train_step: autocast, backward, clipping,
+    optimizer, LR schedule, zero_grad, EMA), timed as the loop times it."""
 
     def __init__(self, cfg: TrainConfig, models: Models, device: torch.device):
         self.cfg, self.models, self.device = cfg, models, device
-        self.named = models.trainable_parameters()
-        self.params = [p for _, p in self.named]
-        self.optimizer = _optimizer(self.params, cfg)
-        self.lr_sched = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup(cfg))
-        self.ema = EMA(self.named, EMAConfig(decay=cfg.run.ema_decay)) if cfg.run.ema_decay else None
+        self.state = build_state(cfg, models, world=1, device=device)
+        self.named = self.state.named
         self.flop_model = FlopModel.attach(models.transformer)
 
     def step(self, batch: dict, generator: torch.Generator) -> float:
-        cfg = self.cfg
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.run.mixed_precision == "bf16"
-                    else contextlib.nullcontext())
-        with autocast:
-            loss = training_step(self.models, batch, cfg.objective, generator)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.max_grad_norm or float("inf"))
-        self.optimizer.step()
-        self.lr_sched.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.update(self.named)
-        return float(loss.detach())  # waits for the device, as the loop's float(loss.detach()) does
+        # train_step's float(loss) waits for the device, as the loop's does.
+        return train_step(self.state, [batch], generator).loss
 
     def run(self, name: str, batches: Iterator[dict], warmup: int, steps: int, count_flops: bool = False) -> Phase:
         phase = Phase(name, warmup)
@@ -460,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", choices=("tiny", "2b"), default="tiny", help="2b: a CogVideoX-2B-shaped transformer on a synthetic cache")
     ap.add_argument("--steps", type=int, help="timed steps per phase (default 20; 10 for --shape 2b)")
     ap.add_argument("--warmup", type=int, help="untimed steps before them (default 3; 2 for --shape 2b)")
-    ap.add_argument("--frames", type=int, default=49, help="--shape 2b: pixel frames of the cached clips (4k+1)")
+    ap.add_argument("--frames", type=int, default=49, help="--shape 2b: pixel frames of the cached clips (8k+1, CogVideoX 1.0)")
     ap.add_argument("--height", type=int, default=480, help="--shape 2b: pixel height (multiple of 16)")
     ap.add_argument("--width", type=int, default=720, help="--shape 2b: pixel width (multiple of 16)")
     ap.add_argument("--batch-size", type=int, default=1, help="--shape 2b: samples per batch")
@@ -495,8 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or (1 if tiny else None)
     if threads:
         torch.set_num_threads(threads)
-    if shaped and ((args.frames - 1) % VAE_TEMPORAL or args.height % 16 or args.width % 16):
-        ap.error("--frames must be 4k+1 and --height/--width multiples of 16")
+    if shaped and ((args.frames - 1) % 8 or args.height % 16 or args.width % 16):
+        ap.error("--frames must be 8k+1 (CogVideoX 1.0) and --height/--width multiples of 16")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device here")

@@ -191,6 +191,8 @@ def fit(cfg: TrainConfig, *, crash_once_at: int | None = None,
     if show is None:
         return dict(trainer.fit().metrics or {})
     progress = Progress(cfg, show)
+    show(f"starting {d.num_workers} Ray Train worker(s) ({'GPU' if use_gpu else 'CPU'}); progress every "
+         f"{cfg.run.log_every} step(s) of {cfg.run.max_steps}, run directory {cfg.run.out}")
     done: dict = {}
 
     def run() -> None:

@@ -95,3 +95,30 @@ def test_an_incomplete_tiny_cache_is_rebuilt(tmp_path):
     resolve_pretrained(cfg)
     assert (tmp_path / "t2v-1.0" / TINY_COMPLETE).is_file()
     load_models(cfg)  # loads
+
+
+def test_train_refuses_in_the_driver_when_shards_or_model_are_missing(tmp_path, monkeypatch, capsys):
+    """The README's command from a checkout without `make demo` run: one line, exit 2, before
+    Prefect or Ray start."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    import ray
+
+    from flows.cli import main
+
+    shutil.copytree(Path(__file__).resolve().parents[2] / "training" / "configs", tmp_path / "training" / "configs")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "training/configs/train-tiny.toml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"videomill: cannot train: data.shards: no index.json at {tmp_path / 'demo' / 'out'} (write the shards first)"
+    (tmp_path / "demo" / "out" / "shards").mkdir(parents=True)
+    (tmp_path / "demo" / "out" / "shards" / "index.json").write_text(json.dumps({"shards": [{"path": "shards/a.tar", "samples": 3}]}))
+    cfg = tmp_path / "training" / "configs" / "train-tiny.toml"
+    cfg.write_text(cfg.read_text().replace('pretrained = "tiny"', 'pretrained = "./models/none"'))
+    assert main(["train", "training/configs/train-tiny.toml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"videomill: cannot train: model.pretrained: {tmp_path / 'models' / 'none'} is not a diffusers "
+                   "pipeline directory (no model_index.json)")
+    assert not ray.is_initialized()

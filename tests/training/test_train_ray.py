@@ -119,3 +119,37 @@ def test_trained_lora_loads_into_the_pipeline(shards, tiny_dir, tmp_path):
     pipe = load_pipeline(str(tiny_dir), latest_checkpoint(tmp_path / "one" / "checkpoints"), dtype="fp32")
     frames = generate(pipe, "a ball", num_frames=9, height=32, width=32, num_inference_steps=2)
     assert frames.shape == (9, 32, 32, 3)
+
+
+def test_readme_quick_start_from_the_repo_root(shards, ray_local, tmp_path, monkeypatch, capsys):
+    """README: `make demo`, then `videomill train training/configs/train-tiny.toml` from the
+    repository root. This module's shards (the curation flow's output, as `make demo` writes)
+    stand at demo/out; the command runs as written, config paths relative, from a directory that
+    is not the Ray workers' working directory. It shows progress and ends with a summary."""
+    import re
+    import shutil
+
+    from flows.cli import main
+
+    repo = Path(__file__).resolve().parents[2]
+    readme = (repo / "README.md").read_text()
+    assert "make demo" in readme and "videomill train training/configs/train-tiny.toml" in readme
+    root = tmp_path / "checkout"
+    shutil.copytree(repo / "training" / "configs", root / "training" / "configs")
+    (root / "demo").mkdir()
+    (root / "demo" / "out").symlink_to(shards)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the tiny-model cache: built fresh, not the user's
+    capsys.readouterr()
+    assert main(["train", "training/configs/train-tiny.toml"]) == 0
+    out, err = capsys.readouterr()
+    assert re.search(r"^step 10/10  loss [\d.]+  [\d.]+ samples/s  ETA 00:00:00$", err, re.M), err[-3000:]
+    run = root / "demo" / "train"
+    assert out.splitlines() == [
+        out.splitlines()[0],
+        f"checkpoints: {run / 'checkpoints'} (latest: {run / 'checkpoints' / 'checkpoint-00000010'})",
+        f"TensorBoard: tensorboard --logdir {run / 'tensorboard'}",
+        f"per-step log: {run / 'steps.jsonl'}",
+    ]
+    assert re.fullmatch(r"trained 10/10 steps; last loss [\d.]+", out.splitlines()[0])
+    assert any((run / "tensorboard").iterdir())
