@@ -138,6 +138,7 @@ def summarize(cfg: TrainConfig) -> dict:
             last = r
     latest = latest_checkpoint(out / "checkpoints")
     return {"steps": last.get("step", 0), "last_loss": last.get("loss"), "max_steps": cfg.run.max_steps,
+            "skipped": last.get("skipped", {}),
             "checkpoint": str(latest) if latest else None, "checkpoints": str(out / "checkpoints"),
             "tensorboard": str(out / "tensorboard"), "steps_log": str(out / "steps.jsonl"), "run": str(out)}
 
@@ -147,6 +148,7 @@ def summary_lines(summary: dict) -> list[str]:
     return [
         f"trained {summary['steps']}/{summary['max_steps']} steps; last loss {loss:.4g}" if loss is not None
         else f"trained {summary['steps']}/{summary['max_steps']} steps",
+        "samples skipped: " + (", ".join(f"{k} {v}" for k, v in sorted(summary["skipped"].items())) or "none"),
         f"checkpoints: {summary['checkpoints']} (latest: {summary['checkpoint'] or 'none'})",
         f"TensorBoard: tensorboard --logdir {summary['tensorboard']}",
         f"per-step log: {summary['steps_log']}",

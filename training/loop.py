@@ -174,6 +174,8 @@ def train_step(state: TrainState, micro_batches: Sequence[dict], generator: torc
             return training_step(state.models, batch, state.cfg.objective, generator, transformer=state.module)
     sizes = [len(b["prompts"]) for b in micro_batches]
     total_samples = sum(sizes)
+    if not total_samples:
+        raise ValueError("train_step: the micro-batches hold no samples")
     total = 0.0
     for i, (batch, n) in enumerate(zip(micro_batches, sizes, strict=True)):
         last = i == len(micro_batches) - 1
@@ -227,8 +229,11 @@ def _validate(state: TrainState, step: int, out: Path, rank: int) -> None:
     from training.export import generate, pipeline_from_models
     from training.video_out import write_mp4
 
+    from training.bucket_plan import fps_prompt
+
     v = state.cfg.validation
     pipe = pipeline_from_models(state.models, scheduler=v.scheduler)
+    cond = state.cfg.data.fps_condition  # "<n fps> " before the prompt when the model is trained with it
     ctx = state.ema.applied(state.named) if state.ema is not None else contextlib.nullcontext()
     with ctx, torch.no_grad():
         for i, prompt in enumerate(v.prompts):
@@ -237,7 +242,7 @@ def _validate(state: TrainState, step: int, out: Path, rank: int) -> None:
                 from PIL import Image
 
                 image = Image.open(v.images[i]).convert("RGB")
-            frames = generate(pipe, prompt, image=image, num_frames=v.num_frames, height=v.height, width=v.width,
+            frames = generate(pipe, fps_prompt(prompt, v.fps, cond), image=image, num_frames=v.num_frames, height=v.height, width=v.width,
                               num_inference_steps=v.steps, guidance_scale=v.guidance_scale,
                               use_dynamic_cfg=v.use_dynamic_cfg, seed=i)
             if rank == 0:
@@ -288,6 +293,7 @@ def train(cfg: TrainConfig, *, report: Callable[[dict], None] | None = None, sto
         t_data = time.perf_counter()
         wait += t_data - t_end
         result = train_step(state, micro, generator)
+        skipped_total = _skipped(loader, world)  # every rank's samples skipped so far, by reason (small)
         step += 1
         ran += 1
         last_loss = result.loss
@@ -297,7 +303,8 @@ def train(cfg: TrainConfig, *, report: Callable[[dict], None] | None = None, sto
                 f.write(json.dumps({"step": step, "loss": last_loss, "bucket": micro[-1]["bucket"],
                                     "buckets": [b["bucket"] for b in micro],
                                     "clip_ids": [c for b in micro for c in b["clip_ids"]], "batch": loader.batches - 1,
-                                    "samples": result.samples * world, "time": time.time()}) + "\n")
+                                    "fps": [b.get("fps") for b in micro], "samples": result.samples * world,
+                                    "skipped": skipped_total, "time": time.time()}) + "\n")
         samples += result.samples
         t_end = time.perf_counter()
         compute += t_end - t_data
@@ -307,6 +314,7 @@ def train(cfg: TrainConfig, *, report: Callable[[dict], None] | None = None, sto
                       "data_wait_frac": wait / max(wait + compute, 1e-9)}
             if device.type == "cuda":
                 values["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            values |= {f"skipped/{reason}": float(n) for reason, n in skipped_total.items()}
             per_step = (t_end - t_start) / max(step - first_step, 1)
             metrics.scalars(step, cfg.run.max_steps, values, per_step * (cfg.run.max_steps - step))
             if report is not None:
@@ -319,6 +327,20 @@ def train(cfg: TrainConfig, *, report: Callable[[dict], None] | None = None, sto
             _validate(state, step, out, rank)
     metrics.close()
     return {"step": step, "loss": last_loss, "losses": losses, "rank": rank, "world_size": world}
+
+
+def _skipped(loader: TrainLoader, world: int) -> dict[str, int]:
+    """Samples the data pipeline skipped so far on every rank, by reason (collective)."""
+    mine = dict(getattr(loader, "skipped", {}))
+    if world == 1:
+        return mine
+    every: list = [None] * world
+    dist.all_gather_object(every, mine)
+    total: dict[str, int] = {}
+    for counts in every:
+        for reason, n in counts.items():
+            total[reason] = total.get(reason, 0) + int(n)
+    return total
 
 
 def _checkpoint(root: Path, step: int, state: TrainState, loader: TrainLoader, generator: torch.Generator,

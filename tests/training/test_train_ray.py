@@ -147,9 +147,11 @@ def test_readme_quick_start_from_the_repo_root(shards, ray_local, tmp_path, monk
     run = root / "demo" / "train"
     assert out.splitlines() == [
         out.splitlines()[0],
+        out.splitlines()[1],
         f"checkpoints: {run / 'checkpoints'} (latest: {run / 'checkpoints' / 'checkpoint-00000010'})",
         f"TensorBoard: tensorboard --logdir {run / 'tensorboard'}",
         f"per-step log: {run / 'steps.jsonl'}",
     ]
     assert re.fullmatch(r"trained 10/10 steps; last loss [\d.]+", out.splitlines()[0])
+    assert re.fullmatch(r"samples skipped: (none|([a-z_]+ \d+(, )?)+)", out.splitlines()[1])
     assert any((run / "tensorboard").iterdir())
