@@ -25,7 +25,6 @@ frame rate, frame count rule, buckets and validation comes from `model.version`,
 from __future__ import annotations
 
 import json
-
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
