@@ -1,5 +1,5 @@
-"""Crash and resume: the whole run's process group is SIGKILLed during scoring, extraction
-and shard writing, each time rerun with the same OUT; the final OUT has every accepted clip
+"""Crash and resume: the whole run's process group is SIGKILLed during scoring, extraction,
+captioning and shard writing, each time rerun with the same OUT; the final OUT has every accepted clip
 in exactly one shard, one manifest row per clip, no orphan row and no temporary file that
 looks finished.
 
@@ -56,6 +56,8 @@ KILL_POINTS = [
     ("scoring", "curation.analyze:SplitAndScore.analyze:4"),
     # during extraction: as the 3rd clip file is being finished (its temporary is on disk)
     ("extraction", "curation.extract_clips:_ClipWriter.finish:3"),
+    # during captioning: the 2nd block of 4 clips (the 1st block's captions stored)
+    ("captioning", "captioning.caption_clips:CaptionClips.__call__:2"),
     # during shard writing: the 3rd tar member sample (the 1st shard done, the 2nd half written)
     ("shard writing", "webdataset:TarWriter.write:3"),
 ]
@@ -94,6 +96,7 @@ def test_killed_at_every_stage_then_rerun_gives_every_clip_once(inputs, tmp_path
     config = tmp_path / "run.toml"
     config.write_text(
         'profile = "tiny"\n[runtime]\npartition_size = 2\n[shard]\nbucketing = false\nmax_samples_per_shard = 2\n'
+        "[caption]\nblock_size = 4\n"
         # every clip accepted whatever the tag calibration: the test is about crashes
         '[decide]\nrules = []\nkeep_tags = ["over_edited", "incoherent_motion", "low_quality", "lecture", '
         '"text_dominated", "noisy_screen"]\n'
@@ -107,6 +110,9 @@ def test_killed_at_every_stage_then_rerun_gives_every_clip_once(inputs, tmp_path
             assert 1 <= len(done) < 4 and not any(d.endswith("v3.mp4") for d in done), done
         if stage == "extraction":
             assert list((out / "clips").glob(".*.tmp-*")), "killed while a clip was being written"
+        if stage == "captioning":  # the first block's captions stored, the second's not
+            parts = list((out / "captions").rglob("part-*.parquet"))
+            assert len(parts) == 1 and pads.dataset(parts[0]).count_rows() == 4, parts
         if stage == "shard writing":
             assert not (out / "shards" / "index.json").exists()
             assert list((out / "shards").rglob(".shard-*.tmp-*")), "killed while a tar was being written"
@@ -135,6 +141,14 @@ def test_killed_at_every_stage_then_rerun_gives_every_clip_once(inputs, tmp_path
                     in_tars[key] += 1
                     assert accepted[key]["shard"] == str(tar.relative_to(out))
     assert in_tars == Counter({k: 1 for k in accepted})
+    # every accepted clip captioned once: one stored caption per clip, a KEY.txt in its shard
+    stored = Counter(pads.dataset(out / "captions", format="parquet").to_table().column("clip_id").to_pylist())
+    assert stored == Counter({k: 1 for k in accepted})
+    with_txt = Counter()
+    for tar in (out / "shards").rglob("*.tar"):
+        with tarfile.open(tar) as t:
+            with_txt.update(m.name.split(".", 1)[0] for m in t.getmembers() if m.name.endswith(".txt"))
+    assert with_txt == Counter({k: 1 for k in accepted})
     for cid, c in accepted.items():
         assert frames_in(out / c["clip_path"]) == c["end_frame"] - c["start_frame"], cid
 
