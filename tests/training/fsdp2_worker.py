@@ -31,7 +31,7 @@ def config(root: Path, out: str) -> TrainConfig:
                  "epoch_length": 8, "seed": 1},
         "model": {"pretrained": str(root / "tiny"), "variant": "t2v", "version": "1.0", "dtype": "fp32",
                   "lora": False, "gradient_checkpointing": False},
-        "optim": {"lr": 1e-3, "warmup_steps": 0},
+        "optim": {"lr": 1e-3, "warmup_steps": 0, "gradient_accumulation_steps": 2},  # no gradient sync on the first
         "run": {"out": str(root / out), "max_steps": 4, "checkpoint_every": 2, "log_every": 1,
                 "mixed_precision": "no", "seed": 5, "ema_decay": 0.9},
         "validation": {"every": 4, "prompts": ["a cat"], "num_frames": 9, "height": 32, "width": 32, "steps": 2},

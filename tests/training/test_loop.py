@@ -84,6 +84,20 @@ def test_accumulating_micro_batches_equals_one_big_batch(tiny, lora):
     assert big.lr_scheduler.last_epoch == acc.lr_scheduler.last_epoch == 2  # one scheduler step per optimizer step
 
 
+def test_validation_samples_with_the_versions_scheduler_and_cfg(tiny):
+    """1.5's official settings: CogVideoXDPMScheduler and dynamic CFG (1.0: DDIM, static)."""
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
+
+    from training.export import generate, pipeline_from_models
+
+    m = load_models(ModelConfig(pretrained=str(tiny), variant="t2v", version="1.0", dtype="fp32", lora=None))
+    assert type(pipeline_from_models(m).scheduler) is CogVideoXDDIMScheduler
+    pipe = pipeline_from_models(m, scheduler="dpm")
+    assert type(pipe.scheduler) is CogVideoXDPMScheduler and pipe.scheduler is not m.scheduler
+    frames = generate(pipe, "a cat", num_frames=9, height=32, width=32, num_inference_steps=2, use_dynamic_cfg=True)
+    assert frames.shape == (9, 32, 32, 3)
+
+
 def test_an_incomplete_tiny_cache_is_rebuilt(tmp_path):
     cfg = ModelConfig(pretrained="tiny", tiny_dir=str(tmp_path), variant="t2v", version="1.0", dtype="fp32")
     path = resolve_pretrained(cfg)
