@@ -49,7 +49,12 @@ def hostile_run(tmp_path_factory, prefect_server):
     root = tmp_path_factory.mktemp("hostile")
     expect, kinds = make_hostile_corpus(root)
     out = root / "out"
-    cmd = [sys.executable, "-m", "flows.cli", "run", str(root / "in"), "--out", str(out), "--profile", "tiny", "--executor", "local"]
+    # Captioning is off: what reaches it are the good clips, and its own crash-and-resume is
+    # in test_crash_resume.py; the corpus is about media.
+    config = root / "run.toml"
+    config.write_text("[caption]\nenabled = false\n")
+    cmd = [sys.executable, "-m", "flows.cli", "run", str(root / "in"), "--out", str(out), "--profile", "tiny", "--executor", "local",
+           "--config", str(config)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=cli_env(), cwd=REPO)
