@@ -28,7 +28,7 @@ from curation.schema import SOURCE_ROW, analyzed_clip_schema, source_schema, to_
 from curation.score_motion import MotionScorer
 from curation.split_scenes import CutDetector, Window, Windower
 from curation.stage import Stage, item_error
-from curation.tag_negatives import FrameMeasures, flicker, measure_frame, tag_scores
+from curation.tag_negatives import FrameJumps, FrameMeasures, flicker, measure_frame, tag_scores
 
 # The source row fields this stage reads (written by ProbeSources).
 _PROBED = ("source", "source_id", "media_type", "status", "width", "height", "duration_s", "bit_rate")
@@ -41,8 +41,9 @@ def clip_id(src_id: str, start: int, end: int) -> str:
 class _ClipScorer:
     """Buffers one open window's samples and scores windows as they close."""
 
-    def __init__(self, cfg: RunConfig, motion: MotionScorer, row: dict):
+    def __init__(self, cfg: RunConfig, motion: MotionScorer, row: dict, jumps: FrameJumps | None = None):
         self.cfg, self.motion, self.row = cfg, motion, row
+        self.jumps = jumps
         self.grays: list[tuple[int, float, np.ndarray]] = []
         self.measures: list[tuple[int, FrameMeasures]] = []
         self.pictures: list[tuple[int, float, np.ndarray]] = []  # model-stage frames
@@ -65,6 +66,7 @@ class _ClipScorer:
         if len(pics) > self.cfg.frames.max_frames:  # evenly spread over the clip
             pics = [pics[int(k)] for k in np.linspace(0, len(pics) - 1, self.cfg.frames.max_frames).round()]
         frames = pack_frames([a for _, a in pics], [t for t, _ in pics]) if pics else {}
+        jumps, transients = self.jumps.count(w.start, w.end) if self.jumps is not None else (0, 0)
         self.clips.append(
             {
                 "clip_id": clip_id(self.row["source_id"], w.start, w.end),
@@ -85,10 +87,14 @@ class _ClipScorer:
                 "_flicker": flicker([a for _, a in g]),
                 "_measures": m,
                 **frames,
+                "_jumps": jumps,
+                "_transients": transients,
             }
         )
 
     def prune(self, keep_from: int | None) -> None:
+        if self.jumps is not None:
+            self.jumps.prune(keep_from)
         if keep_from is None:
             self.grays, self.measures, self.pictures = [], [], []
         else:
@@ -97,7 +103,7 @@ class _ClipScorer:
             self.pictures = [x for x in self.pictures if x[0] >= keep_from]
 
 
-def _finish_tags(clips: list[dict], cfg: RunConfig, bits_per_pixel: float | None, cut_rate: float) -> None:
+def _finish_tags(clips: list[dict], cfg: RunConfig, bits_per_pixel: float | None) -> None:
     for c in clips:
         c.update(
             tag_scores(
@@ -110,7 +116,10 @@ def _finish_tags(clips: list[dict], cfg: RunConfig, bits_per_pixel: float | None
                 width=c["width"],
                 height=c["height"],
                 bits_per_pixel=bits_per_pixel,
-                cut_rate_per_min=cut_rate,
+                fps=c["fps"],
+                duration_s=c["end_s"] - c["start_s"],
+                jumps=c.pop("_jumps", 0),
+                transients=c.pop("_transients", 0),
             )
         )
         c["bits_per_pixel"] = bits_per_pixel
@@ -122,7 +131,8 @@ def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer, frames: bool 
     With `frames`, each clip row carries its model-stage frames (`cfg.frames`)."""
     detector = CutDetector(cfg.split)
     windower = Windower(cfg.split)
-    scorer = _ClipScorer(cfg, motion, row)
+    jumps = FrameJumps()
+    scorer = _ClipScorer(cfg, motion, row, jumps)
     times: list[float] = []
     cuts = 0
     stats = DecodeStats()
@@ -146,6 +156,7 @@ def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer, frames: bool 
             if fr.rotation in (90, 270):
                 row["width"], row["height"] = row["height"], row["width"]
         is_cut = detector.update(fr.index, fr.thumb)
+        jumps.update(fr.thumb)
         closed = windower.push(fr.index, fr.t, is_cut)
         if (gradual := detector.transition()) is not None:  # frames [first, end) are dropped
             closed += windower.drop(*gradual)
@@ -171,7 +182,7 @@ def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer, frames: bool 
     if row.get("bit_rate") and row.get("width") and row.get("height"):
         bpp = row["bit_rate"] / (row["width"] * row["height"] * fps)
     cut_rate = cuts / (duration / 60.0)
-    _finish_tags(scorer.clips, cfg, bpp, cut_rate)
+    _finish_tags(scorer.clips, cfg, bpp)
     updates = {
         "width": row["width"],
         "height": row["height"],
@@ -222,7 +233,7 @@ def analyze_image(row: dict, cfg: RunConfig, frames: bool = True) -> tuple[dict,
         "motion_coherence": None,
         **picture,
     }
-    _finish_tags([clip], cfg, None, 0.0)
+    _finish_tags([clip], cfg, None)
     return {"num_frames": 1, "num_shots": 1, "cut_rate_per_min": 0.0, "num_clips": 1}, [clip]
 
 

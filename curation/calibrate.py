@@ -15,8 +15,10 @@ Labels CSV, one row per labelled clip or span (header required; `#` lines are co
 
 * source: the input's file name (or its full path/URL, as in the manifest's `source`).
 * start_s, end_s (optional): the row labels the clips whose midpoint lies in [start_s, end_s);
-  without them it labels every clip of the source. clip_id (optional) labels one clip exactly.
-  When several rows match a clip, the most specific wins (clip_id, then the shortest span).
+  without them it labels every clip of the source. start_frame, end_frame (optional columns)
+  do the same in frame indices, which do not move when timestamps are read differently.
+  clip_id (optional) labels one clip exactly. When several rows match a clip, the most
+  specific wins (clip_id, then a span, the shortest first).
 * verdict: accept | reject. An accepted clip is a negative for every tag and rule.
 * must_fire, must_not_fire: tag names (`low_quality`) or rule names (`motion_too_low`),
   separated by `;`. `*` in must_not_fire means every tag and rule but those in must_fire.
@@ -61,6 +63,7 @@ class Label:
     end_s: float | None = None
     clip_id: str | None = None
     line: int = 0
+    frames: bool = False  # the span is in frame indices (start_frame/end_frame), not seconds
 
     def matches(self, clip: dict) -> bool:
         if self.clip_id is not None:
@@ -70,7 +73,10 @@ class Label:
             return False
         if self.start_s is None and self.end_s is None:
             return True
-        mid = (float(clip["start_s"]) + float(clip["end_s"])) / 2
+        if self.frames:
+            mid = (int(clip["start_frame"]) + int(clip["end_frame"]) - 1) / 2
+        else:
+            mid = (float(clip["start_s"]) + float(clip["end_s"])) / 2
         return (self.start_s is None or mid >= self.start_s) and (self.end_s is None or mid < self.end_s)
 
     def specificity(self) -> tuple[int, float]:
@@ -128,13 +134,19 @@ def read_labels(path: str | Path, known: set[str] | None = None) -> list[Label]:
         if verdict == "accept" and fire:
             raise ValueError(f"{where}: an accepted clip cannot have must_fire {sorted(fire)}")
         start, end = _float(row.get("start_s"), f"{where} start_s"), _float(row.get("end_s"), f"{where} end_s")
+        f0, f1 = _float(row.get("start_frame"), f"{where} start_frame"), _float(row.get("end_frame"), f"{where} end_frame")
+        frames = f0 is not None or f1 is not None
+        if frames and (start is not None or end is not None):
+            raise ValueError(f"{where}: give a span in seconds or in frames, not both")
+        if frames:
+            start, end = f0, f1
         if start is not None and end is not None and end <= start:
-            raise ValueError(f"{where}: end_s {end} <= start_s {start}")
+            raise ValueError(f"{where}: span end {end} <= start {start}")
         source = (row.get("source") or "").strip()
         clip_id = (row.get("clip_id") or "").strip() or None
         if not source and clip_id is None:
             raise ValueError(f"{where}: give a source or a clip_id")
-        labels.append(Label(source, verdict, fire, not_fire, (row.get("reason") or "").strip(), start, end, clip_id, i))
+        labels.append(Label(source, verdict, fire, not_fire, (row.get("reason") or "").strip(), start, end, clip_id, i, frames))
     return labels
 
 
@@ -337,7 +349,8 @@ def format_table(result: dict[str, Any]) -> str:
     v = result["verdicts"]
     lines.append(
         f"verdicts: good accepted {v['accept->accepted']}, good rejected {v['accept->rejected']}; "
-        f"defects rejected {v['reject->rejected']} (wrong reason {v['reject->wrong_reason']}), defects accepted {v['reject->accepted']}; "
+        f"defects rejected for a labelled reason {v['reject->rejected']}, for another reason {v['reject->wrong_reason']}, "
+        f"defects accepted {v['reject->accepted']}; "
         f"labels with no clip: defects {v['reject->no_clips']}, good {v['accept->no_clips']}"
     )
     rates = ", ".join(f"{t} {x:.0%}" for t, x in result["fire_rate_on_good"].items() if x)

@@ -115,8 +115,8 @@ CLIP_COLUMNS = _cols(
         "motion_coherence",
         pa.float64(),
         "In [0,1]: the share of the change between sampled frames that optical flow explains, "
-        "1 - sum|I0 - warp(I1)| / sum|I1 - I0| over changed pixels; ~1 for rigid motion (pans, "
-        "zooms, objects), low for flashes and chaos. Null when under 0.5% of pixels changed.",
+        "1 - unexplained / max(changed, 0.25 x frame) in pixels (curation/score_motion.py); ~1 for "
+        "rigid and natural motion, low for dissolves, snow and chaos. Null when under 0.5% of pixels changed.",
     ),
     Column(
         "sharpness",

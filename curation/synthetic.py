@@ -56,6 +56,25 @@ def with_cuts(n: int, size: tuple[int, int], cuts: Iterable[int], speed: float =
             yield frame
 
 
+def jump_cuts(n: int, size: tuple[int, int], every: int = 8, skip: int = 30, walkers: int = 6, seed: int = 0) -> Iterator[np.ndarray]:
+    """A static shot of discs walking across a still background, with `skip` frames of time
+    cut out every `every` frames: the walkers teleport, the background never changes, so a
+    shot-cut detector sees no cut (editing inside one shot)."""
+    w, h = size
+    rng = np.random.default_rng(seed)
+    base = texture(h, w, seed)
+    start = rng.random((walkers, 2)) * (w, h)
+    vel = (rng.random((walkers, 2)) - 0.5) * 6.0  # px/frame
+    r = max(4, h // 12)
+    t = 0
+    for i in range(n):
+        frame = base.copy()
+        for (x, y), (vx, vy) in zip(start, vel):
+            cv2.circle(frame, (int((x + vx * t) % w), int((y + vy * t) % h)), r, (230, 60, 40), -1)
+        yield frame
+        t += 1 + (skip if i % every == every - 1 else 0)
+
+
 def partly_static(
     n: int, size: tuple[int, int], speed: tuple[float, float] = (2.0, 0.0), static_frac: float = 0.5, seed: int = 0
 ) -> Iterator[np.ndarray]:

@@ -4,29 +4,44 @@ Every tag is a score in [0, 1]; the decision step (curation/decide.py) compares 
 tag's threshold (default 0.5). The raw measures behind the scores are kept in the manifest
 too (text_area, sharpness, border_frac, bits_per_pixel), so thresholds can be re-tuned
 without re-scoring. Per-frame measures run on the tag samples (RGB at the tags short side);
-temporal ones come from the motion pass.
+temporal ones come from the motion pass and from the cut-detection thumbnails of every frame.
+
+Calibrated on the real-footage development set (bench/realset.py, labels in
+tests/data/realset_labels.csv; `make calibrate` prints the table, bench/RESULTS.md has it), not
+only on synthetic clips: real footage has compression noise, film grain, letterbox bars, motion
+blur and non-rigid motion, and the first, synthetic-only calibration read all of it as defects.
 
 Scores (x+ means clip(x, 0, 1)):
 * text_dominated  = (text_area / 0.25)+ : 12.5% of the frame covered by text lines -> 0.5.
 * lecture         = still * (flat_frac + few_colours) / 2, with still = (1 - motion / 0.02)+,
                     few_colours = ((64 - colours) / 56)+ where colours is the number of
                     4-bit-per-channel colours covering 95% of pixels.
-* low_quality     = max(blur, low_res, borders, starved): blur = (1 - sharpness / sharp_ref)+
-                    with sharpness measured inside any black bars,
+* low_quality     = max(blur, low_res, borders, starved, low_fps): blur = (1 - sharpness /
+                    sharp_ref)+ with sharpness measured inside any black bars,
                     low_res = ((L - short) / (L / 2))+ for L = low_res_short_side, borders =
-                    (border_frac / 0.5)+, starved = (1 - bpp / min_bpp)+ * moving (a still
-                    slide needs few bits; a moving clip with few bits is blocky).
-* noisy_screen    = max(noise_residual / 8, flicker / 6)+: change optical flow cannot explain
-                    (grey levels), and frame-to-frame brightness jitter.
-* incoherent_motion = ((1 - motion_coherence) / 0.75)+, 0 when coherence is null: 0.5 at
-                    coherence 0.625, between rigid motion (>= 0.79 measured, pans up to 2 short
-                    sides/s and 90p sources included) and teleporting blobs (0.41-0.46).
-* over_edited     = rate / (rate + R) for the source's cut rate per minute, R the configured
-                    rate that scores 0.5.
+                    (border_frac / 0.6)+ (0.5 at 30% of the frame: a 2.39:1 film in a 16:9
+                    frame has 24% bars and is kept; real trailers measured 0.20-0.22),
+                    starved = (1 - bpp / min_bpp)+ * moving (a still slide needs few bits; a
+                    moving clip with few bits is blocky), low_fps = ((F - fps) / (F / 2))+ for
+                    F = min_fps: 0.5 at 3/4 of it (a 2-3 fps source cannot teach motion).
+* noisy_screen    = max(noise_residual / 16, flicker / 8)+: change optical flow cannot explain
+                    (grey levels), and frame-to-frame brightness jitter. Real film grain and
+                    compression noise measured <= 4.0 and flicker <= 0.7; a screen filmed off a
+                    monitor 15.5 and 8.3 (the first divisors, 8 and 6, rejected heavy grain).
+* incoherent_motion = max(((1 - motion_coherence) / 1.1)+, 1 - 0.5 ** transients): 0.5 at
+                    coherence 0.45 (real footage 0.57-0.99, dissolves and snow 0.20-0.25; see
+                    curation/score_motion.py), or on one flash/glitch frame (see FrameJumps).
+* over_edited     = rate / (rate + R), rate = (jumps - 1)+ per minute of the clip, R =
+                    over_edited_cuts_per_min (its name kept from the source-cut-rate days): editing inside the clip (jump cuts, cuts too
+                    close together to split at). A lone jump does not count. It describes the
+                    clip, not its source: a clip is one shot of an edited source and is not
+                    over-edited because the source has many shots (the first version used the
+                    source's cut rate and rejected every clip of a trailer).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -133,6 +148,91 @@ def flicker(gray_frames: Sequence[np.ndarray]) -> float:
     return float(np.median(np.abs(m[1:-1] - (m[:-2] + m[2:]) / 2)))
 
 
+# A frame "jumps" when its change from the previous frame (mean |Y/U/V delta| of the 3x3
+# blurred cut thumbnails, 0-255) is at least JUMP_RATIO times the larger of the three changes
+# before it and the clip's median change, and at least JUMP_MIN_LEVEL. Real footage (pans,
+# handheld, walking people, animation) measured ratios <= 2.8; jump cuts in a static shot
+# 3.1-6.2 at levels 1.4-2.4; flashes and glitches 20-50x. A jump whose picture comes back to
+# the frame before it (within RETURN_FRAC of the jump's change) inside 3 frames is a
+# transient: a flash, a glitch, a frame of another shot. Otherwise it is a jump cut only if
+# the picture then settles (AFTER_FRAC): an animated character leaving a hold measured a 6x
+# ratio at level 1.0, with changes of the same size after it.
+JUMP_RATIO = 3.0
+JUMP_MIN_LEVEL = 1.0
+RETURN_FRAC = 0.5
+AFTER_FRAC = 0.5  # a jump cut: the three changes after it are at most half of it
+_BACK = (2, 3, 4)
+
+
+class FrameJumps:
+    """Feed every frame's cut thumbnail in order; `count(start, end)` finds the jumps and
+    transients inside frames [start, end) (global frame indices). Keeps four thumbnails and
+    four floats per frame of the open window (`prune` drops the frames before it)."""
+
+    def __init__(self) -> None:
+        self._thumbs: deque[np.ndarray] = deque(maxlen=max(_BACK) + 1)
+        self._first = 0  # global index of the first frame still held
+        self._d1: list[float] = []  # change from the previous frame
+        self._back: dict[int, list[float]] = {m: [] for m in _BACK}  # change from m frames before
+
+    @staticmethod
+    def _delta(a: np.ndarray, b: np.ndarray) -> float:
+        return sum(cv2.mean(cv2.absdiff(a, b))[:3]) / 3.0
+
+    def update(self, thumb: np.ndarray) -> None:
+        cur = cv2.blur(thumb, (3, 3))
+        if self._thumbs and self._thumbs[-1].shape != cur.shape:
+            self._thumbs.clear()
+        t = self._thumbs
+        self._d1.append(self._delta(cur, t[-1]) if t else 0.0)
+        for m in _BACK:
+            self._back[m].append(self._delta(cur, t[-m]) if len(t) >= m else 0.0)
+        t.append(cur)
+
+    def prune(self, keep_from: int | None) -> None:
+        """Forget frames before `keep_from` (None: before the last few), keeping the three
+        before it that a jump at `keep_from` is compared with."""
+        end = self._first + len(self._d1)
+        cut = (end if keep_from is None else keep_from) - 3 - self._first
+        if cut > 0:
+            del self._d1[:cut]
+            for v in self._back.values():
+                del v[:cut]
+            self._first += cut
+
+    def count(self, start: int, end: int) -> tuple[int, int]:
+        """(jumps, transients) among frames [start, end). A jump at `start` itself is the cut
+        the clip starts at and is not counted; a transient there is (a flash frame opens it)."""
+        o = self._first
+        if start < o:
+            raise ValueError(f"FrameJumps.count: frame {start} was pruned (first held: {o})")
+        d1 = self._d1[max(0, start - 3 - o) : end - o]  # 3 frames of context before start
+        s = start - max(o, start - 3)  # start's position in d1
+        back = {m: v[max(0, start - 3 - o) : end - o] for m, v in self._back.items()}
+        n = len(d1)
+        if n - s < 2:
+            return 0, 0
+        median = float(np.median(d1[s + 1 :]))
+        jumps = transients = 0
+        i = s
+        while i < n:
+            base = max([median] + d1[max(0, i - 3) : i])
+            if i + start - s == 0 or d1[i] < max(JUMP_MIN_LEVEL, JUMP_RATIO * base):
+                i += 1
+                continue
+            ret = next((m for m in _BACK if i + m - 1 < n and back[m][i + m - 1] <= RETURN_FRAC * d1[i]), None)
+            if ret is not None:
+                transients += 1
+                i += ret  # the return is part of the transient, not a jump of its own
+                continue
+            # A cut changes the picture once; motion that starts (a head turning, animation
+            # leaving a hold) keeps changing it. Only a change that stops counts as a jump.
+            after = d1[i + 1 : i + 4]
+            jumps += i > s and len(after) > 0 and max(after) <= AFTER_FRAC * d1[i]
+            i += 1
+        return jumps, transients
+
+
 def _c(x: float) -> float:
     return float(np.clip(x, 0.0, 1.0))
 
@@ -148,9 +248,14 @@ def tag_scores(
     width: int,
     height: int,
     bits_per_pixel: float | None,
-    cut_rate_per_min: float,
+    fps: float | None,
+    duration_s: float,
+    jumps: int = 0,
+    transients: int = 0,
 ) -> dict[str, float]:
-    """The six tag scores plus the raw measures, as manifest columns."""
+    """The six tag scores plus the raw measures, as manifest columns. `fps` is the clip's
+    frame rate (frames / duration; None for an image), `jumps` and `transients` come from
+    FrameJumps.count over the clip's frames."""
     text = float(np.median([f.text_area for f in frames])) if frames else 0.0
     sharp = float(np.median([f.sharpness for f in frames])) if frames else 0.0
     flat = float(np.median([f.flat_frac for f in frames])) if frames else 0.0
@@ -165,15 +270,17 @@ def tag_scores(
     if bits_per_pixel is not None:
         starved = _c(1 - bits_per_pixel / cfg.min_bits_per_pixel) * _c(motion / 0.02)
     blur = _c(1 - sharp / cfg.sharp_ref) if frames else 0.0
-    r = cut_rate_per_min
+    low_fps = 0.0 if fps is None else _c((cfg.min_fps - fps) / (cfg.min_fps / 2))
+    r = max(0, jumps - 1) / max(duration_s / 60.0, 1e-9)
+    coherence_score = 0.0 if motion_coherence is None else _c((1 - motion_coherence) / 1.1)
     return {
         "text_area": text,
         "sharpness": sharp,
         "border_frac": borders,
         neg_column("text_dominated"): _c(text / 0.25),
         neg_column("lecture"): still * (flat + few_colours) / 2,
-        neg_column("low_quality"): max(blur, low_res, _c(borders / 0.5), starved),
-        neg_column("noisy_screen"): _c(max((noise_residual or 0.0) / 8.0, flicker_level / 6.0)),
-        neg_column("incoherent_motion"): 0.0 if motion_coherence is None else _c((1 - motion_coherence) / 0.75),
+        neg_column("low_quality"): max(blur, low_res, _c(borders / 0.6), starved, low_fps),
+        neg_column("noisy_screen"): _c(max((noise_residual or 0.0) / 16.0, flicker_level / 8.0)),
+        neg_column("incoherent_motion"): max(coherence_score, 1.0 - 0.5**transients),
         neg_column("over_edited"): r / (r + cfg.over_edited_cuts_per_min) if r > 0 else 0.0,
     }

@@ -108,13 +108,22 @@ def test_most_specific_label_wins(tmp_path):
     assert got == [frozenset(), frozenset({"incoherent_motion"}), frozenset({"noisy_screen"})]
 
 
+def test_spans_in_frames(tmp_path):
+    rows = [{"source": "v.mp4", "start_s": 0.0, "end_s": 2.0}, {"source": "v.mp4", "start_s": 2.0, "end_s": 4.0}]
+    table = _clips(rows).append_column("start_frame", pa.array([0, 50])).append_column("end_frame", pa.array([50, 100]))
+    labels = _labels(tmp_path, "source,start_frame,end_frame,verdict,must_fire\nv.mp4,,,accept,\nv.mp4,40,100,reject,low_quality\n")
+    got = [lb.verdict for lb in match_labels(table.to_pylist(), labels)]
+    assert got == ["accept", "reject"]  # clip 0's middle frame (24.5) is before 40
+
+
 @pytest.mark.parametrize(
     "text,needle",
     [
         ("source,verdict\na.mp4,maybe\n", "labels.csv:2: verdict"),
         ("source,verdict,must_fire\na.mp4,reject,blurry\n", "unknown tag or rule"),
         ("source,verdict,must_fire\na.mp4,accept,low_quality\n", "accepted clip cannot"),
-        ("source,start_s,end_s,verdict\na.mp4,5,2,reject\n", "end_s"),
+        ("source,start_s,end_s,verdict\na.mp4,5,2,reject\n", "span end"),
+        ("source,start_s,start_frame,verdict\na.mp4,5,2,reject\n", "not both"),
         ("clip,verdict\na,accept\n", "header"),
         ("# a comment\nsource,verdict\n# another\na.mp4,nope\n", "labels.csv:4"),
     ],

@@ -12,6 +12,7 @@ import pytest
 from curation import synthetic
 from curation.config import load_config
 from curation.schema import NEG_TAGS, neg_column
+from curation.tag_negatives import FrameJumps
 
 CFG = load_config()  # the cpu profile's defaults: thresholds and tag settings under test
 THRESHOLDS = CFG.decide.tag_thresholds
@@ -32,8 +33,8 @@ def blurred_letterboxed(n: int, size: tuple[int, int], bar_frac: float = 0.2, si
 # otherwise looks like the natural clip: same size and frame rate, moving where it can.
 FIRE_CASES = {
     "over_edited": [
-        # A cut every second (5 in 6 s: 50 cuts/min); small clips so 1 s shots are scored.
-        ("cut_every_second", lambda: synthetic.with_cuts(150, SIZE, range(25, 150, 25), speed=2.0, seed=1), {"split": {"min_clip_s": 0.5}}),
+        # Jump cuts every 8 frames inside one static shot: walkers teleport, no shot cut.
+        ("jump_cuts", lambda: synthetic.jump_cuts(150, SIZE, every=8, seed=1), None),
     ],
     "incoherent_motion": [("teleporting_blobs", lambda: synthetic.incoherent(N, SIZE, seed=2), None)],
     "low_quality": [
@@ -113,8 +114,67 @@ def test_subtitle_line_is_not_text_dominated(score_case, natural):
     assert natural["text_area"] < 0.005
 
 
-def test_over_edited_tracks_cut_rate(score_case, natural):
-    (name, frames, overrides), = FIRE_CASES["over_edited"]
-    row = score_case(name, frames, overrides)
+def test_over_edited_describes_the_clip_not_the_source(score_case, natural):
+    """A source cut every second yields one-shot clips: none of them is over-edited, however
+    high the source's cut rate. Editing inside a clip (jump cuts) is."""
+    row = score_case(
+        "cut_every_second",
+        lambda: synthetic.with_cuts(150, SIZE, range(25, 150, 25), speed=2.0, seed=1),
+        {"split": {"min_clip_s": 0.5}},  # small clips so the 1 s shots are scored
+    )
     assert row["cut_rate_per_min"] == pytest.approx(5 / 6 * 60)  # 5 cuts in 6 s
+    assert len(row["clips"]) == 6
+    assert all(c[neg_column("over_edited")] == 0.0 for c in row["clips"])
+    (name, frames, overrides), = FIRE_CASES["over_edited"]
+    (jumpy,) = score_case(name, frames, overrides)["clips"]
+    assert jumpy[neg_column("over_edited")] >= THRESHOLDS["over_edited"]
     assert natural[neg_column("over_edited")] == 0.0
+
+
+def test_low_quality_fires_on_a_low_frame_rate(make_video, analyze, natural):
+    """A 3 fps source cannot teach motion: low_quality fires on frame rate alone."""
+    row = analyze(make_video("tag_3fps", synthetic.moving(12, SIZE, (24.0, 8.0), seed=8), fps=3.0))
+    (clip,) = row["clips"]
+    assert clip["fps"] == pytest.approx(3.0, rel=0.05)
+    assert clip["sharpness"] >= CFG.tags.sharp_ref and clip["border_frac"] == 0.0
+    assert clip[neg_column("low_quality")] >= THRESHOLDS["low_quality"]
+    assert natural[neg_column("low_quality")] < THRESHOLDS["low_quality"]
+
+
+def _thumbs(kind: str, n: int = 40) -> list[np.ndarray]:
+    """64x36 Y/U/V thumbnails of a texture drifting 1 px/frame, with one event at frame 20."""
+    base = synthetic.texture(36, 200, 3)
+    out = []
+    for i in range(n):
+        x = i
+        if kind == "jump" and i >= 20:
+            x += 60  # the shot jumps ahead and goes on from there
+        if kind == "onset":
+            x = 0 if i < 20 else 6 * (i - 20)  # still, then moving fast
+        t = np.ascontiguousarray(base[:, x : x + 64]).copy()
+        if kind == "flash" and i == 20:
+            t = np.clip(t.astype(np.int16) + 60, 0, 255).astype(np.uint8)
+        out.append(t)
+    return out
+
+
+@pytest.mark.parametrize("kind,want", [("steady", (0, 0)), ("jump", (1, 0)), ("flash", (0, 1)), ("onset", (0, 0))])
+def test_frame_jumps_tell_cuts_flashes_and_motion_apart(kind, want):
+    jumps = FrameJumps()
+    for t in _thumbs(kind):
+        jumps.update(t)
+    assert jumps.count(0, 40) == want
+    # The jump at a window's first frame is the cut it starts at: not counted.
+    assert jumps.count(20, 40)[0] == 0
+
+
+def test_frame_jumps_prune_keeps_what_count_needs():
+    full, pruned = FrameJumps(), FrameJumps()
+    for i, t in enumerate(_thumbs("jump")):
+        full.update(t)
+        pruned.update(t)
+        if i == 15:
+            pruned.prune(10)
+    assert pruned.count(10, 40) == full.count(10, 40) == (1, 0)
+    with pytest.raises(ValueError, match="pruned"):
+        pruned.count(2, 40)
