@@ -41,7 +41,6 @@ Scores (x+ means clip(x, 0, 1)):
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -166,38 +165,35 @@ _BACK = (2, 3, 4)
 
 class FrameJumps:
     """Feed every frame's cut thumbnail in order; `count(start, end)` finds the jumps and
-    transients inside frames [start, end) (global frame indices). Keeps four thumbnails and
-    four floats per frame of the open window (`prune` drops the frames before it)."""
+    transients inside frames [start, end) (global frame indices). Holds the blurred
+    thumbnails (~7 KB each at 64 px) and one float per frame of the open window, from three
+    frames before it (`prune` drops the rest); changes against older frames are computed only
+    where a jump is found."""
 
     def __init__(self) -> None:
-        self._thumbs: deque[np.ndarray] = deque(maxlen=max(_BACK) + 1)
         self._first = 0  # global index of the first frame still held
+        self._thumbs: list[np.ndarray] = []  # 3x3-blurred thumbnails
         self._d1: list[float] = []  # change from the previous frame
-        self._back: dict[int, list[float]] = {m: [] for m in _BACK}  # change from m frames before
 
     @staticmethod
     def _delta(a: np.ndarray, b: np.ndarray) -> float:
+        if a.shape != b.shape:
+            return 0.0
         return sum(cv2.mean(cv2.absdiff(a, b))[:3]) / 3.0
 
     def update(self, thumb: np.ndarray) -> None:
         cur = cv2.blur(thumb, (3, 3))
-        if self._thumbs and self._thumbs[-1].shape != cur.shape:
-            self._thumbs.clear()
-        t = self._thumbs
-        self._d1.append(self._delta(cur, t[-1]) if t else 0.0)
-        for m in _BACK:
-            self._back[m].append(self._delta(cur, t[-m]) if len(t) >= m else 0.0)
-        t.append(cur)
+        self._d1.append(self._delta(cur, self._thumbs[-1]) if self._thumbs else 0.0)
+        self._thumbs.append(cur)
 
     def prune(self, keep_from: int | None) -> None:
-        """Forget frames before `keep_from` (None: before the last few), keeping the three
+        """Forget frames before `keep_from` (None: all but the last few), keeping the three
         before it that a jump at `keep_from` is compared with."""
         end = self._first + len(self._d1)
         cut = (end if keep_from is None else keep_from) - 3 - self._first
         if cut > 0:
             del self._d1[:cut]
-            for v in self._back.values():
-                del v[:cut]
+            del self._thumbs[:cut]
             self._first += cut
 
     def count(self, start: int, end: int) -> tuple[int, int]:
@@ -206,10 +202,9 @@ class FrameJumps:
         o = self._first
         if start < o:
             raise ValueError(f"FrameJumps.count: frame {start} was pruned (first held: {o})")
-        d1 = self._d1[max(0, start - 3 - o) : end - o]  # 3 frames of context before start
-        s = start - max(o, start - 3)  # start's position in d1
-        back = {m: v[max(0, start - 3 - o) : end - o] for m, v in self._back.items()}
-        n = len(d1)
+        lo = max(o, start - 3)  # three frames of context before start
+        d1, thumbs = self._d1[lo - o : end - o], self._thumbs[lo - o : end - o]
+        s, n = start - lo, len(d1)  # start's position in d1; frames held up to end
         if n - s < 2:
             return 0, 0
         median = float(np.median(d1[s + 1 :]))
@@ -217,10 +212,10 @@ class FrameJumps:
         i = s
         while i < n:
             base = max([median] + d1[max(0, i - 3) : i])
-            if i + start - s == 0 or d1[i] < max(JUMP_MIN_LEVEL, JUMP_RATIO * base):
+            if i + lo == 0 or d1[i] < max(JUMP_MIN_LEVEL, JUMP_RATIO * base):
                 i += 1
                 continue
-            ret = next((m for m in _BACK if i + m - 1 < n and back[m][i + m - 1] <= RETURN_FRAC * d1[i]), None)
+            ret = next((m for m in _BACK if i + m - 1 < n and self._delta(thumbs[i + m - 1], thumbs[i - 1]) <= RETURN_FRAC * d1[i]), None)
             if ret is not None:
                 transients += 1
                 i += ret  # the return is part of the transient, not a jump of its own
