@@ -33,6 +33,7 @@ from curation.analyze import SplitAndScore  # noqa: E402
 from curation.calibrate import calibrate, format_table, known_names, read_labels  # noqa: E402
 from curation.config import load_config  # noqa: E402
 from curation.decide import decide  # noqa: E402
+from curation.manifest import split_rows  # noqa: E402
 from curation.probe import ProbeSources  # noqa: E402
 
 
@@ -52,12 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, args.profile)
     sources = sorted(str(f) for f in Path(folder).iterdir() if f.is_file() and not f.name.startswith("."))
     t0 = time.perf_counter()
-    stage = SplitAndScore(cfg)
+    stage = SplitAndScore(cfg, frames=False)  # no model stage here: skip their frame columns
     stage.setup()
-    analyzed = stage(ProbeSources()(pa.table({"source": sources})))
+    heads, clips = split_rows(stage(ProbeSources()(pa.table({"source": sources}))))
     seconds = time.perf_counter() - t0
-    clips = pa.Table.from_struct_array(pc.list_flatten(analyzed.column("clips")))
-    frames = sum(r["num_frames"] or 0 for r in analyzed.to_pylist())
+    frames = sum(pc.fill_null(heads.column("num_frames"), 0).to_pylist())
     decided, _ = decide(clips, cfg.decide)
     result = calibrate(decided, read_labels(args.labels, known_names(cfg)), cfg, args.target_precision)
     print(f"{len(sources)} sources, {frames} frames, {clips.num_rows} clips analysed in {seconds:.1f} s "

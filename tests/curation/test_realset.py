@@ -19,6 +19,7 @@ from curation.analyze import SplitAndScore
 from curation.calibrate import calibrate, format_table, known_names, read_labels
 from curation.config import load_config
 from curation.decide import decide
+from curation.manifest import split_rows
 from curation.probe import ProbeSources
 from curation.schema import NEG_TAGS, neg_column
 
@@ -37,11 +38,11 @@ QUIET_ON = {
 @pytest.fixture(scope="module")
 def run(realset) -> dict:
     sources = sorted(str(p) for p in realset.iterdir() if p.is_file() and not p.name.startswith("."))
-    stage = SplitAndScore(CFG)
+    stage = SplitAndScore(CFG, frames=False)
     stage.setup()
-    analyzed = stage(ProbeSources()(pa.table({"source": sources})))
-    assert pc.all(pc.equal(analyzed.column("status"), "ok")).as_py(), analyzed.filter(pc.not_equal(analyzed.column("status"), "ok")).to_pylist()
-    clips = pa.Table.from_struct_array(pc.list_flatten(analyzed.column("clips")))
+    heads, clips = split_rows(stage(ProbeSources()(pa.table({"source": sources}))))
+    assert pc.all(pc.equal(heads.column("status"), "ok")).as_py(), heads.filter(pc.not_equal(heads.column("status"), "ok")).to_pylist()
+    assert heads.num_rows == len(sources)
     decided, _ = decide(clips, CFG.decide)
     result = calibrate(decided, read_labels(LABELS, known_names(CFG)), CFG)
     print(format_table(result))  # shown on failure: the whole table and every miss
