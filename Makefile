@@ -37,7 +37,7 @@ realset: env
 	$(BIN)/python bench/realset.py $(REALSET)
 
 calibrate: realset
-	$(BIN)/videomill run $(REALSET) --out build/realset-run --executor local
+	$(BIN)/videomill run $(REALSET) --out build/realset-run --executor local --config bench/realset_run.toml
 	$(BIN)/videomill calibrate build/realset-run --labels tests/data/realset_labels.csv
 
 clean:
