@@ -77,8 +77,9 @@ def get_streamer(cfg: RunConfig) -> tuple[Callable[..., Iterator[pa.Table]], Cal
     return stream_ray, sources_per_block
 
 
-# Config sections that never change a score: decisions, shards and where things run.
-_NOT_SCORING = ("profile", "decide", "shard", "runtime")
+# Config sections that never change a score: decisions, shards and where things run; and
+# captions, made after decide and keyed by their own hash (OUT/captions/<caption_key>/).
+_NOT_SCORING = ("profile", "decide", "shard", "runtime", "caption")
 
 
 def scoring_fingerprint(cfg: RunConfig) -> str:

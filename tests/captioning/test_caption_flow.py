@@ -79,6 +79,14 @@ def test_every_accepted_clip_has_a_caption_or_an_error_and_shards_carry_it(curat
     report = json.loads((out / "report.json").read_text())
     assert report["captions"]["count"] == sum(c["caption"] is not None for c in accepted)
     assert report["captions"]["budget"] == 226
+    assert report["captions"]["length_tokens"]["max"] <= 226
+    samples = report["captions"]["samples"]
+    assert samples and all(s["caption"] and s["tokens"] <= 226 for s in samples)
+    from markupsafe import escape
+
+    html = (out / "report.html").read_text()
+    assert "Sample captions" in html and str(escape(samples[0]["caption"])) in html
+    assert html.count("data:image/jpeg;base64,") >= len(samples)  # thumbnails beside the captions
 
 
 def test_the_tiny_trainer_trains_on_the_shard_captions(curated, tmp_path, monkeypatch):
