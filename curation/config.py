@@ -106,6 +106,76 @@ class FramesConfig:
         _positive(self, "fps", "max_frames", "short_side")
 
 
+TINY_MODEL = "tiny"  # [models] clip / aesthetic_head: random-initialised, built offline, untrained
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelsConfig:
+    """Model scoring (curation/score_clip.py, curation/score_text.py): one CLIP forward per
+    sampled frame feeds the aesthetic score, the zero-shot tags and the clip embedding.
+
+    ``clip`` is an open_clip architecture (``open_clip.list_models()``), ``hf-hub:org/repo``,
+    or ``tiny``; ``clip_pretrained`` an open_clip tag (``openai``) or a local checkpoint file.
+    ``aesthetic_head`` is a local ``.pth``/``.safetensors`` file, ``hf-hub:org/repo/file``,
+    ``tiny``, or empty (no aesthetic score). A model that cannot be found stops the run at
+    start-up (curation/clip_models.py: ModelNotFound)."""
+
+    # CLIP scoring (aesthetic, zero-shot tags, embeddings -> dedup and the tag probe). On in
+    # the tiny and gpu profiles. Off by default (cpu), because the default profile must run
+    # offline on a fresh clone: `[models] enabled = true` needs the weights below (cached or
+    # downloadable), or the run stops at start-up naming them.
+    enabled: bool = False
+    # cpu: ViT-B/32 with OpenAI weights (88M-param image tower, 151M in all; ~4.4 GFLOPs per
+    # 224 px frame) and the LAION linear head for ViT-B/32 (sa_0_4_vit_b_32_linear.pth).
+    clip: str = "ViT-B-32-quickgelu"
+    clip_pretrained: str = "openai"
+    aesthetic_head: str = "sa_0_4_vit_b_32_linear.pth"
+    device: str = "auto"  # auto: cuda when available, else cpu
+    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or fp32 | fp16 | bf16
+    frames_per_forward: int = 64  # frames batched across clips into one forward
+    clips_per_batch: int = 16  # rows the stage takes per call
+    num_gpus: float = 0.0  # per actor (fractional shares a GPU)
+    sample_fps: float = 1.0  # of the clip's carried frames, score ~this many per second
+    max_frames: int = 8  # ...at most this many per clip
+    ocr: bool = True  # the OCR text score (rapidocr-onnxruntime, PP-OCRv4; weights in the wheel): every profile
+    ocr_frames: int = 2  # frames per clip the detector reads (evenly spaced)
+    ocr_side: int = 336  # the detector sees frames scaled to this short side
+
+    def __post_init__(self) -> None:
+        _positive(self, "frames_per_forward", "clips_per_batch", "sample_fps", "max_frames", "ocr_frames", "ocr_side")
+        if self.num_gpus < 0:
+            raise ValueError(f"models.num_gpus must be >= 0, got {self.num_gpus}")
+        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
+            raise ValueError(f"models.precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
+        if not self.clip:
+            raise ValueError("models.clip must name an open_clip model, hf-hub:org/repo, or 'tiny'")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DedupConfig:
+    """Near-duplicate removal over clip embeddings (curation/dedup.py), before decide."""
+
+    enabled: bool = True
+    # Cosine similarity at or above which two clips are duplicates (SemDeDup's 1 - eps;
+    # the paper removes at eps 0.05-0.3 depending on how much it wants to drop).
+    threshold: float = 0.95
+    block: int = 4096  # rows per block of the similarity matrix (memory: block x N floats)
+    kmeans_above: int = 1_000_000  # more clips than this: k-means first (faiss), compare within clusters
+    clusters: int | None = None  # k for k-means; None: sqrt(clips)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.threshold <= 1:
+            raise ValueError(f"dedup.threshold must be within (0, 1], got {self.threshold}")
+        _positive(self, "block", "kmeans_above")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeConfig:
+    """A trained tag probe (`videomill tags train`) applied to the clip embeddings before decide."""
+
+    path: str | None = None  # PROBE file from `videomill tags train`; None: no probe
+
+
 @dataclass(frozen=True, kw_only=True)
 class Rule:
     """Keep a clip only if `column` lies within [min, max].
@@ -136,6 +206,29 @@ class Rule:
             object.__setattr__(self, "name", self.column)
 
 
+@dataclass(frozen=True, kw_only=True)
+class TagSignal:
+    """A model signal for a negative tag: the tag also fires when `column` >= `at`.
+
+    The combined rule (curation/decide.py): a tag fires when its heuristic score reaches its
+    threshold OR any of its signals reaches its own; a null or absent signal never fires."""
+
+    tag: str
+    column: str
+    at: float
+
+    def __post_init__(self) -> None:
+        if self.tag not in NEG_TAGS:
+            raise ValueError(f"decide.tag_signals: unknown tag {self.tag!r}; known: {list(NEG_TAGS)}")
+
+
+def _default_tag_signals() -> tuple[TagSignal, ...]:
+    # OCR text area of a slide of text: 0.37-0.65 of the frame; natural photographs: 0
+    # (tests/curation/test_score_text.py); a line of subtitles ~0.03-0.08 must not fire.
+    # CLIP zero-shot scores (zs_*) are not a default signal: add them per run once measured.
+    return (TagSignal(tag="text_dominated", column="ocr_text_area", at=0.2),)
+
+
 def _default_tag_thresholds() -> dict[str, float]:
     return {t: 0.5 for t in NEG_TAGS}
 
@@ -154,6 +247,9 @@ class DecideConfig:
     tag_thresholds: dict[str, float] = field(default_factory=_default_tag_thresholds)
     keep_tags: tuple[str, ...] = ()
     rules: tuple[Rule, ...] = field(default_factory=_default_rules)
+    tag_signals: tuple[TagSignal, ...] = field(default_factory=_default_tag_signals)
+    drop_duplicates: bool = True  # a near-duplicate (dup_of set, curation/dedup.py) is rejected
+    keep_probe_tags: tuple[str, ...] = ()  # tag-probe tags that tag a clip without rejecting it
 
     def __post_init__(self) -> None:
         unknown = set(self.tag_thresholds) - set(NEG_TAGS)
@@ -312,6 +408,9 @@ class RunConfig:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
     caption: CaptionConfig = field(default_factory=CaptionConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
@@ -328,6 +427,18 @@ PROFILES: dict[str, dict[str, Any]] = {
             "caption": {"model": "Qwen/Qwen2.5-VL-7B-Instruct", "num_gpus": 1.0, "batch_size": 16}},
 }
 
+# Model scoring per profile. tiny: random-initialised models built offline (scores are
+# meaningless; the manifest metadata, log and report say so). gpu: open_clip ViT-L/14 with
+# OpenAI weights (QuickGELU, as OpenAI trained it) and the LAION improved aesthetic predictor
+# (github.com/christophschuhmann/improved-aesthetic-predictor, sac+logos+ava1-l14-linearMSE.pth).
+PROFILES["tiny"]["models"] = {"enabled": True, "clip": TINY_MODEL, "aesthetic_head": TINY_MODEL, "frames_per_forward": 16, "max_frames": 4}
+# A random model embeds distinct synthetic clips up to 0.998 apart (measured): tiny removes
+# only copies (identical frames give identical embeddings).
+PROFILES["tiny"]["dedup"] = {"threshold": 0.9999}
+PROFILES["gpu"]["models"] = {
+    "enabled": True, "clip": "ViT-L-14-quickgelu", "clip_pretrained": "openai", "aesthetic_head": "sac+logos+ava1-l14-linearMSE.pth",
+    "frames_per_forward": 256, "clips_per_batch": 64, "num_gpus": 0.5,
+}
 
 def _positive(obj: object, *names: str) -> None:
     for n in names:

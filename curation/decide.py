@@ -56,16 +56,26 @@ def decide(table: pa.Table, cfg: DecideConfig) -> tuple[pa.Table, list[ResolvedR
     """Set `neg_tags`, `status` and `reject_reasons` on a table of scored clips.
 
     A clip with an `error` keeps status `error`; the others are `accepted` when no fired tag
-    (outside `keep_tags`) and no rule rejects them."""
+    (outside `keep_tags`), no rule, no probe tag (outside `keep_probe_tags`) and no duplicate
+    verdict (`dup_of`, with `drop_duplicates`) rejects them. A negative tag fires when its
+    heuristic score, any of its `tag_signals` (OCR, CLIP zero-shot) or the tag probe says so;
+    probe tags outside the six are listed in `neg_tags` too and reject as `probe:<tag>`."""
     n = table.num_rows
     errored = _errored(table)
     table = table.drop_columns([c for c in ("neg_tags", "status", "reject_reasons") if c in table.column_names])
 
     tags: list[list[str]] = [[] for _ in range(n)]
     reasons: list[list[str]] = [[] for _ in range(n)]
+    probe = table.column("probe_tags").to_pylist() if "probe_tags" in table.column_names else [None] * n
     for tag in NEG_TAGS:
         vals = _values(table, neg_column(tag))
-        fired = np.flatnonzero(np.nan_to_num(vals, nan=-1.0) >= cfg.tag_thresholds[tag])
+        hit = np.nan_to_num(vals, nan=-1.0) >= cfg.tag_thresholds[tag]
+        # Combined rule: heuristic OR any model signal (decide.tag_signals) OR the tag probe.
+        for sig in cfg.tag_signals:
+            if sig.tag == tag and sig.column in table.column_names:
+                hit |= np.nan_to_num(_values(table, sig.column), nan=-np.inf) >= sig.at
+        hit |= np.array([tag in (p or ()) for p in probe], bool)
+        fired = np.flatnonzero(hit)
         for i in fired:
             tags[i].append(tag)
             if tag not in cfg.keep_tags:
@@ -83,6 +93,17 @@ def decide(table: pa.Table, cfg: DecideConfig) -> tuple[pa.Table, list[ResolvedR
         fail = np.where(null, r.drop_null, fail)
         for i in np.flatnonzero(fail):
             reasons[i].append(r.name)
+
+    for i, p in enumerate(probe):  # probe tags that are not one of the six reject by name
+        for tag in p or ():
+            if tag not in NEG_TAGS:
+                tags[i].append(tag)
+                if tag not in cfg.keep_probe_tags:
+                    reasons[i].append(f"probe:{tag}")
+    if cfg.drop_duplicates and "dup_of" in table.column_names:
+        for i, twin in enumerate(table.column("dup_of").to_pylist()):
+            if twin is not None:
+                reasons[i].append(f"duplicate_of:{twin}")
 
     status = ["error" if e else ("rejected" if rs else "accepted") for e, rs in zip(errored, reasons)]
     table = table.append_column("neg_tags", pa.array([[] if e else t for e, t in zip(errored, tags)], pa.list_(pa.string())))

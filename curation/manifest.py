@@ -128,6 +128,12 @@ def split_rows(batch: pa.Table) -> tuple[pa.Table, pa.Table]:
     return sources, conform(clips, scored_clip_schema())
 
 
+# Clip-stage outputs kept beside the scores, not in them: column -> folder under OUT/manifest,
+# one file per part (same name), `clip_id` + the column for rows that have it
+# (curation/embeddings.py reads them).
+SIDE_COLUMNS = {"embedding": "embeddings"}
+
+
 def write_part(layout: Layout, batch: pa.Table) -> dict:
     """Write one batch of the scoring stream as a part: scores first, then its marker.
 
@@ -138,6 +144,11 @@ def write_part(layout: Layout, batch: pa.Table) -> dict:
         return {"part": None, "sources": 0, "clips": 0, "errors": 0}
     keys = sorted(sources.column("source").to_pylist()) + sorted(clips.column("clip_id").to_pylist())
     name = f"part-{hashlib.sha1(chr(10).join(keys).encode()).hexdigest()[:20]}.parquet"
+    for col, folder in SIDE_COLUMNS.items():  # before the scores: the marker commits them all
+        if col in batch.column_names:
+            side = batch.select(["clip_id", col]).filter(pc.is_valid(batch.column(col)))
+            if side.num_rows:
+                write_table_atomic(side, layout.root / "manifest" / folder / name)
     write_table_atomic(clips, layout.scores / name)
     write_table_atomic(sources, layout.sources / name)
     errors = pc.sum(pc.equal(sources.column("status"), "error")).as_py() or 0

@@ -11,7 +11,10 @@ present, shards/index.json) and writes two files:
 
 Rendering the HTML from the dict that is written as JSON keeps the two from ever disagreeing.
 Columns later stages add (`caption`, `shard`, `bucket`, `aesthetic_score`, any float score) are
-picked up when present and reported as absent otherwise.
+picked up when present and reported as absent otherwise. Model scoring adds the duplicate
+groups (kept clip and its rejected twins, with thumbnails) and the tag probe's held-out
+figures; the aesthetic columns get histograms (with any rule on them) and rank the top and
+bottom contact sheets.
 """
 
 from __future__ import annotations
@@ -101,6 +104,11 @@ def build_report(layout: Layout, sources: pa.Table, clips: pa.Table, scored: pa.
         "thumbs_per_sheet": PER_SHEET,
         "contact_sheets": contact_sheets(clips, cfg),
         "ranked": ranked(clips),
+        "duplicates": duplicates(clips, cfg),
+        "probe": probe_section(clips, cfg),
+        "model_scoring": {"enabled": cfg.models.enabled, "clip": cfg.models.clip, "clip_pretrained": cfg.models.clip_pretrained,
+                          "aesthetic_head": cfg.models.aesthetic_head, "ocr": cfg.models.ocr,
+                          "untrained": cfg.models.enabled and cfg.models.clip == "tiny"},
         "models": model_ids(cfg_dict),
         "config": cfg_dict,
         "calibration": calibration(layout),
@@ -275,6 +283,43 @@ def ranked(clips: pa.Table) -> dict:
     k_bottom = min(PER_SHEET, len(rows) - k_top)
     return {"column": column, "note": note, "top": [_entry(r, column) for r in rows[:k_top]],
             "bottom": [_entry(r, column) for r in rows[len(rows) - k_bottom:][::-1]]}
+
+
+MAX_GROUPS = 12  # duplicate groups shown with thumbnails
+
+
+def duplicates(clips: pa.Table, cfg: RunConfig) -> dict:
+    """Near-duplicate groups (curation/dedup.py): each kept clip with the clips rejected as its twins."""
+    if "dup_of" not in clips.column_names:
+        return {"present": False, "groups": [], "rejected": 0, "groups_total": 0}
+    rows = {r["clip_id"]: r for r in clips.to_pylist()}
+    groups: dict[str, list[str]] = {}
+    for cid, r in rows.items():
+        if r.get("dup_of"):
+            groups.setdefault(r["dup_of"], []).append(cid)
+    ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    shown = []
+    for kept, dups in ordered[:MAX_GROUPS]:
+        entries = [_entry(rows[kept], "aesthetic_score") | {"role": "kept"}] if kept in rows else []
+        entries += [_entry(rows[d], "dup_sim") | {"role": "duplicate"} for d in sorted(dups)[: PER_SHEET - 1]]
+        shown.append({"kept": kept, "size": 1 + len(dups), "clips": entries})
+    judged = sum(r.get("dedup") is not None for r in rows.values())
+    return {"present": True, "threshold": cfg.dedup.threshold, "enabled": cfg.dedup.enabled, "judged": judged,
+            "rejected": sum(len(v) for v in groups.values()), "groups_total": len(groups), "groups": shown}
+
+
+def probe_section(clips: pa.Table, cfg: RunConfig) -> dict | None:
+    """The tag probe's held-out figures (from the PROBE file) and how often each tag fired here."""
+    if not cfg.probe.path:
+        return None
+    from curation.tag_probe import load_probe
+
+    try:
+        probe = load_probe(cfg.probe.path)
+    except ValueError as e:
+        return {"path": cfg.probe.path, "error": str(e)}
+    return {"path": cfg.probe.path, "model": probe.model, "threshold": probe.threshold, "metrics": probe.metrics,
+            "fired": count_list_values(clips, "probe_tags") if "probe_tags" in clips.column_names else {}}
 
 
 def model_ids(cfg_dict: dict, prefix: str = "") -> dict[str, Any]:

@@ -124,6 +124,7 @@ def render_figures(report: dict, sources: pa.Table, clips: pa.Table, root: Path)
     rows = {r["clip_id"]: r for r in clips.select(["clip_id", "clip_path", "source", "media_type", "start_s", "end_s"]).to_pylist()}
     shown = [e for s in report["contact_sheets"] for e in s["clips"]] + report["ranked"]["top"] + report["ranked"]["bottom"]
     shown += report["captions"].get("samples", [])
+    shown += [e for g in report.get("duplicates", {}).get("groups", []) for e in g["clips"]]
     for e in shown:
         if e["clip_id"] not in figs["thumbs"]:
             figs["thumbs"][e["clip_id"]] = thumbnail(root, rows[e["clip_id"]])

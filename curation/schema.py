@@ -170,12 +170,36 @@ CAPTION_COLUMNS = _cols(
 )
 CLIP_COLUMNS.update(CAPTION_COLUMNS)
 
+# Model scores (issue 10: curation/score_clip.py, curation/score_text.py), and the columns
+# of the global steps between scoring and decide (curation/dedup.py, curation/tag_probe.py).
+ZS_TAGS: tuple[str, ...] = ("low_quality", "lecture", "text_dominated", "noisy_screen")  # = score_clip.ZS_TAGS
+CLIP_COLUMNS.update(
+    _cols(
+        Column("aesthetic_score", pa.float64(), "Mean over the clip's scored frames of the LAION aesthetic head on the CLIP image embedding (~1-10; curation/score_clip.py)."),
+        Column("aesthetic_min", pa.float64(), "Minimum per-frame aesthetic score (Cosmos-Curate filters on this at 1 fps)."),
+        Column("aesthetic_p10", pa.float64(), "10th percentile of the per-frame aesthetic scores."),
+        *(
+            Column(f"zs_{t}", pa.float64(), f"CLIP zero-shot score for `{t}` in [0,1]: softmax mass on its positive prompts, mean over frames.")
+            for t in ZS_TAGS
+        ),
+        Column("model_frames", pa.int32(), "Frames the CLIP stage scored (~1 fps of the carried frames, capped)."),
+        Column("ocr_text_area", pa.float64(), "Median fraction of the frame covered by text the PP-OCRv4 detector finds and reads (curation/score_text.py)."),
+        Column("ocr_text_area_max", pa.float64(), "Largest per-frame OCR text-area fraction."),
+        Column("dedup", pa.string(), "Near-duplicate verdict: `kept` | `duplicate`; null when the clip has no embedding (error, models off)."),
+        Column("dup_of", pa.string(), "Near-duplicate removal: the kept clip this one duplicates (null when kept or unscored; curation/dedup.py)."),
+        Column("dup_sim", pa.float64(), "Cosine similarity of the clip embedding to its nearest better-ranked clip (null: none, or no embedding)."),
+        Column("probe_tags", pa.list_(pa.string()), "Tags the trained tag probe (`[probe] path`) puts on the clip; null without a probe."),
+        Column("probe_scores", pa.map_(pa.string(), pa.float64()), "The tag probe's probability per tag; null without a probe."),
+    )
+)
+# Columns the global steps before decide own (recomputed from the stored embeddings, never re-scored).
+GLOBAL_COLUMNS = ("dedup", "dup_of", "dup_sim", "probe_tags", "probe_scores")
 
 # Columns the decision step owns; scoring leaves them out.
 DECISION_COLUMNS = ("neg_tags", "status", "reject_reasons", "clip_path")
 # Columns the shard writer owns (curation/write_shards.py); scoring leaves them out too.
 SHARD_COLUMNS = ("bucket", "shard")
-SCORE_COLUMNS = tuple(c for c in CLIP_COLUMNS if c not in DECISION_COLUMNS + SHARD_COLUMNS + tuple(CAPTION_COLUMNS))
+SCORE_COLUMNS = tuple(c for c in CLIP_COLUMNS if c not in DECISION_COLUMNS + SHARD_COLUMNS + tuple(CAPTION_COLUMNS) + GLOBAL_COLUMNS)
 
 
 def _schema(columns: dict[str, Column], names: Iterable[str]) -> pa.Schema:

@@ -44,6 +44,15 @@ def _parser() -> argparse.ArgumentParser:
     trn.add_argument("--num-workers", type=int, help="Ray Train workers (default: distributed.num_workers)")
     trn.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (0: CPU with gloo)")
     trn.add_argument("--ray-address", help="attach to this Ray cluster (default: a local Ray)")
+    tags = sub.add_parser("tags", help="the tag probe: `tags train LABELS.csv --manifest OUT --out PROBE`")
+    tsub = tags.add_subparsers(dest="tags_cmd", required=True)
+    ttr = tsub.add_parser("train", help="train a tag probe on OUT's clip embeddings from clip_id,tag,label rows")
+    ttr.add_argument("labels", metavar="LABELS.csv", help="rows clip_id,tag,label (label 0 or 1)")
+    ttr.add_argument("--manifest", required=True, metavar="OUT", help="a run's output folder (its embeddings)")
+    ttr.add_argument("--out", required=True, metavar="PROBE", help="where the probe goes (safetensors)")
+    ttr.add_argument("--hidden", type=int, default=0, help="hidden units (0: a linear probe)")
+    ttr.add_argument("--holdout", type=float, default=0.25, help="share of labelled clips held out for the figures")
+    ttr.add_argument("--seed", type=int, default=0)
     rep = sub.add_parser("report", help="write OUT/report.html and OUT/report.json: funnel, score histograms, thumbnails")
     rep.add_argument("out")
     cal = sub.add_parser("calibrate", help="per tag and rule precision/recall of OUT's verdicts against labelled clips")
@@ -62,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, want in sorted(make_samples(args.folder).items()):
             print(f"{name:24s} {want.get('note', want['status'])}")
         return 0
+    if args.cmd == "tags":  # reads OUT's embeddings only: no Prefect server, no Ray
+        return _tags_train(args)
     if args.cmd == "report":  # reads OUT only: no Prefect server, no Ray
         from curation.report import write_report
 
@@ -83,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         try:  # fail fast, before any server or cluster starts
-            load_config(args.config, args.profile)
-        except (ValueError, OSError) as e:
+            cfg = load_config(args.config, args.profile)
+            if args.cmd == "run":  # a model that cannot be found: one line, exit 2
+                from curation.clip_models import check_models
+
+                check_models(cfg.models)
+        except (ValueError, OSError, RuntimeError) as e:
             raise ConfigError(str(e)) from None
         if args.cmd == "run":
             summary = curate(
@@ -125,6 +140,33 @@ def _calibrate(args: argparse.Namespace) -> int:
     print(format_table(result))
     write_report(args.out)  # the report shows OUT/calibration.json
     print(os.path.join(args.out, "calibration.json"))
+    return 0
+
+
+def _tags_train(args: argparse.Namespace) -> int:
+    """`videomill tags train`: fit the probe, print held-out figures, write PROBE."""
+    from curation.embeddings import read_embeddings
+    from curation.manifest import Layout
+    from curation.tag_probe import format_metrics, read_labels, save_probe, train_probe
+
+    try:
+        clips, tags, y = read_labels(args.labels)
+        ids, emb, model = read_embeddings(Layout.at(args.manifest), clips)
+        if not ids:
+            raise ValueError(f"{args.manifest} has no embeddings for the labelled clips (run it with [models] enabled)")
+        missing = len(clips) - len(ids)
+        where = {c: i for i, c in enumerate(clips)}
+        rows = [where[c] for c in ids]
+        probe = train_probe(emb, y[rows], tags, hidden=args.hidden, holdout=args.holdout, seed=args.seed, model=model)
+    except (ValueError, OSError) as e:
+        print(f"videomill: {e}", file=sys.stderr)
+        return 2
+    if missing:
+        print(f"videomill: {missing} labelled clip(s) have no embedding in {args.manifest}; left out", file=sys.stderr)
+    save_probe(probe, args.out)
+    print(f"probe: {len(ids)} clips, {len(tags)} tags, embeddings of {model}; held-out figures at threshold {probe.threshold}:")
+    print(format_metrics(probe))
+    print(args.out)
     return 0
 
 

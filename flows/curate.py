@@ -21,8 +21,12 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE as NO_CACHE
 
-from curation.config import RunConfig, load_config, merge_dicts, to_dict
+from curation.config import TINY_MODEL, RunConfig, load_config, merge_dicts, to_dict
+from curation.clip_models import ModelNotFound, check_models
 from curation.decide import decide
+from curation.embeddings import embeddings_dir
+from curation.global_scores import add_global_scores
+from curation.model_scoring import TINY_WARNING, model_metadata
 from curation.extract_clips import EXTRACT_INPUT, ExtractClips
 from curation.inputs import expand_inputs
 from curation.manifest import (
@@ -78,8 +82,9 @@ def get_streamer(cfg: RunConfig) -> tuple[Callable[..., Iterator[pa.Table]], Cal
 
 
 # Config sections that never change a score: decisions, shards and where things run; and
-# captions, made after decide and keyed by their own hash (OUT/captions/<caption_key>/).
-_NOT_SCORING = ("profile", "decide", "shard", "runtime", "caption")
+# captions, made after decide and keyed by their own hash (OUT/captions/<caption_key>/);
+# dedup and probe too: global steps before decide, recomputed from the stored embeddings.
+_NOT_SCORING = ("profile", "decide", "shard", "runtime", "caption", "dedup", "probe")
 
 
 def scoring_fingerprint(cfg: RunConfig) -> str:
@@ -102,7 +107,7 @@ def check_fingerprint(layout: Layout, cfg: RunConfig, rescore: bool) -> None:
                 f"{layout.root} holds scores made with different scoring settings or scorer versions "
                 "(decode/split/motion/tags/frames/extract or a model stage); use a new --out, or --rescore to discard them"
             )
-        for d in (layout.sources, layout.scores, layout.clip_manifest, layout.clips):
+        for d in (layout.sources, layout.scores, layout.clip_manifest, layout.clips, embeddings_dir(layout)):
             for p in d.glob("*"):
                 if p.is_file():
                     p.unlink()
@@ -200,6 +205,10 @@ def score_step(sources: list[str], out: str, cfg: RunConfig) -> dict:
 def decide_step(out: str, cfg: RunConfig) -> pa.Table:
     layout = Layout.at(out)
     scored = read_scores(layout).sort_by("clip_id")
+    # Global steps before decide (near-duplicates, tag probe): from the stored embeddings.
+    scored, _ = add_global_scores(layout, scored, cfg)
+    if cfg.models.enabled and cfg.models.clip == TINY_MODEL:
+        run_logger().warning(TINY_WARNING)
     decided, resolved = decide(scored, cfg.decide)
     for r in resolved:
         run_logger().info("rule %s on %s: keep within [%s, %s]", r.name, r.column, r.min, r.max)
@@ -320,8 +329,9 @@ def curate(
         overrides["runtime"]["executor"] = executor
     try:
         cfg = load_config(config, profile, overrides)
+        check_models(cfg.models)  # a model that cannot be found: one line, before any work
         sources = expand_inputs(list(inputs))
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ModelNotFound) as e:
         raise ConfigError(str(e)) from None
     check_captioning(cfg)
     layout = Layout.at(out)
@@ -345,6 +355,7 @@ def _decide_and_extract(layout: Layout, cfg: RunConfig) -> dict:
     extracted = extract_step.with_options(timeout_seconds=cfg.runtime.task_timeout_s)(decided, out, cfg)
     clips = caption_step(join_extraction(decided, extracted, out), out, cfg)
     clips = shard_step(clips, out, cfg)
+    clips = clips.replace_schema_metadata({**(clips.schema.metadata or {}), **model_metadata(cfg)})
     write_table_atomic(clips, layout.clip_manifest / "clips.parquet")
     return _summarize(layout, clips)
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 from curation.analyze import SplitAndScore
 from curation.config import RunConfig
 from curation.frames import TRANSIENT_COLUMNS
+from curation.manifest import SIDE_COLUMNS
+from curation.model_scoring import model_stages
 from curation.probe import ProbeSources
 from curation.schema import CLIP_COLUMNS
 from curation.stage import Stage
@@ -26,6 +28,7 @@ def clip_stages(cfg: RunConfig) -> list[Stage]:
     Each is built from its config section and returned only when enabled there, so a run
     without models decodes no model frames at all."""
     stages: list[Stage] = []
+    stages += model_stages(cfg)  # issue 10: CLIP (aesthetic, zero-shot, embedding), OCR
     return stages
 
 
@@ -39,6 +42,6 @@ def check_clip_stages(clip: list[Stage]) -> None:
     """Every column a clip stage writes must be a manifest column (curation/schema.py), or the
     manifest writer would drop it; raises ValueError naming the stage."""
     for s in clip:
-        unknown = [c for c in s.writes if c not in CLIP_COLUMNS]
+        unknown = [c for c in s.writes if c not in CLIP_COLUMNS and c not in SIDE_COLUMNS]
         if unknown:
             raise ValueError(f"clip stage {type(s).__name__} writes {unknown}: add them to CLIP_COLUMNS in curation/schema.py")

@@ -1,0 +1,131 @@
+"""Model-stage throughput beside the decode rate on the same clips: is decode the bottleneck?
+
+    python bench/model_stages.py [FOLDER] [--profile tiny|cpu|gpu] [--random-weights] [--sources N]
+
+FOLDER: videos (default: synthetic 640x360 pans made here). The frame supply is the real
+analysis pass (ProbeSources + SplitAndScore with model frames on: one decode per source,
+cuts, motion, tags, and the clip's RGB frames at 2 fps, short side 336, at most 16), timed as
+"decode"; then, on the clips it produced,
+
+* embedding stage: frames/s of one CLIP image forward per frame (ScoreWithClip.encode, the
+  profile's architecture; batches of `frames_per_forward`), on every supplied frame;
+* end to end: clips/s of analysis + ScoreWithClip + ScoreText (OCR), as the stream runs them.
+
+It prints `embed/decode frame-rate ratio:` (above 1: the model consumes frames faster than
+the analysis pass supplies them, so decode bounds the stage) and `end-to-end/decode clips ratio:`.
+`--random-weights` builds the profile's architecture at random weights (no download): the
+speed of a ViT-L/14 does not depend on its weights. On a GPU machine:
+
+    python bench/model_stages.py --profile gpu --random-weights --sources 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from curation import synthetic  # noqa: E402
+from curation.analyze import SplitAndScore  # noqa: E402
+from curation.config import load_config  # noqa: E402
+from curation.frames import FRAMES_SHAPE, unpack_frames  # noqa: E402
+from curation.probe import ProbeSources  # noqa: E402
+from curation.score_clip import ScoreWithClip  # noqa: E402
+from curation.score_text import ScoreText  # noqa: E402
+from flows.run_local import apply_clip_stage, run_local  # noqa: E402
+
+
+def make_inputs(folder: Path, n: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        p = folder / f"pan{i}.mp4"
+        if not p.exists():
+            synthetic.write_video(p, synthetic.moving(250, (640, 360), speed=(2.0 + i % 3, 0.5), seed=i), 25.0)
+        out.append(p)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("folder", nargs="?")
+    p.add_argument("--profile", default="tiny", choices=["tiny", "cpu", "gpu"])
+    p.add_argument("--random-weights", action="store_true", help="the profile's architecture at random weights")
+    p.add_argument("--sources", type=int, default=8, help="at most this many videos of FOLDER")
+    p.add_argument("--no-ocr", action="store_true")
+    args = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    cfg = load_config(profile=args.profile)
+    models = cfg.models
+    if args.random_weights and models.clip != "tiny":
+        models = dataclasses.replace(models, clip_pretrained="random", aesthetic_head="tiny")
+    folder = Path(args.folder) if args.folder else Path(tempfile.gettempdir()) / "videomill-bench-model"
+    videos = sorted(p for p in folder.iterdir() if p.is_file()) if args.folder else make_inputs(folder, 4)
+    sources = pa.table({"source": [str(v) for v in videos[: args.sources]]})
+    analysis = [ProbeSources(cfg), SplitAndScore(cfg, frames=True)]
+
+    # 1. decode: the analysis pass that supplies the model frames (one decode per source).
+    run_local(analysis, sources.slice(0, 1))  # warm-up (imports, codec init)
+    t0 = time.perf_counter()
+    framed = run_local(analysis, sources)
+    t_decode = time.perf_counter() - t0
+    framed = framed.filter(pa.compute.is_valid(framed.column("frames")))
+    table = framed
+    n_frames = sum(s[0] for s in framed.column(FRAMES_SHAPE).to_pylist() if s)
+
+    clip = ScoreWithClip(models)
+    t0 = time.perf_counter()
+    clip.setup()
+    t_setup = time.perf_counter() - t0
+    ocr = None if args.no_ocr else ScoreText(models)
+    if ocr:
+        ocr.setup()
+
+    # 2. the embedding stage alone: every decoded frame through the image tower (one warm-up batch).
+    frames = np.concatenate([unpack_frames(framed, i)[0] for i in range(framed.num_rows)])
+    clip.encode(frames[: models.frames_per_forward])
+    t0 = time.perf_counter()
+    clip.encode(frames)
+    if clip.device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    t_embed = time.perf_counter() - t0
+
+    # 3. end to end on the same clips: analysis + CLIP stage (its own frame picks) + OCR.
+    t0 = time.perf_counter()
+    out = run_local(analysis, sources)
+    for i in range(0, out.num_rows, models.clips_per_batch):
+        part = apply_clip_stage(clip, out.slice(i, models.clips_per_batch))
+        if ocr:
+            apply_clip_stage(ocr, part)
+    t_e2e = time.perf_counter() - t0
+
+    dev = clip.device.type
+    name = models.clip + ("" if models.clip == "tiny" else f" ({models.clip_pretrained})")
+    if dev == "cuda":
+        import torch
+
+        dev = f"cuda: {torch.cuda.get_device_name(0)}"
+    print(f"clips: {table.num_rows} from {sources.num_rows} videos; model frames supplied by the analysis pass: {n_frames}")
+    print(f"model: {name} on {dev} ({clip.dtype}); setup {t_setup:.1f} s; frames_per_forward {models.frames_per_forward}")
+    print(f"decode (analysis pass): {n_frames / t_decode:.1f} model frames/s, {table.num_rows / t_decode:.2f} clips/s")
+    print(f"embedding stage: {len(frames) / t_embed:.1f} frames/s ({len(frames)} frames at {clip.size} px)")
+    print(f"end to end (decode + CLIP{'' if args.no_ocr else ' + OCR'}): {table.num_rows / t_e2e:.2f} clips/s")
+    print(f"embed/decode frame-rate ratio: {(len(frames) / t_embed) / (n_frames / t_decode):.2f}")
+    print(f"end-to-end/decode clips ratio: {t_decode / t_e2e:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

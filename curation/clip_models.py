@@ -1,0 +1,254 @@
+"""Load the models of the model-scoring stage: an open_clip image/text encoder and an
+aesthetic head, from a hub id or a local path, or built tiny and random offline.
+
+* CLIP: ``open_clip.create_model`` (github.com/mlfoundations/open_clip). OpenAI's CLIP
+  weights were trained with QuickGELU (x * sigmoid(1.702 x)); open_clip only *warns* when an
+  architecture without it gets those weights, and the embeddings come out wrong. So when the
+  pretrained tag says ``quick_gelu`` we force it (``resolve_clip``), whatever name was given.
+* Aesthetic head: the LAION improved aesthetic predictor
+  (github.com/christophschuhmann/improved-aesthetic-predictor, "sac+logos+ava1-l14-linearMSE"):
+  an MLP 768 -> 1024 -> 128 -> 64 -> 16 -> 1 with dropouts and *no* activations, on the
+  L2-normalised ViT-L/14 image embedding; or the older LAION linear head
+  (github.com/LAION-AI/aesthetic-predictor, ``sa_0_4_vit_b_32_linear.pth``: 512 -> 1 for
+  ViT-B/32). Scores on the ~1-10 scale of the AVA/SAC ratings they were fitted to. Weights
+  load from ``.pth`` (``torch.load(weights_only=True)``) or ``.safetensors``.
+* ``tiny``: a small open_clip ``CLIP`` built from a custom config with embedding width 768, so
+  the real head (and its state-dict keys) runs on it; random weights, seeded. Its scores are
+  meaningless and everything downstream says so.
+
+A model that cannot be found raises ``ModelNotFound`` with one line naming it and how to
+supply it, before any work starts (``check_models``); never a hub traceback, never a fallback.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from curation.config import TINY_MODEL, ModelsConfig
+
+# OpenAI CLIP's normalisation (open_clip.constants.OPENAI_DATASET_MEAN/STD); the LAION
+# heads were fitted on embeddings of images normalised this way.
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+TINY_SEED = 0
+RANDOM = "random"  # models.clip_pretrained: the architecture at random weights (benchmarks), said loudly
+# The tiny CLIP: real open_clip CLIP class, custom small towers, 768-d embedding (ViT-L/14's).
+TINY_CLIP_CFG: dict[str, Any] = {
+    "embed_dim": 768,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
+}
+# State-dict keys of the improved aesthetic predictor (its nn.Sequential is `layers`).
+MLP_HEAD_KEYS = tuple(f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias"))
+
+
+class ModelNotFound(RuntimeError):
+    """A configured model is not where the config says; the message is one line."""
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """What `create_model` is called with, resolved from the config (no weights touched)."""
+
+    name: str
+    pretrained: str | None  # tag, local file, or None (tiny / hf-hub)
+    force_quick_gelu: bool
+    tiny: bool
+
+
+def resolve_clip(cfg: ModelsConfig) -> ClipSpec:
+    """The architecture and weights a config asks for; QuickGELU forced when the weights need it."""
+    if cfg.clip == TINY_MODEL:
+        return ClipSpec(TINY_MODEL, None, True, True)
+    if cfg.clip.startswith(("hf-hub:", "local-dir:")):
+        return ClipSpec(cfg.clip, None, False, False)  # their own config carries quick_gelu
+    import open_clip
+
+    name = cfg.clip.replace("/", "-")
+    model_cfg = open_clip.get_model_config(name)
+    if model_cfg is None:
+        raise ModelNotFound(f"models.clip: {cfg.clip!r} is not an open_clip architecture (see open_clip.list_models())")
+    tag_cfg = open_clip.get_pretrained_cfg(name, cfg.clip_pretrained) if cfg.clip_pretrained else {}
+    needs_quick = bool(tag_cfg.get("quick_gelu")) or cfg.clip_pretrained == "openai"
+    return ClipSpec(name, cfg.clip_pretrained or None, needs_quick and not model_cfg.get("quick_gelu", False), False)
+
+
+def _how_to_supply_clip(cfg: ModelsConfig) -> str:
+    return (
+        f"CLIP weights {cfg.clip!r}/{cfg.clip_pretrained!r} not found (offline or not cached): download them once "
+        "with network access (python -c \"import open_clip; open_clip.create_model("
+        f"'{cfg.clip}', pretrained='{cfg.clip_pretrained}')\"), or set models.clip_pretrained to a local checkpoint "
+        "file, or use --profile tiny"
+    )
+
+
+def clip_checkpoint(cfg: ModelsConfig) -> str | None:
+    """Local path of the CLIP weights (downloading into the HF cache when online); None for tiny.
+
+    Raises ModelNotFound with one line when they cannot be had."""
+    spec = resolve_clip(cfg)
+    if spec.tiny or cfg.clip_pretrained == RANDOM:
+        return None
+    import open_clip
+
+    if spec.name.startswith("local-dir:"):
+        if not Path(spec.name.split(":", 1)[1]).is_dir():
+            raise ModelNotFound(f"models.clip: folder {spec.name.split(':', 1)[1]!r} does not exist")
+        return spec.name
+    try:
+        if spec.name.startswith("hf-hub:"):
+            return open_clip.pretrained.download_pretrained_from_hf(spec.name.split(":", 1)[1])
+        tag_cfg = open_clip.get_pretrained_cfg(spec.name, spec.pretrained or "")
+        if tag_cfg:
+            return open_clip.pretrained.download_pretrained(tag_cfg)
+    except Exception:  # hub/network errors of any kind: one line, no traceback (see module doc)
+        raise ModelNotFound(_how_to_supply_clip(cfg)) from None
+    if spec.pretrained and Path(spec.pretrained).is_file():
+        return spec.pretrained
+    raise ModelNotFound(
+        f"models.clip_pretrained: {spec.pretrained!r} is neither an open_clip tag of {spec.name} "
+        f"({', '.join(open_clip.list_pretrained_tags_by_model(spec.name)) or 'none'}) nor an existing file"
+    )
+
+
+def head_file(cfg: ModelsConfig) -> str | None:
+    """Local path of the aesthetic head; None for tiny or no head. Raises ModelNotFound."""
+    ref = cfg.aesthetic_head
+    if not ref or ref == TINY_MODEL:
+        return None
+    if ref.startswith("hf-hub:"):
+        repo, _, filename = ref.split(":", 1)[1].rpartition("/")
+        try:
+            from huggingface_hub import hf_hub_download
+
+            return hf_hub_download(repo_id=repo, filename=filename)
+        except Exception:  # hub/network errors of any kind: one line (see module doc)
+            raise ModelNotFound(f"models.aesthetic_head: {ref!r} not found (offline or not cached); give a local .pth/.safetensors path") from None
+    if not Path(ref).is_file():
+        raise ModelNotFound(
+            f"models.aesthetic_head: {ref!r} not found; download the LAION head (github.com/christophschuhmann/"
+            "improved-aesthetic-predictor for ViT-L/14, github.com/LAION-AI/aesthetic-predictor for ViT-B/32) and set "
+            "models.aesthetic_head to its path, or set it to \"\" for no aesthetic score"
+        )
+    return ref
+
+
+def check_models(cfg: ModelsConfig) -> None:
+    """Fail at start-up (ModelNotFound, one line) when a configured model cannot be found."""
+    if not cfg.enabled:
+        return
+    clip_checkpoint(cfg)
+    head_file(cfg)
+
+
+def build_clip(cfg: ModelsConfig, load_weights: bool = True) -> Any:
+    """The open_clip model (eval mode, fp32, CPU) for `cfg`. `load_weights=False` builds the
+    architecture at random weights (tests, benchmarks); tiny is always random and seeded."""
+    import open_clip
+    import torch
+
+    spec = resolve_clip(cfg)
+    if spec.tiny:
+        torch.manual_seed(TINY_SEED)
+        model = open_clip.CLIP(**TINY_CLIP_CFG)
+        model.visual.preprocess_cfg = {"mean": OPENAI_MEAN, "std": OPENAI_STD, "size": 224}
+        return model.eval()
+    if not load_weights or cfg.clip_pretrained == RANDOM:
+        if cfg.clip_pretrained == RANDOM:
+            import logging
+
+            logging.getLogger(__name__).warning("models: %s at RANDOM weights (clip_pretrained=random): scores are meaningless", spec.name)
+        model = open_clip.create_model(spec.name, pretrained=None, force_quick_gelu=spec.force_quick_gelu, load_weights=False)
+        return model.eval()
+    path = clip_checkpoint(cfg)
+    if spec.name.startswith(("hf-hub:", "local-dir:")):
+        model = open_clip.create_model(spec.name)
+    else:
+        pretrained = spec.pretrained if Path(spec.pretrained or "").is_file() else path
+        model = open_clip.create_model(spec.name, pretrained=pretrained, force_quick_gelu=spec.force_quick_gelu)
+    return model.eval()
+
+
+def tokenizer(cfg: ModelsConfig) -> Any:
+    """open_clip's tokenizer for the model (the BPE vocabulary ships in the open_clip wheel)."""
+    import open_clip
+
+    spec = resolve_clip(cfg)
+    return open_clip.get_tokenizer("ViT-B-32" if spec.tiny else spec.name)
+
+
+def uses_quick_gelu(model: Any) -> bool:
+    """Whether the image tower's MLPs use QuickGELU (what OpenAI weights need)."""
+    from open_clip.transformer import QuickGELU
+
+    return any(isinstance(m, QuickGELU) for m in model.visual.modules())
+
+
+def build_head(embed_dim: int, kind: str = "mlp") -> Any:
+    """An untrained aesthetic head with the published layout and state-dict keys.
+
+    kind "mlp": the improved aesthetic predictor (keys ``MLP_HEAD_KEYS``); "linear": LAION's
+    first predictor, one ``nn.Linear(embed_dim, 1)`` (keys ``weight``, ``bias``)."""
+    from torch import nn
+
+    if kind == "linear":
+        return nn.Linear(embed_dim, 1)
+
+    class AestheticMLP(nn.Module):
+        # Mirrors the published class: no activations between the linears (it was fitted so).
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.Sequential(
+                nn.Linear(embed_dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
+                nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1),
+            )
+
+        def forward(self, x):  # (N, embed_dim) L2-normalised -> (N, 1)
+            return self.layers(x)
+
+    return AestheticMLP()
+
+
+def load_head_state(path: str | os.PathLike) -> dict:
+    """The state dict of a head file: ``.safetensors``, or ``.pth``/``.pt``/``.bin`` through
+    ``torch.load(weights_only=True)`` (never unpickles code)."""
+    import torch
+
+    p = str(path)
+    if p.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(p)
+    state = torch.load(p, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def load_head(cfg: ModelsConfig, embed_dim: int) -> Any | None:
+    """The aesthetic head for an embedding of `embed_dim`, eval mode; None when not configured.
+
+    Raises ModelNotFound (missing file) or ValueError (keys or widths that do not fit)."""
+    import torch
+
+    if not cfg.aesthetic_head:
+        return None
+    if cfg.aesthetic_head == TINY_MODEL:
+        torch.manual_seed(TINY_SEED + 1)
+        return build_head(embed_dim).eval()
+    path = head_file(cfg)
+    state = load_head_state(path)
+    keys = set(state)
+    if keys == set(MLP_HEAD_KEYS):
+        head = build_head(state["layers.0.weight"].shape[1], "mlp")
+    elif keys == {"weight", "bias"}:
+        head = build_head(state["weight"].shape[1], "linear")
+    else:
+        raise ValueError(f"models.aesthetic_head {path}: not a LAION aesthetic head (keys {sorted(keys)[:6]}...)")
+    in_dim = head.layers[0].in_features if hasattr(head, "layers") else head.in_features
+    if in_dim != embed_dim:
+        raise ValueError(f"models.aesthetic_head {path} takes {in_dim}-d embeddings; models.clip {cfg.clip!r} gives {embed_dim}-d")
+    head.load_state_dict({k: v.float() for k, v in state.items()})
+    return head.eval()
