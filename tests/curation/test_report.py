@@ -109,13 +109,13 @@ def test_percentile_rules_resolve_on_the_run(run_out):
     sources, clips, scored, cfg = load_run(layout)
     cfg["decide"]["rules"] = [
         {"column": "motion_score", "name": "motion_bottom_half", "min_pct": 50},
-        {"column": "aesthetic_score", "name": "ugly", "min": 4.5},  # a column no stage writes yet
+        {"column": "made_up_score", "name": "ugly", "min": 4.5},  # a column no stage writes
     ]
     report = build_report(layout, sources, clips, scored, cfg)
     v = [c["motion_score"] for c in clips.to_pylist() if c["error"] is None and c["motion_score"] is not None]
     (rule,) = report["thresholds"]["motion_score"]
     assert rule["name"] == "motion_bottom_half" and _close(rule["min"], float(np.percentile(v, 50)))
-    (ugly,) = report["thresholds"]["aesthetic_score"]
+    (ugly,) = report["thresholds"]["made_up_score"]
     assert ugly["min"] == 4.5 and "not in manifest" in ugly["rule"]
 
 

@@ -35,9 +35,9 @@ def model_run(tmp_path_factory, prefect_server):
     from flows.curate import curate
 
     root = tmp_path_factory.mktemp("model_in")
-    synthetic.write_video(root / "pan.mp4", synthetic.moving(75, (320, 180), speed=(3.0, 0.0), seed=11), 25.0)
+    synthetic.write_video(root / "pan.mp4", synthetic.moving(75, (480, 270), speed=(3.0, 0.0), seed=11), 25.0)
     shutil.copyfile(root / "pan.mp4", root / "pan_copy.mp4")  # the same video under another name
-    synthetic.write_video(root / "other.mp4", synthetic.moving(75, (320, 180), speed=(0.0, 2.0), seed=12), 25.0)
+    synthetic.write_video(root / "other.mp4", synthetic.moving(75, (480, 270), speed=(0.0, 2.0), seed=12), 25.0)
     out = tmp_path_factory.mktemp("model_out")
     summary = curate(inputs=[str(root)], out=str(out), profile="tiny", executor="local")
     return root, out, summary
@@ -72,12 +72,12 @@ def test_a_copied_video_is_rejected_as_duplicate_naming_its_twin(model_run):
         by_source.setdefault(os.path.basename(r["source"]), []).append(r)
     (a,), (b,) = by_source["pan.mp4"], by_source["pan_copy.mp4"]
     kept, dup = (a, b) if a["dedup"] == "kept" else (b, a)
-    assert kept["status"] == "accepted" and kept["dup_of"] is None
+    assert kept["status"] == "accepted" and kept["dup_of"] is None, kept["reject_reasons"]
     assert dup["status"] == "rejected" and dup["dedup"] == "duplicate" and dup["dup_of"] == kept["clip_id"]
     assert dup["reject_reasons"] == [f"duplicate_of:{kept['clip_id']}"]
     assert dup["dup_sim"] >= 0.9999
     (other,) = by_source["other.mp4"]
-    assert other["dedup"] == "kept" and other["status"] == "accepted"
+    assert other["dedup"] == "kept" and other["status"] == "accepted", other["reject_reasons"]
     assert summary["rejected_by_reason"] == {f"duplicate_of:{kept['clip_id']}": 1}
 
 
