@@ -34,6 +34,7 @@ from training.data import TrainLoader
 from training.ema import EMA, EMAConfig
 from training.models import Models, load_models
 from training.objective import training_step
+from training.data import check_captions
 
 log = logging.getLogger("videomill.train")
 
@@ -254,6 +255,7 @@ def train(cfg: TrainConfig, *, report: Callable[[dict], None] | None = None, sto
     `report` receives each logged metrics dict (Ray Train passes ray.train.report);
     `stop_after` ends this call after that many steps (tests simulate a crash with it)."""
     rank, world, device = _setup_distributed(cfg)
+    check_captions(cfg.data, cfg.model.variant)  # T2V: refuse mostly uncaptioned data, every rank alike
     out = Path(cfg.run.out)
     ckpt_root = out / "checkpoints"
     if rank == 0:

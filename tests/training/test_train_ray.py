@@ -56,7 +56,7 @@ def config(shards: Path, tiny_dir: Path, out: Path) -> TrainConfig:
                 {"width": 48, "height": 32, "frames": 9, "media": "video", "batch_size": 1},
                 {"width": 48, "height": 32, "media": "image", "batch_size": 2},
             ],
-            "fps": 8.0, "frame_multiple": 8, "image_ratio": 0.4, "num_workers": 0,
+            "fps": 8.0, "frame_multiple": 8, "image_ratio": 0.4, "num_workers": 0, "allow_empty_captions": True,
             "epoch_length": 20, "shuffle_buffer": 4, "seed": 3,
         },
         "model": {"pretrained": str(tiny_dir), "variant": "t2v", "version": "1.0", "dtype": "fp32",
