@@ -55,6 +55,12 @@ def preflight(cfg: TrainConfig) -> TrainConfig:
             raise PreflightError(str(e)) from None
         if not entries:
             raise PreflightError(f"data.shards: {d.shards} lists no shards")
+    from training.data import check_captions
+
+    try:  # T2V: refuse mostly uncaptioned data here, not in every worker a minute later
+        check_captions(d, cfg.model.variant)
+    except (ValueError, FileNotFoundError) as e:
+        raise PreflightError(str(e)) from None
     m = cfg.model
     if m.pretrained == TINY:
         cfg = replace(cfg, model=replace(m, pretrained=resolve_pretrained(m)))
