@@ -75,7 +75,7 @@ def resolve_model(name: str) -> str:
     except (OSError, ValueError):
         raise MissingModel(
             f"model {name!r} is not a local folder and not in the Hugging Face cache: fetch it first "
-            f"(`hf download {name}`) or give a local path"
+            f"(`hf download {name}`) or give a local path; `[caption] enabled = false` skips captioning"
         ) from None
 
 
