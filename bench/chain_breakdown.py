@@ -51,8 +51,8 @@ def best(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
 
 
 def breakdown(uri: str, profile: str, repeat: int) -> None:
-    cfg = load_config(profile=profile)
-    stage = SplitAndScore(cfg)
+    cfg = load_config(profile=profile, overrides={"decode": {"threads": os.cpu_count() or 1}})  # all cores, as before
+    stage = SplitAndScore(cfg, frames=False)  # a run without model stages samples no model frames
     stage.setup()  # cv2.setNumThreads(1), as in a run
     probed = ProbeSources(cfg)(pa.table({"source": [uri]}))
 

@@ -43,7 +43,7 @@ import pyarrow as pa  # noqa: E402
 from av.video.reformatter import VideoReformatter  # noqa: E402
 
 from curation import synthetic  # noqa: E402
-from curation.analyze import SplitAndScore  # noqa: E402
+from curation.analyze import SplitAndScore, group_sources  # noqa: E402
 from curation.config import PROFILES, load_config  # noqa: E402
 from curation.inputs import expand_inputs, is_image  # noqa: E402
 from curation.probe import ProbeSources  # noqa: E402
@@ -124,9 +124,12 @@ class Chain:
     """(c) ProbeSources then SplitAndScore in this process, one source per batch (as on Ray)."""
 
     def __init__(self, profile: str):
-        self.cfg = load_config(profile=profile)
+        # One source at a time on the whole machine, like (a): FFmpeg gets every core. (In a
+        # run, [decode] threads = 0 ties them to the stage's num_cpus, as Ray reserves them.)
+        self.cfg = load_config(profile=profile, overrides={"decode": {"threads": os.cpu_count() or 1}})
         self.probe = ProbeSources(self.cfg)
-        self.split = SplitAndScore(self.cfg)
+        # frames=False: what a run without model stages does (no model frames are sampled).
+        self.split = SplitAndScore(self.cfg, frames=False)
         self.split.setup()
         self.best: dict[str, dict] = {}  # per source: facts from its fastest run
 
@@ -134,7 +137,7 @@ class Chain:
         t0 = time.perf_counter()
         probed = self.probe(pa.table({"source": [uri]}))
         t1 = time.perf_counter()
-        row = self.split(probed).to_pylist()[0]
+        (row,) = group_sources(self.split(probed))
         t2 = time.perf_counter()
         if row["status"] != "ok":
             raise RuntimeError(f"{uri}: chain reported {row['status']}: {row.get('error')}")

@@ -82,8 +82,9 @@ def run_ray(stages: Sequence[Stage], table: pa.Table) -> pa.Table:
     return pa.concat_tables(tables) if tables else run_empty(stages, table)
 
 
-def _add_stage(ds, stage: Stage, clip: bool, max_retries: int, batch_size: int | None = None):
-    common: dict = dict(batch_format="pyarrow", batch_size=batch_size or stage.batch_size, num_cpus=stage.num_cpus)
+def _add_stage(ds, stage: Stage, clip: bool, max_retries: int, batch_size: int | None = None, num_cpus: float | None = None):
+    num_cpus = stage.num_cpus if num_cpus is None else num_cpus
+    common: dict = dict(batch_format="pyarrow", batch_size=batch_size or stage.batch_size, num_cpus=num_cpus)
     if stage.num_gpus:
         common["num_gpus"] = stage.num_gpus
     if stage.stateful or clip:
@@ -144,8 +145,9 @@ def _stream(sources, source_stages, clip_stages, write, rows_per_part, k, max_re
         # The first operator's batch size is what Ray bundles input blocks to: never more
         # than a block, so a task holds one block and a dead worker loses only that block.
         ds = _add_stage(ds, stage, clip=False, max_retries=max_retries, batch_size=min(stage.batch_size, k) if i == 0 else None)
+    cpus = ray.cluster_resources().get("CPU", 1.0)
     for stage in clip_stages:
-        ds = _add_stage(ds, stage, clip=True, max_retries=max_retries)
+        ds = _add_stage(ds, stage, clip=True, max_retries=max_retries, num_cpus=actor_cpus(stage, clip_stages, cpus))
 
     def write_part(batch: pa.Table) -> pa.Table:
         return write(batch)
@@ -159,6 +161,26 @@ def run_empty(stages: Sequence[Stage], table: pa.Table) -> pa.Table:
     for stage in stages:
         table = stage(table.slice(0, 0))
     return table
+
+
+# CPU the streaming pipeline keeps free of model actors: one source task and the writer.
+_TASK_CPUS = 1.0 + 0.25
+
+
+def actor_cpus(stage: Stage, clip_stages: Sequence[Stage], cluster_cpus: float) -> float:
+    """CPUs one actor of a CPU model stage reserves in Ray's accounting.
+
+    Every actor pool keeps at least one actor alive for the whole run. On a small cluster
+    (a 2-core laptop, CI) two CPU model pools reserving a whole CPU each leave nothing for the
+    source tasks that feed them, and the stream deadlocks (seen: ScoreWithClip + ScoreText on
+    2 CPUs). So the pools' minimum actors together reserve at most what is left after one
+    source task and the writer; on a real cluster this is the stage's own `num_cpus`. GPU
+    stages keep their declared CPUs: their bound is the GPU."""
+    if stage.num_gpus:
+        return stage.num_cpus
+    cpu_pools = sum(1 for s in clip_stages if not s.num_gpus)
+    share = max(0.05, (cluster_cpus - _TASK_CPUS) / max(cpu_pools, 1))
+    return min(stage.num_cpus, share)
 
 
 def max_actors() -> int:
