@@ -307,11 +307,19 @@ def _decode(uri: str, thumb_width: int, motion: _Sampler, tags: _Sampler, thread
 _END = object()
 
 
-def run_ahead(items: Callable[[], Iterator], *, stall_timeout_s: float | None, prefetch: int = 8, name: str = "decode") -> Iterator:
+def run_ahead(
+    items: Callable[[], Iterator],
+    *,
+    stall_timeout_s: float | None,
+    prefetch: int = 8,
+    name: str = "decode",
+    stall_detail: Callable[[], str] | None = None,
+) -> Iterator:
     """Iterate `items()` in a background thread, up to `prefetch` items ahead. The thread
     creates the iterator itself, so whatever it opens (a container) is used and closed by one
-    thread only. No item for `stall_timeout_s`: MediaError(code="timeout"); the stuck thread
-    is abandoned (a daemon: an FFmpeg call cannot be interrupted)."""
+    thread only. No item for `stall_timeout_s`: MediaError(code="timeout"), its text extended
+    by `stall_detail()` when given; the stuck thread is abandoned (a daemon: an FFmpeg call
+    cannot be interrupted)."""
     q: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
 
@@ -343,7 +351,10 @@ def run_ahead(items: Callable[[], Iterator], *, stall_timeout_s: float | None, p
                 item = q.get(timeout=stall_timeout_s)
             except queue.Empty:
                 stalled = True
-                raise MediaError(f"decoder stalled: nothing for {stall_timeout_s:g} s ([decode] stall_timeout_s)", code="timeout") from None
+                detail = f" {stall_detail()}" if stall_detail else ""
+                raise MediaError(
+                    f"decoder stalled: nothing for {stall_timeout_s:g} s{detail} ([decode] stall_timeout_s)", code="timeout"
+                ) from None
             if item is _END:
                 return
             if isinstance(item, BaseException):
@@ -383,46 +394,10 @@ def iter_frames(
     motion = _Sampler(work_short_side, "gray", motion_fps)
     tags = _Sampler(tags_short_side, "rgb24", tags_fps)
     model = _Sampler(model_short_side, "rgb24", model_fps) if model_short_side and model_fps else None
-    q: queue.Queue = queue.Queue(maxsize=prefetch)
-    stop = threading.Event()
-
-    def put(item: object) -> None:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def produce() -> None:
-        try:
-            with contextlib.closing(_decode(uri, thumb_width, motion, tags, threads, stats, model)) as frames:
-                for fr in frames:
-                    if stop.is_set():
-                        return
-                    put(fr)
-            put(_END)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer and re-raised there
-            put(e)
-
-    worker = threading.Thread(target=produce, name=f"decode:{uri}", daemon=True)
-    worker.start()
-    stalled = False
-    try:
-        while True:
-            try:
-                item = q.get(timeout=stall_timeout_s)
-            except queue.Empty:
-                stalled = True
-                raise MediaError(
-                    f"decoder stalled: no frame for {stall_timeout_s:g} s after {stats.frames} frames ([decode] stall_timeout_s)",
-                    code="timeout",
-                ) from None
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        worker.join(timeout=1.0 if stalled else None)
+    return run_ahead(
+        lambda: _decode(uri, thumb_width, motion, tags, threads, stats, model),
+        stall_timeout_s=stall_timeout_s,
+        prefetch=prefetch,
+        name=f"decode:{uri}",
+        stall_detail=lambda: f"after {stats.frames} frames",
+    )
