@@ -71,15 +71,20 @@ def encode(
         for p in s.encode():
             c.mux(p)
         if a is not None:
-            n, fs = int(48000 * audio_s), a.codec_context.frame_size or 1024
-            for start in range(0, n, fs):
-                af = av.AudioFrame.from_ndarray(np.zeros((2, fs), np.float32), format="fltp", layout="stereo")
-                af.sample_rate, af.pts = 48000, start
-                for p in a.encode(af):
-                    c.mux(p)
-            for p in a.encode():
-                c.mux(p)
+            _mux_silence(c, a, audio_s)
     return path
+
+
+def _mux_silence(c, a, seconds: float) -> None:
+    """Encode `seconds` of 48 kHz stereo silence on audio stream `a` of container `c`."""
+    fs = a.codec_context.frame_size or 1024
+    for start in range(0, int(48000 * seconds), fs):
+        af = av.AudioFrame.from_ndarray(np.zeros((2, fs), np.float32), format="fltp", layout="stereo")
+        af.sample_rate, af.pts = 48000, start
+        for p in a.encode(af):
+            c.mux(p)
+    for p in a.encode():
+        c.mux(p)
 
 
 def fade(a: Iterable[np.ndarray], b: Iterable[np.ndarray], n_a: int, n_t: int, n_b: int, through_black: bool) -> list[np.ndarray]:
@@ -192,14 +197,7 @@ def row7_cover_art(d: Path) -> dict:
             c.mux(p)
         for p in v.encode():
             c.mux(p)
-        fs = a.codec_context.frame_size or 1024
-        for start in range(0, 48000 * 6, fs):
-            af = av.AudioFrame.from_ndarray(np.zeros((2, fs), np.float32), format="fltp", layout="stereo")
-            af.sample_rate, af.pts = 48000, start
-            for p in a.encode(af):
-                c.mux(p)
-        for p in a.encode():
-            c.mux(p)
+        _mux_silence(c, a, 6.0)
     return {"song_with_cover.mp4": {"status": "error", "error_code": "no_video", "error_contains": "no video stream (only cover art)"}}
 
 
