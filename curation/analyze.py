@@ -125,7 +125,7 @@ def _finish_tags(clips: list[dict], cfg: RunConfig, bits_per_pixel: float | None
         c["bits_per_pixel"] = bits_per_pixel
 
 
-def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer, frames: bool = True) -> tuple[dict, list[dict]]:
+def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer, frames: bool = True, threads: int | None = None) -> tuple[dict, list[dict]]:
     """Returns (source field updates, clip rows). Raises MediaError for a broken video.
 
     With `frames`, each clip row carries its model-stage frames (`cfg.frames`)."""
@@ -144,7 +144,7 @@ def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer, frames: bool 
         tags_short_side=cfg.tags.short_side,
         # At least one tag frame in the shortest clip, whatever the configured rate.
         tags_fps=max(cfg.tags.sample_fps, 1.0 / cfg.split.min_clip_s),
-        threads=cfg.decode.threads,
+        threads=cfg.decode.threads if threads is None else threads,
         stats=stats,
         stall_timeout_s=cfg.decode.stall_timeout_s,
         model_short_side=cfg.frames.short_side if frames else None,
@@ -271,7 +271,9 @@ class SplitAndScore(Stage):
             if row["media_type"] == "image":
                 updates, clips = analyze_image(row, self.cfg, self.frames)
             else:
-                updates, clips = analyze_video(row, self.cfg, self._motion, self.frames)
+                # FFmpeg threads follow the stage's CPUs (Ray's accounting), unless [decode] sets them.
+                threads = self.cfg.decode.threads or max(1, int(round(self.num_cpus)))
+                updates, clips = analyze_video(row, self.cfg, self._motion, self.frames, threads)
         except (av.error.FFmpegError, cv2.error, OSError) as e:
             row.update(status="error", **item_error(e, default_code="decode"))
             return row, []

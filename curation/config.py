@@ -25,7 +25,7 @@ from curation.schema import NEG_TAGS, neg_column
 class DecodeConfig:
     work_short_side: int = 128  # optical flow runs on grey frames at this short side
     cut_thumb_width: int = 64  # cut detection runs on thumbnails this wide
-    threads: int = 0  # 0: let FFmpeg choose (frame + slice threads)
+    threads: int = 0  # FFmpeg decode threads; 0: the stage's num_cpus (what Ray reserved for it)
     # Frames (and images) over this many pixels are refused from their header, before any
     # decoding: 100 Mpx holds 8K video (33 Mpx) and large photos, and bounds one decoded
     # RGB frame to 300 MB; a forged header claiming 60000x60000 would need ~10 GB a frame.

@@ -90,7 +90,9 @@ _COLOUR = ("color_range", "colorspace", "color_primaries", "color_trc")
 class _ClipWriter:
     """Encodes one clip at a constant `fps` from frames pushed with their source times."""
 
-    def __init__(self, path: Path, start_s: float, end_s: float, fps: float, cfg: ExtractConfig, sar=None, colour: dict | None = None):
+    def __init__(self, path: Path, start_s: float, end_s: float, fps: float, cfg: ExtractConfig, sar=None, colour: dict | None = None,
+                 threads: int = 0):
+        self.threads = threads  # x264 threads; 0: x264 picks (all cores)
         self.path, self.tmp = path, _tmp(path)
         self.start_s, self.fps, self.cfg = start_s, fps, cfg
         self.sar, self.colour = sar, colour or {}
@@ -109,6 +111,8 @@ class _ClipWriter:
         for k, v in self.colour.items():
             setattr(s.codec_context, k, v)
         s.options = {"crf": str(self.cfg.crf), "preset": self.cfg.preset}
+        if self.threads:
+            s.codec_context.thread_count = self.threads
         self.stream = s
 
     def _emit(self, frame: av.VideoFrame) -> None:
@@ -164,7 +168,7 @@ class _ClipWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-def _source_frames(source: str) -> Iterator:
+def _source_frames(source: str, threads: int = 0) -> Iterator:
     """First (sample aspect ratio, colour metadata to keep), then every (frame, time)."""
     with open_container(source) as container:
         vs = video_stream(container)
@@ -176,13 +180,16 @@ def _source_frames(source: str) -> Iterator:
         if cc.pix_fmt and cc.pix_fmt.startswith("yuvj"):  # the old "JPEG" formats: full range
             colour["color_range"] = 2
         yield (Fraction(sar) if sar else None), colour
-        yield from decoded_frames(container)
+        yield from decoded_frames(container, threads)
 
 
 def extract_video(
-    source: str, clips: list[dict], clips_dir: Path, cfg: ExtractConfig, stall_timeout_s: float | None = DecodeConfig.stall_timeout_s
+    source: str, clips: list[dict], clips_dir: Path, cfg: ExtractConfig, stall_timeout_s: float | None = DecodeConfig.stall_timeout_s,
+    threads: int = 0,
 ) -> list[dict]:
-    """Write every clip of one source in a single decode pass; one result row per clip."""
+    """Write every clip of one source in a single decode pass; one result row per clip.
+
+    `threads`: FFmpeg decode and x264 encode threads each (0: FFmpeg's choice, all cores)."""
     todo = sorted((c for c in clips if not clip_file(clips_dir, c["clip_id"], "video").exists()), key=lambda c: c["start_s"])
     results = {c["clip_id"]: {"clip_id": c["clip_id"], "clip_path": str(clip_file(clips_dir, c["clip_id"], "video")), "error": None} for c in clips}
     if not todo:
@@ -192,7 +199,7 @@ def extract_video(
     try:
         # Decoded in a thread, so a decoder call that hangs fails this source after
         # stall_timeout_s instead of hanging the run (curation/decode.py: run_ahead).
-        items = run_ahead(lambda: _source_frames(source), stall_timeout_s=stall_timeout_s, name=f"extract:{source}")
+        items = run_ahead(lambda: _source_frames(source, threads), stall_timeout_s=stall_timeout_s, name=f"extract:{source}")
         with contextlib.closing(items):
             sar, colour = next(items)
             for frame, t in items:
@@ -203,7 +210,7 @@ def extract_video(
                             break
                         out_fps = output_fps(c["fps"], cfg.target_fps)
                         path = clip_file(clips_dir, c["clip_id"], "video")
-                        writer = _ClipWriter(path, c["start_s"], c["end_s"], out_fps, cfg, sar, colour)
+                        writer = _ClipWriter(path, c["start_s"], c["end_s"], out_fps, cfg, sar, colour, threads)
                     c = queue[0]
                     if t < c["end_s"] - 1e-4:
                         writer.push(frame, t)
@@ -217,11 +224,12 @@ def extract_video(
                 writer.finish()
                 writer = None
                 queue.pop(0)
-    except (MediaError, av.error.FFmpegError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - per-item fault isolation: this source's clips fail, the run goes on
         if writer is not None:
             writer.abort()
+        why = str(e) if isinstance(e, (MediaError, av.error.FFmpegError, OSError)) else f"{type(e).__name__}: {e}"
         for c in queue:
-            results[c["clip_id"]].update(clip_path=None, error=f"extraction failed: {e}")
+            results[c["clip_id"]].update(clip_path=None, error=f"extraction failed: {why}")
     for c in queue:  # clips the stream ended before reaching
         if results[c["clip_id"]]["error"] is None:
             results[c["clip_id"]].update(clip_path=None, error="extraction failed: stream ended before the clip")
@@ -242,6 +250,9 @@ def extract_image(source: str, clip: dict, clips_dir: Path, cfg: ExtractConfig) 
 
 
 class ExtractClips(Stage):
+    """Per source (one Ray task each): its accepted clips in one decode pass. FFmpeg decode
+    and x264 encode use `num_cpus` threads each, so Ray's CPU accounting matches what runs."""
+
     reads = ("source", "media_type", "clips")
     writes = ("clip_id", "clip_path", "error")
     batch_size = 1
@@ -257,8 +268,10 @@ class ExtractClips(Stage):
                 for c in row["clips"]:
                     try:
                         out.append(extract_image(row["source"], c, self.clips_dir, self.cfg))
-                    except OSError as e:
-                        out.append({"clip_id": c["clip_id"], "clip_path": None, "error": f"extraction failed: {e}"})
+                    except Exception as e:  # noqa: BLE001 - per-item fault isolation
+                        why = str(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+                        out.append({"clip_id": c["clip_id"], "clip_path": None, "error": f"extraction failed: {why}"})
             else:
-                out += extract_video(row["source"], row["clips"], self.clips_dir, self.cfg)
+                threads = max(1, int(round(self.num_cpus)))
+                out += extract_video(row["source"], row["clips"], self.clips_dir, self.cfg, threads=threads)
         return pa.Table.from_pylist(out, schema=EXTRACT_OUTPUT)

@@ -126,7 +126,7 @@ def calibration(layout: Layout) -> dict | None:
 
 
 def funnel(sources: pa.Table, clips: pa.Table) -> dict[str, int]:
-    src, clip = Counter(sources.column("status").to_pylist()), Counter(clips.column("status").to_pylist())
+    src, clip = value_counts(sources.column("status")), value_counts(clips.column("status"))
     return {
         "inputs": sources.num_rows,
         "sources_ok": src["ok"],
@@ -144,13 +144,27 @@ def _non_null(table: pa.Table, column: str) -> int:
     return table.num_rows - table.column(column).null_count if column in table.column_names else 0
 
 
+def value_counts(values: pa.ChunkedArray | pa.Array, null_as: str | None = None) -> Counter:
+    """Counts of each value, computed in Arrow (no per-row Python objects); most common
+    first. Nulls are counted under `null_as`, or left out when it is None."""
+    counts = Counter()
+    if len(values):
+        vc = pc.value_counts(values)
+        for v, n in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()):
+            if v is not None:
+                counts[v] = n
+            elif null_as is not None:
+                counts[null_as] = n
+    return Counter(dict(counts.most_common()))
+
+
 def _count(table: pa.Table, column: str, mask: pa.ChunkedArray) -> dict[str, int]:
-    values = table.filter(mask).column(column).to_pylist()
-    return dict(Counter(v if v is not None else "(no reason given)" for v in values).most_common())
+    return dict(value_counts(table.filter(mask).column(column), null_as="(no reason given)").most_common())
 
 
 def count_list_values(table: pa.Table, column: str) -> dict[str, int]:
-    return dict(Counter(x for xs in table.column(column).to_pylist() for x in xs or ()).most_common())
+    col = table.column(column)
+    return dict(value_counts(pc.list_flatten(col) if len(col) else pa.array([], pa.string())).most_common())
 
 
 def float_values(table: pa.Table, column: str) -> np.ndarray:
@@ -176,12 +190,14 @@ def summarize(values: np.ndarray) -> dict[str, Any]:
 
 
 def _shape_stats(table: pa.Table, duration: np.ndarray) -> dict:
-    sizes = [f"{w}x{h}" for w, h in zip(table.column("width").to_pylist(), table.column("height").to_pylist()) if w and h]
+    w, h = table.column("width"), table.column("height")
+    known = pc.and_(pc.greater(pc.fill_null(w, 0), 0), pc.greater(pc.fill_null(h, 0), 0))
+    sizes = pc.binary_join_element_wise(pc.cast(w.filter(known), pa.string()), pc.cast(h.filter(known), pa.string()), "x")
     return {
         "count": table.num_rows,
         "duration_s": summarize(np.asarray(duration, np.float64)),
         "fps": summarize(float_values(table, "fps")),
-        "resolution": dict(Counter(sizes).most_common()),
+        "resolution": dict(value_counts(sizes).most_common()),
     }
 
 
@@ -261,15 +277,33 @@ def _entry(row: dict, column: str) -> dict:
             "column": column, "value": None if v is None else _r(v), "reasons": row.get("reject_reasons") or []}
 
 
+def _rows_with(clips: pa.Table, list_column: str, value: str) -> pa.Table:
+    """The rows whose list column holds `value` (Arrow: flatten, match, parent rows)."""
+    col = clips.column(list_column).combine_chunks()
+    if not len(col):
+        return clips.slice(0, 0)
+    hit = pc.equal(pc.list_flatten(col), value)
+    parents = pc.unique(pc.filter(pc.list_parent_indices(col), hit))
+    return clips.take(parents)
+
+
+def _top(table: pa.Table, column: str, k: int, descending: bool = True) -> list[dict]:
+    """The k rows with the highest (lowest) `column`, as dicts: only those rows leave Arrow."""
+    if not table.num_rows or k <= 0:
+        return []
+    idx = pc.select_k_unstable(table, k, [(column, "descending" if descending else "ascending")])
+    return table.take(idx).to_pylist()
+
+
 def contact_sheets(clips: pa.Table, cfg: RunConfig) -> list[dict]:
     """Per negative tag, the clips where it fired, highest score first."""
-    rows = clips.to_pylist()
     sheets = []
     for tag in NEG_TAGS:
         col = neg_column(tag)
-        fired = sorted((r for r in rows if tag in (r.get("neg_tags") or ())), key=lambda r: -(r.get(col) or 0.0))
-        sheets.append({"tag": tag, "column": col, "threshold": cfg.decide.tag_thresholds[tag], "fired": len(fired),
-                       "clips": [_entry(r, col) for r in fired[:PER_SHEET]]})
+        fired = _rows_with(clips, "neg_tags", tag)
+        top = sorted(_top(fired, col, PER_SHEET), key=lambda r: -(r.get(col) or 0.0)) if col in clips.column_names else fired.slice(0, PER_SHEET).to_pylist()
+        sheets.append({"tag": tag, "column": col, "threshold": cfg.decide.tag_thresholds[tag], "fired": fired.num_rows,
+                       "clips": [_entry(r, col) for r in top]})
     return sheets
 
 
@@ -277,12 +311,12 @@ def ranked(clips: pa.Table) -> dict:
     """Top and bottom clips by aesthetic score; by motion score until an aesthetic stage exists."""
     column = "aesthetic_score" if "aesthetic_score" in clips.column_names else "motion_score"
     note = None if column == "aesthetic_score" else "no aesthetic_score column yet: ranked by motion_score instead"
-    rows = [r for r in clips.to_pylist() if r["status"] != "error" and r.get(column) is not None]
-    rows.sort(key=lambda r: -r[column])
-    k_top = min(PER_SHEET, (len(rows) + 1) // 2)  # top and bottom never show the same clip
-    k_bottom = min(PER_SHEET, len(rows) - k_top)
-    return {"column": column, "note": note, "top": [_entry(r, column) for r in rows[:k_top]],
-            "bottom": [_entry(r, column) for r in rows[len(rows) - k_bottom:][::-1]]}
+    rows = clips.filter(pc.and_(pc.not_equal(clips.column("status"), "error"), pc.is_valid(clips.column(column))))
+    k_top = min(PER_SHEET, (rows.num_rows + 1) // 2)  # top and bottom never show the same clip
+    k_bottom = min(PER_SHEET, rows.num_rows - k_top)
+    top = sorted(_top(rows, column, k_top), key=lambda r: -r[column])
+    bottom = sorted(_top(rows, column, k_bottom, descending=False), key=lambda r: r[column])
+    return {"column": column, "note": note, "top": [_entry(r, column) for r in top], "bottom": [_entry(r, column) for r in bottom]}
 
 
 MAX_GROUPS = 12  # duplicate groups shown with thumbnails

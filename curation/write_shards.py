@@ -14,6 +14,7 @@ describes the disk. One writer per OUT at a time (it deletes temporaries it did 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -25,6 +26,7 @@ import tarfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -280,12 +282,13 @@ def _index(shards: list[_Shard], recs: dict[str, dict], unsharded: dict[str, str
 
 
 def write_shards(
-    clips: pa.Table, layout: Layout, cfg: ShardConfig, *, extract: ExtractConfig | None = None
+    clips: pa.Table, layout: Layout, cfg: ShardConfig, *, extract: ExtractConfig | None = None, map_fn: Callable | None = None
 ) -> tuple[pa.Table, dict]:
     """Shard the accepted clips of the final clips manifest into OUT/shards.
 
     `extract` is the config the clip files were written with (their frame count and size
-    decide the bucket). Returns the table with `bucket` and `shard` set, and the index
+    decide the bucket). `map_fn(fn, shards)` writes the shards (default: `map`, one by one).
+    Returns the table with `bucket` and `shard` set, and the index
     written to OUT/shards/index.json. Rerunning completes missing shards and reuses the rest.
     """
     root, sdir = layout.root, shards_dir(layout)
@@ -296,9 +299,12 @@ def write_shards(
     removed = _remove_stale(sdir, keep) if sdir.exists() else 0
     todo = [s for s in shards if s.path not in recs]
     log.info("shards: %d planned, %d complete, %d to write, %d stale files removed", len(shards), len(recs), len(todo), removed)
-    for s in todo:
-        recs[s.path] = _write_shard(s, root)
-        log.info("wrote %s: %d samples, %d bytes", s.path, len(s.samples), recs[s.path]["bytes"])
+    # Shards are independent files (planned up front, each renamed into place when whole), so
+    # they are written in parallel: `map_fn(fn, items)` is the flow's (Ray tasks across the
+    # cluster, flows/run_ray.py map_tasks), plain `map` here. The index is merged after.
+    for s, rec in zip(todo, (map_fn or map)(functools.partial(_write_shard, root=root), todo)):
+        recs[s.path] = rec
+        log.info("wrote %s: %d samples, %d bytes", s.path, len(s.samples), rec["bytes"])
     index = _index(shards, recs, unsharded, cfg)
     write_json_atomic(sdir / "index.json", index)
     ids = clips.column("clip_id").to_pylist()

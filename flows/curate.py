@@ -160,15 +160,19 @@ def worker_died_rows(sources: list[str], tries: int) -> pa.Table:
                                 schema=analyzed_clip_schema())
 
 
-def score_sources(sources: list[str], layout: Layout, cfg: RunConfig, extra_source_stages: Sequence[Stage] = ()) -> dict:
+def score_sources(
+    sources: list[str], layout: Layout, cfg: RunConfig, extra_source_stages: Sequence[Stage] = (),
+    stages: Sequence[Stage] | None = None,
+) -> dict:
     """Score every source of `sources` that OUT does not hold complete yet, in one stream.
 
     `extra_source_stages` run after the analysis, as source stages (tasks) on its clip rows:
-    tests use them to inject faults into the real pipeline."""
+    tests use them to inject faults into the real pipeline. `stages` replaces probe and
+    analysis (bench/scale_sim.py's fixed-cost stub); it must emit analyzed_clip_schema rows."""
     log = run_logger()
     clip = clip_stages(cfg)
     check_clip_stages(clip)
-    stages = [*source_stages(cfg, clip), *extra_source_stages]
+    stages = [*(source_stages(cfg, clip) if stages is None else stages), *extra_source_stages]
     done = settle(layout)
     todo = [s for s in sources if s not in done]
     log.info("%d sources already done, %d to score", len(sources) - len(todo), len(todo))
@@ -295,7 +299,16 @@ def check_captioning(cfg: RunConfig) -> None:
 @task(name="write-shards", retries=1, cache_policy=NO_CACHE)
 def shard_step(clips: pa.Table, out: str, cfg: RunConfig) -> pa.Table:
     """Accepted clips into WebDataset shards; the manifest learns each clip's shard."""
-    clips, index = write_shards(clips, Layout.at(out), cfg.shard, extract=cfg.extract)
+    map_fn = None
+    if cfg.runtime.executor == "ray":
+        import ray
+
+        from flows.run_ray import map_tasks
+
+        # Within a run: shards written in parallel on its cluster, the index merged after.
+        # (`videomill shard` starts no cluster: it writes them one by one here.)
+        map_fn = map_tasks if ray.is_initialized() else None
+    clips, index = write_shards(clips, Layout.at(out), cfg.shard, extract=cfg.extract, map_fn=map_fn)
     run_logger().info("shards: %s", index["totals"])
     return clips
 

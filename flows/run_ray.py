@@ -157,6 +157,13 @@ def _stream(sources, source_stages, clip_stages, write, rows_per_part, k, max_re
     yield from ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
 
 
+def map_tasks(fn: Callable, items: Sequence, num_cpus: float = 1.0) -> list:
+    """[fn(x) for x in items] as Ray tasks spread over the cluster (e.g. one shard each);
+    results in order. Plain tasks, not Ray Data: each item is one independent file."""
+    remote = ray.remote(num_cpus=num_cpus, max_retries=2)(fn)
+    return ray.get([remote.remote(x) for x in items])
+
+
 def run_empty(stages: Sequence[Stage], table: pa.Table) -> pa.Table:
     for stage in stages:
         table = stage(table.slice(0, 0))
