@@ -153,7 +153,14 @@ def _stream(sources, source_stages, clip_stages, write, rows_per_part, k, max_re
         return write(batch)
 
     write_part.__name__ = write_part.__qualname__ = "WriteParts"
-    ds = _with_retries(ds, write_part, max_retries, batch_format="pyarrow", batch_size=rows_per_part, num_cpus=0.25)
+    # The writer asks for what the last stage had, so Ray fuses it into that stage's tasks
+    # when it can (task stages): the worker that scored a block writes its parts, with no
+    # extra worker processes or scheduling between them. After an actor-pool stage it runs
+    # as its own small tasks.
+    last = (*source_stages, *clip_stages)[-1]
+    fused = not (last.stateful or clip_stages)
+    ds = _with_retries(ds, write_part, max_retries, batch_format="pyarrow", batch_size=rows_per_part,
+                       num_cpus=last.num_cpus if fused else 0.25)
     yield from ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
 
 
