@@ -167,7 +167,10 @@ def _stream(sources, source_stages, clip_stages, write, rows_per_part, k, max_re
 def map_tasks(fn: Callable, items: Sequence, num_cpus: float = 1.0) -> list:
     """[fn(x) for x in items] as Ray tasks spread over the cluster (e.g. one shard each);
     results in order. Plain tasks, not Ray Data: each item is one independent file."""
-    remote = ray.remote(num_cpus=num_cpus, max_retries=2)(fn)
+    def call(x):  # ray.remote takes a function or a class, not any callable (a partial)
+        return fn(x)
+
+    remote = ray.remote(num_cpus=num_cpus, max_retries=2)(call)
     return ray.get([remote.remote(x) for x in items])
 
 
