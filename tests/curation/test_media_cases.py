@@ -290,8 +290,8 @@ def test_a_stalled_decoder_fails_extraction_of_its_source_not_the_run(cases, sta
     release = threading.Event()
     real = extract_clips.decoded_frames
 
-    def stuck(container):
-        for k, item in enumerate(real(container)):
+    def stuck(container, *args, **kwargs):
+        for k, item in enumerate(real(container, *args, **kwargs)):
             if k == 10:
                 release.wait(60)  # a decoder call that never returns, mid-clip
             yield item
