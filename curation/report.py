@@ -223,33 +223,42 @@ def thresholds(cfg: RunConfig, table: pa.Table, score_cols: list[str]) -> dict[s
     return {c: v for c, v in out.items() if v}
 
 
+def word_counts(texts: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Words per string (as `len(s.split())`), in Arrow; null stays null."""
+    trimmed = pc.utf8_trim_whitespace(texts)
+    return pc.if_else(pc.equal(pc.utf8_length(trimmed), 0), 0, pc.list_value_length(pc.utf8_split_whitespace(trimmed)))
+
+
 def captions(clips: pa.Table, cfg: RunConfig | None = None) -> dict:
     """Caption counts, lengths (words, characters, budget tokens) against the token budget,
-    gate flags and errors by kind, and a sample of captioned clips (shown with thumbnails)."""
+    gate flags and errors by kind, and a sample of captioned clips (shown with thumbnails).
+    Computed in Arrow: only the sampled rows become Python objects."""
     if "caption" not in clips.column_names:
         return {"present": False, "count": 0}
-    rows = [r for r in clips.to_pylist() if r.get("caption") is not None]
-    texts = [r["caption"] for r in rows]
+    rows = clips.filter(pc.is_valid(clips.column("caption")))
+    texts = rows.column("caption").cast(pa.string())
     out = {
         "present": True,
-        "count": len(texts),
+        "count": rows.num_rows,
         "budget": cfg.caption.max_tokens if cfg is not None else None,
-        "length_words": summarize(np.array([len(t.split()) for t in texts], np.float64)),
-        "length_chars": summarize(np.array([len(t) for t in texts], np.float64)),
+        "length_words": summarize(np.asarray(word_counts(texts), np.float64)),
+        "length_chars": summarize(np.asarray(pc.utf8_length(texts), np.float64)),
     }
     if "caption_tokens" in clips.column_names:
         out["length_tokens"] = summarize(float_values(clips, "caption_tokens"))
         out["flags"] = count_list_values(clips, "caption_flags") if "caption_flags" in clips.column_names else {}
-        errors = [e for e in clips.column("caption_error").to_pylist() if e is not None]
+        errors = clips.column("caption_error").cast(pa.string()).drop_null()
         out["errors"] = len(errors)
-        out["errors_by_reason"] = dict(Counter(e.split(":")[0][:80] for e in errors).most_common())
-        models = Counter(r["caption_model"] for r in rows if r.get("caption_model"))
-        out["models"] = dict(models.most_common())
-        out["prompt_versions"] = dict(Counter(r["caption_prompt_version"] for r in rows if r.get("caption_prompt_version")).most_common())
-        step = max(1, len(rows) // PER_SHEET)  # spread over the run, in clip_id order
+        kinds = pc.utf8_slice_codeunits(pc.list_element(pc.split_pattern(errors, ":", max_splits=1), 0), 0, 80) if len(errors) else errors
+        out["errors_by_reason"] = dict(value_counts(kinds).most_common())
+        for key, column in (("models", "caption_model"), ("prompt_versions", "caption_prompt_version")):
+            values = rows.column(column) if column in rows.column_names else pa.array([], pa.string())
+            out[key] = {k: n for k, n in value_counts(values).items() if k}
+        step = max(1, rows.num_rows // PER_SHEET)  # spread over the run, in clip_id order
+        order = pc.sort_indices(rows, [("clip_id", "ascending")])
+        picked = rows.take(order[::step][:PER_SHEET]).to_pylist()
         out["samples"] = [{"clip_id": r["clip_id"], "source": Path(r["source"]).name, "caption": r["caption"],
-                           "tokens": r.get("caption_tokens"), "flags": r.get("caption_flags") or []}
-                          for r in sorted(rows, key=lambda r: r["clip_id"])[::step][:PER_SHEET]]
+                           "tokens": r.get("caption_tokens"), "flags": r.get("caption_flags") or []} for r in picked]
     return out
 
 
@@ -265,9 +274,9 @@ def shards(layout: Layout, clips: pa.Table) -> dict:
         if isinstance(data, dict) and isinstance(data.get("unsharded"), dict):
             out["unsharded_by_reason"] = dict(Counter(map(str, data["unsharded"].values())).most_common())
     if "shard" in clips.column_names:
-        out["distinct_shards"] = len({s for s in clips.column("shard").to_pylist() if s is not None})
+        out["distinct_shards"] = len(value_counts(clips.column("shard")))
     if "bucket" in clips.column_names:
-        out["by_bucket"] = dict(Counter(str(b) for b in clips.column("bucket").to_pylist() if b is not None).most_common())
+        out["by_bucket"] = {str(b): n for b, n in value_counts(clips.column("bucket")).items()}
     return out
 
 
@@ -314,8 +323,10 @@ def ranked(clips: pa.Table) -> dict:
     rows = clips.filter(pc.and_(pc.not_equal(clips.column("status"), "error"), pc.is_valid(clips.column(column))))
     k_top = min(PER_SHEET, (rows.num_rows + 1) // 2)  # top and bottom never show the same clip
     k_bottom = min(PER_SHEET, rows.num_rows - k_top)
-    top = sorted(_top(rows, column, k_top), key=lambda r: -r[column])
-    bottom = sorted(_top(rows, column, k_bottom, descending=False), key=lambda r: r[column])
+    # One order for both ends (clip_id breaks ties), so a tie never puts a clip in both.
+    order = pc.sort_indices(rows, [(column, "descending"), ("clip_id", "ascending")])
+    top = rows.take(order[:k_top]).to_pylist()
+    bottom = rows.take(order[rows.num_rows - k_bottom:][::-1]).to_pylist()
     return {"column": column, "note": note, "top": [_entry(r, column) for r in top], "bottom": [_entry(r, column) for r in bottom]}
 
 
@@ -323,23 +334,25 @@ MAX_GROUPS = 12  # duplicate groups shown with thumbnails
 
 
 def duplicates(clips: pa.Table, cfg: RunConfig) -> dict:
-    """Near-duplicate groups (curation/dedup.py): each kept clip with the clips rejected as its twins."""
+    """Near-duplicate groups (curation/dedup.py): each kept clip with the clips rejected as its
+    twins. Grouped in Arrow: only the rows shown become Python objects."""
     if "dup_of" not in clips.column_names:
         return {"present": False, "groups": [], "rejected": 0, "groups_total": 0}
-    rows = {r["clip_id"]: r for r in clips.to_pylist()}
-    groups: dict[str, list[str]] = {}
-    for cid, r in rows.items():
-        if r.get("dup_of"):
-            groups.setdefault(r["dup_of"], []).append(cid)
-    ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    dup_of = clips.column("dup_of")
+    twins = clips.filter(pc.and_(pc.is_valid(dup_of), pc.not_equal(dup_of, "")))
+    groups = twins.group_by("dup_of").aggregate([("clip_id", "list"), ("clip_id", "count")])
+    groups = groups.sort_by([("clip_id_count", "descending"), ("dup_of", "ascending")]).slice(0, MAX_GROUPS)
+    shown_ids = pa.concat_arrays([groups.column("dup_of").combine_chunks().cast(pa.string()),
+                                  pc.list_flatten(groups.column("clip_id_list")).combine_chunks().cast(pa.string())])
+    rows = {r["clip_id"]: r for r in clips.filter(pc.is_in(clips.column("clip_id"), shown_ids)).to_pylist()}
     shown = []
-    for kept, dups in ordered[:MAX_GROUPS]:
+    for kept, dups in zip(groups.column("dup_of").to_pylist(), groups.column("clip_id_list").to_pylist()):
         entries = [_entry(rows[kept], "aesthetic_score") | {"role": "kept"}] if kept in rows else []
         entries += [_entry(rows[d], "dup_sim") | {"role": "duplicate"} for d in sorted(dups)[: PER_SHEET - 1]]
         shown.append({"kept": kept, "size": 1 + len(dups), "clips": entries})
-    judged = sum(r.get("dedup") is not None for r in rows.values())
+    judged = _non_null(clips, "dedup")
     return {"present": True, "threshold": cfg.dedup.threshold, "enabled": cfg.dedup.enabled, "judged": judged,
-            "rejected": sum(len(v) for v in groups.values()), "groups_total": len(groups), "groups": shown}
+            "rejected": twins.num_rows, "groups_total": len(pc.unique(twins.column("dup_of"))), "groups": shown}
 
 
 def probe_section(clips: pa.Table, cfg: RunConfig) -> dict | None:

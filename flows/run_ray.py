@@ -69,13 +69,17 @@ def run_ray(stages: Sequence[Stage], table: pa.Table) -> pa.Table:
     check_chain(stages, table.column_names)
     if table.num_rows == 0:
         return run_empty(stages, table)
-    ds = ray.data.from_arrow(table).repartition(table.num_rows)
+    # Blocks of a few rows sliced here (no all-to-all repartition): enough blocks to keep every
+    # CPU busy, so one slow row (a long source to extract) holds up few others.
+    k = sources_per_block(table.num_rows)
+    ds = ray.data.from_arrow([table.slice(i, k) for i in range(0, table.num_rows, k)])
     for stage in stages:
         common = dict(batch_format="pyarrow", batch_size=stage.batch_size, num_cpus=stage.num_cpus)
         if stage.num_gpus:
             common["num_gpus"] = stage.num_gpus
         if stage.stateful:
-            ds = ds.map_batches(_actor_class(stage), fn_constructor_args=(stage,), concurrency=(1, max_actors()), **common)
+            ds = ds.map_batches(_actor_class(stage), fn_constructor_args=(stage,),
+                                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max_actors()), **common)
         else:
             ds = ds.map_batches(_task_fn(stage), **common)
     tables = [t for t in (ray.get(ref) for ref in ds.to_arrow_refs()) if t.num_rows]
@@ -90,8 +94,9 @@ def _add_stage(ds, stage: Stage, clip: bool, max_retries: int, batch_size: int |
     if stage.stateful or clip:
         # Model stages: a pool of actors, each loading its model once for the whole run.
         n = pool_size(stage)
-        size = n if stage.num_gpus else (1, n)  # GPUs: hold them; CPU models: scale with the work
-        return ds.map_batches(_actor_class(stage, clip), fn_constructor_args=(stage,), concurrency=size, **common)
+        # GPUs: hold them all for the run; CPU models: scale between 1 and n with the work.
+        pool = ray.data.ActorPoolStrategy(size=n) if stage.num_gpus else ray.data.ActorPoolStrategy(min_size=1, max_size=n)
+        return ds.map_batches(_actor_class(stage, clip), fn_constructor_args=(stage,), compute=pool, **common)
     return _with_retries(ds, _task_fn(stage), max_retries, **common)
 
 
