@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
@@ -80,6 +81,9 @@ def clip_file(clips_dir: str | Path, clip_id: str, media_type: str) -> Path:
 
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+_TEMP = re.compile(r"\.[A-Za-z0-9_-]+\.(mp4|jpg)\.tmp-\d+\Z")  # what _tmp names a clip file
 
 
 # Colour metadata copied from the source stream to the clip: what ffprobe prints as
@@ -249,16 +253,30 @@ def extract_image(source: str, clip: dict, clips_dir: Path, cfg: ExtractConfig) 
     return {"clip_id": clip["clip_id"], "clip_path": str(path), "error": None}
 
 
+def remove_temporaries(clips_dir: str | Path) -> int:
+    """Delete the temporaries a killed extraction left in clips_dir (`.X.mp4.tmp-PID`); only
+    names this module writes. Call it before extraction starts: one extraction per OUT at a
+    time. Returns how many were removed."""
+    removed = 0
+    for p in Path(clips_dir).glob(".*.tmp-*"):
+        if _TEMP.match(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 class ExtractClips(Stage):
-    """Per source (one Ray task each): its accepted clips in one decode pass. FFmpeg decode
-    and x264 encode use `num_cpus` threads each, so Ray's CPU accounting matches what runs."""
+    """Per source (a few sources per Ray task, flows/run_ray.py): its accepted clips in one
+    decode pass. FFmpeg decode and x264 encode use `num_cpus` threads each, so Ray's CPU
+    accounting matches what runs; a decoder that stalls fails its source after
+    `stall_timeout_s` ([decode] stall_timeout_s)."""
 
     reads = ("source", "media_type", "clips")
     writes = ("clip_id", "clip_path", "error")
     batch_size = 1
 
-    def __init__(self, cfg: ExtractConfig, clips_dir: str):
-        self.cfg, self.clips_dir = cfg, Path(clips_dir)
+    def __init__(self, cfg: ExtractConfig, clips_dir: str, stall_timeout_s: float | None = DecodeConfig.stall_timeout_s):
+        self.cfg, self.clips_dir, self.stall_timeout_s = cfg, Path(clips_dir), stall_timeout_s
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         self.clips_dir.mkdir(parents=True, exist_ok=True)
@@ -273,5 +291,5 @@ class ExtractClips(Stage):
                         out.append({"clip_id": c["clip_id"], "clip_path": None, "error": f"extraction failed: {why}"})
             else:
                 threads = max(1, int(round(self.num_cpus)))
-                out += extract_video(row["source"], row["clips"], self.clips_dir, self.cfg, threads=threads)
+                out += extract_video(row["source"], row["clips"], self.clips_dir, self.cfg, self.stall_timeout_s, threads=threads)
         return pa.Table.from_pylist(out, schema=EXTRACT_OUTPUT)

@@ -119,6 +119,18 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=schema)
 
 
+def lookup(keys: pa.ChunkedArray | pa.Array, table: pa.Table, key: str) -> pa.Table:
+    """`table`'s other columns for each of `keys`, in the keys' order: a left join in Arrow
+    (no per-row Python objects); null where a key has no row. `table`'s keys must be unique.
+    (Acero joins no list columns and does not keep order, so it joins the keys and a row
+    number, then sorts back.)"""
+    left = pa.table({key: keys, "_row": pa.array(range(len(keys)), pa.int64())})
+    hit = left.join(table, key, join_type="left outer").sort_by("_row")
+    if hit.num_rows != len(keys):
+        raise ValueError(f"lookup: {key} is not unique in the looked-up table")
+    return hit.drop_columns([key, "_row"])
+
+
 def split_rows(batch: pa.Table) -> tuple[pa.Table, pa.Table]:
     """Clip rows of the scoring stream -> (sources rows, scored clip rows), as written."""
     heads = batch.column(SOURCE_ROW).combine_chunks() if batch.num_rows else pa.array([], batch.schema.field(SOURCE_ROW).type)

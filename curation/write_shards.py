@@ -36,7 +36,7 @@ from curation.buckets import assign_bucket
 from curation.config import ExtractConfig, ShardConfig
 from curation.decode import scaled_size
 from curation.extract_clips import output_fps
-from curation.manifest import Layout, write_json_atomic
+from curation.manifest import Layout, lookup, write_json_atomic
 
 log = logging.getLogger("videomill")
 
@@ -307,9 +307,13 @@ def write_shards(
         log.info("wrote %s: %d samples, %d bytes", s.path, len(s.samples), rec["bytes"])
     index = _index(shards, recs, unsharded, cfg)
     write_json_atomic(sdir / "index.json", index)
-    ids = clips.column("clip_id").to_pylist()
-    for name, attr in (("bucket", "bucket"), ("shard", "path")):
-        by_key = {s.key: getattr(sh, attr) for sh in shards for s in sh.samples}
-        arr, i = pa.array([by_key.get(k) for k in ids], pa.string()), clips.schema.get_field_index(name)
+    placed = pa.table({
+        "clip_id": pa.array([s.key for sh in shards for s in sh.samples], pa.string()),
+        "bucket": pa.array([sh.bucket for sh in shards for _ in sh.samples], pa.string()),
+        "shard": pa.array([sh.path for sh in shards for _ in sh.samples], pa.string()),
+    })
+    found = lookup(clips.column("clip_id").cast(pa.string()), placed, "clip_id")
+    for name in ("bucket", "shard"):
+        arr, i = found.column(name), clips.schema.get_field_index(name)
         clips = clips.set_column(i, name, arr) if i >= 0 else clips.append_column(name, arr)
     return clips, index

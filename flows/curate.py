@@ -27,12 +27,13 @@ from curation.decide import decide
 from curation.embeddings import embeddings_dir
 from curation.global_scores import add_global_scores
 from curation.model_scoring import TINY_WARNING, model_metadata
-from curation.extract_clips import EXTRACT_INPUT, ExtractClips
+from curation.extract_clips import EXTRACT_INPUT, ExtractClips, remove_temporaries
 from curation.inputs import expand_inputs
 from curation.manifest import (
     Layout,
     WriteParts,
     conform,
+    lookup,
     fingerprint,
     read_dataset,
     read_scores,
@@ -240,7 +241,10 @@ def extract_input(decided: pa.Table) -> pa.Table:
 def extract_step(decided: pa.Table, out: str, cfg: RunConfig) -> pa.Table:
     """Write accepted clips, one task per source on the cluster; (clip_id, clip_path, error) each."""
     layout = Layout.at(out)
-    return get_runner(cfg)([ExtractClips(cfg.extract, str(layout.clips))], extract_input(decided))
+    if removed := remove_temporaries(layout.clips):
+        run_logger().info("extraction: removed %d partial clip files a killed run left", removed)
+    stage = ExtractClips(cfg.extract, str(layout.clips), stall_timeout_s=cfg.decode.stall_timeout_s)
+    return get_runner(cfg)([stage], extract_input(decided))
 
 
 def join_extraction(decided: pa.Table, extracted: pa.Table, out: str) -> pa.Table:
@@ -248,9 +252,7 @@ def join_extraction(decided: pa.Table, extracted: pa.Table, out: str) -> pa.Tabl
     clip `error` (`extract`); an accepted clip with no result at all (its worker died on
     every retry) is `error` (`worker_died`). clip_path is relative to OUT."""
     res = extracted.select(["clip_id", "clip_path", "error"]).rename_columns(["clip_id", "_path", "_error"])
-    # Acero joins no list columns (neg_tags, reject_reasons): join the keys, then align by row.
-    keys = pa.table({"clip_id": decided.column("clip_id"), "_row": pa.array(range(decided.num_rows), pa.int64())})
-    hit = keys.join(res, "clip_id", join_type="left outer").sort_by("_row")
+    hit = lookup(decided.column("clip_id"), res, "clip_id")
     j = decided.drop_columns([c for c in ("clip_path",) if c in decided.column_names])
     j = j.append_column("_path", hit.column("_path")).append_column("_error", hit.column("_error"))
     accepted = pc.equal(j.column("status"), "accepted")

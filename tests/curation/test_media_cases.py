@@ -303,3 +303,24 @@ def test_a_stalled_decoder_fails_extraction_of_its_source_not_the_run(cases, sta
     assert time.monotonic() - t0 < 20
     assert out["clip_path"] is None and "decoder stalled" in out["error"]
     assert not list(tmp_path.glob("*.mp4"))  # nothing with a final name; the temporary is removed
+
+    # The flow's extraction step takes the timeout from [decode] stall_timeout_s, and first
+    # removes the partial clip files a killed extraction left (only names it writes).
+    from flows.curate import extract_step
+
+    release.clear()
+    out_dir = tmp_path / "out"
+    clips_dir = out_dir / "clips"
+    clips_dir.mkdir(parents=True)
+    left = [clips_dir / ".abc_0_98.mp4.tmp-4242", clips_dir / ".abc_0_1.jpg.tmp-7"]
+    kept = [clips_dir / ".abc_0_98.mp4.tmp-x", clips_dir / "notes.txt"]
+    for p in left + kept:
+        p.write_bytes(b"partial")
+    decided = pa.Table.from_pylist([{**c, "source": row["source"], "media_type": "video", "status": "accepted"} for c in row["clips"]])
+    cfg = load_config(overrides={"decode": {"stall_timeout_s": 1.0}, "runtime": {"executor": "local"}})
+    t0 = time.monotonic()
+    (res,) = extract_step.fn(decided, str(out_dir), cfg).to_pylist()
+    release.set()
+    assert time.monotonic() - t0 < 20  # the default timeout is minutes
+    assert res["clip_path"] is None and "decoder stalled" in res["error"]
+    assert not any(p.exists() for p in left) and all(p.exists() for p in kept)
