@@ -6,7 +6,8 @@ Decoding and scoring are replaced by a documented stub of fixed cost (`Simulated
 per source it sleeps --stub-ms and emits --clips clip rows whose scores are drawn from a
 seeded generator; sleeping, not spinning, so the figure is the pipeline's own overhead on
 top of a known cost). Everything else is the real code: the streaming executor
-(flows/run_ray.py: one Ray Data pipeline with its backpressure), the manifest writer and
+(flows/run_ray.py: one Ray Data pipeline with its backpressure, input blocks read from one
+object-store copy of the source list), the manifest writer and
 settle step (curation/manifest.py), decide, the extraction planner (Arrow grouping per
 source) and executor (Ray tasks over blocks of sources; a stub writer of 1 KiB files in place
 of x264), the join, the shard planner and the parallel shard writer (curation/write_shards.py,

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from curation.config import RunConfig, from_dict
 from curation.decide import resolve_rules
-from curation.manifest import Layout, read_dataset, write_bytes_atomic, write_json_atomic
+from curation.manifest import Layout, read_dataset, read_scores, read_sources, write_bytes_atomic, write_json_atomic
 from curation.schema import NEG_TAGS, SCHEMA_VERSION, clip_schema, neg_column, source_schema
 
 REPORT_VERSION = 1
@@ -63,10 +63,11 @@ def load_run(layout: Layout) -> tuple[pa.Table, pa.Table, pa.Table, dict]:
     """The manifest tables (with whatever columns they carry) and the resolved config."""
     if not layout.resolved_config.exists() or not layout.sources.exists():
         raise FileNotFoundError(f"{layout.root} has no manifest or config.resolved.json; run `videomill run` first")
-    # No schema passed: a fixed schema would project away columns later stages add.
-    sources = read_dataset(layout.sources)
+    # The clip manifest without a schema: a fixed one would project away columns later stages
+    # add. Sources and scores: the committed parts only, as decide read them.
+    sources = read_sources(layout)
     clips = read_dataset(layout.clip_manifest)
-    scored = read_dataset(layout.scores)
+    scored = read_scores(layout)
     sources = sources if sources.num_columns else source_schema().empty_table()
     clips = clips if clips.num_columns else clip_schema().empty_table()
     return sources, clips, scored, json.loads(layout.resolved_config.read_text())
