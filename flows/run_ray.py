@@ -82,13 +82,13 @@ def run_ray(stages: Sequence[Stage], table: pa.Table, max_retries: int = 2) -> p
     # actor pool it is a small task of its own.
     first = stages[0]
     read_cpus = 0.25 if first.stateful else first.num_cpus
-    ds = blocks_of(table, sources_per_block(table.num_rows), max_retries, num_cpus=read_cpus)
-    for i, stage in enumerate(stages):
-        # The first task stage takes the read's whole block, so Ray fuses the two.
-        whole = i == 0 and not stage.stateful
-        ds = _add_stage(ds, stage, clip=False, max_retries=max_retries, batch_size=None if whole else stage.batch_size)
-    with _dropping_dead_blocks():
-        tables = [t for t in (ray.get(ref) for ref in ds.to_arrow_refs()) if t.num_rows]
+    with _dropping_dead_blocks():  # (a Dataset copies the DataContext when it is made)
+        ds = blocks_of(table, sources_per_block(table.num_rows), max_retries, num_cpus=read_cpus)
+        for i, stage in enumerate(stages):
+            # The first task stage takes the read's whole block, so Ray fuses the two.
+            whole = i == 0 and not stage.stateful
+            ds = _add_stage(ds, stage, clip=False, max_retries=max_retries, batch_size=None if whole else stage.batch_size)
+        tables = [t for t in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0) if t.num_rows]
     return pa.concat_tables(tables) if tables else run_empty(stages, table)
 
 

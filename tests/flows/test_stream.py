@@ -146,3 +146,36 @@ def test_poison_inputs_become_one_error_row_each(corpus, tmp_path, ray_local, mo
     scores = read_scores(layout)
     assert pc.all(pc.is_in(scores.column("source"), pa.array(good))).as_py()  # no clip of a dead item
     assert scores.num_rows == len(set(scores.column("clip_id").to_pylist()))
+
+
+class KillOrEcho(Stage):
+    """Passes its rows on; kills its worker (no exception, no cleanup) on the row `name`."""
+
+    reads = ("source",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.name in batch.column("source").to_pylist():
+            os._exit(1)
+        return batch
+
+
+def test_run_ray_reads_every_row_once_and_drops_a_block_whose_worker_dies(ray_local):
+    # run_ray carries extraction (a row per source) and captioning: its blocks come from one
+    # object-store copy of the table (flows/run_ray.py TableBlocks); a row that kills its
+    # worker loses its block after the retries instead of retrying forever or failing the
+    # run, and the caller marks the missing rows (join_extraction: worker_died).
+    from flows.run_ray import run_ray, sources_per_block
+
+    table = pa.table({"source": [f"s{i:03d}" for i in range(103)]})
+    out = run_ray([KillOrEcho("none")], table)
+    assert sorted(out.column("source").to_pylist()) == table.column("source").to_pylist()
+
+    k = sources_per_block(103)
+    out = run_ray([KillOrEcho("s050")], table, max_retries=1)
+    got = set(out.column("source").to_pylist())
+    lost = set(table.column("source").to_pylist()) - got
+    assert "s050" in lost and len(lost) <= k  # only the dead row's block
+    assert out.num_rows == len(got)  # no row twice
