@@ -272,7 +272,7 @@ class SplitAndScore(Stage):
                 updates, clips = analyze_image(row, self.cfg, self.frames)
             else:
                 # FFmpeg threads follow the stage's CPUs (Ray's accounting), unless [decode] sets them.
-                threads = self.cfg.decode.threads or max(1, int(round(self.num_cpus)))
+                threads = self.cfg.decode.threads or self.threads
                 updates, clips = analyze_video(row, self.cfg, self._motion, self.frames, threads)
         except (av.error.FFmpegError, cv2.error, OSError) as e:
             row.update(status="error", **item_error(e, default_code="decode"))

@@ -231,9 +231,8 @@ def extract_video(
     except Exception as e:  # noqa: BLE001 - per-item fault isolation: this source's clips fail, the run goes on
         if writer is not None:
             writer.abort()
-        why = str(e) if isinstance(e, (MediaError, av.error.FFmpegError, OSError)) else f"{type(e).__name__}: {e}"
         for c in queue:
-            results[c["clip_id"]].update(clip_path=None, error=f"extraction failed: {why}")
+            results[c["clip_id"]].update(clip_path=None, error=_failed(e))
     for c in queue:  # clips the stream ended before reaching
         if results[c["clip_id"]]["error"] is None:
             results[c["clip_id"]].update(clip_path=None, error="extraction failed: stream ended before the clip")
@@ -251,6 +250,13 @@ def extract_image(source: str, clip: dict, clips_dir: Path, cfg: ExtractConfig) 
         Image.fromarray(rgb).save(tmp, format="JPEG", quality=95)
         os.replace(tmp, path)
     return {"clip_id": clip["clip_id"], "clip_path": str(path), "error": None}
+
+
+def _failed(e: BaseException) -> str:
+    """A clip's extraction error: an expected media/IO failure by its message, anything else
+    (a bug, a library surprise) by type and message."""
+    expected = isinstance(e, (MediaError, av.error.FFmpegError, OSError))
+    return f"extraction failed: {e if expected else f'{type(e).__name__}: {e}'}"
 
 
 def remove_temporaries(clips_dir: str | Path) -> int:
@@ -287,9 +293,7 @@ class ExtractClips(Stage):
                     try:
                         out.append(extract_image(row["source"], c, self.clips_dir, self.cfg))
                     except Exception as e:  # noqa: BLE001 - per-item fault isolation
-                        why = str(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
-                        out.append({"clip_id": c["clip_id"], "clip_path": None, "error": f"extraction failed: {why}"})
+                        out.append({"clip_id": c["clip_id"], "clip_path": None, "error": _failed(e)})
             else:
-                threads = max(1, int(round(self.num_cpus)))
-                out += extract_video(row["source"], row["clips"], self.clips_dir, self.cfg, self.stall_timeout_s, threads=threads)
+                out += extract_video(row["source"], row["clips"], self.clips_dir, self.cfg, self.stall_timeout_s, threads=self.threads)
         return pa.Table.from_pylist(out, schema=EXTRACT_OUTPUT)

@@ -24,6 +24,12 @@ class Stage:
     num_gpus: ClassVar[float] = 0.0
     batch_size: ClassVar[int] = 1
 
+    @property
+    def threads(self) -> int:
+        """Threads for the native code the stage drives (FFmpeg decode, x264 encode): its
+        `num_cpus`, rounded, at least 1, so Ray's CPU accounting matches what runs."""
+        return max(1, int(round(self.num_cpus)))
+
     def setup(self) -> None:
         """Load what is expensive; called once per process before the first batch."""
 
