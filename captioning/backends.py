@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -24,13 +25,20 @@ from pathlib import Path
 
 import numpy as np
 
+from captioning.frames import Sampled
 from captioning.tiny import TINY, ensure_tiny_vlm
+from curation.config import merge_dicts
+from curation.hub import MissingModel, Model, hf_model
+
+__all__ = ["MissingModel", "OpenAIBackend", "Reply", "Request", "Sampling", "TransformersBackend", "resolve_model"]
 
 log = logging.getLogger("videomill")
 
 
 @dataclass(frozen=True)
 class Sampling:
+    """How a caption is sampled; both backends send all of it (the caption key hashes it)."""
+
     max_new_tokens: int
     temperature: float
     top_p: float
@@ -40,11 +48,18 @@ class Sampling:
 
 @dataclass
 class Request:
+    """One generation. kind: "video" (the sampled frames as one video, with their timing),
+    "images" (each frame an image), "text". `media` carries the frames and the clip timing
+    (captioning/frames.py `Sampled`)."""
+
     prompt: str
-    kind: str  # "video" (frames as one video), "images" (each frame an image), "text"
-    frames: np.ndarray | None = None  # (K, H, W, 3) uint8 RGB
-    fps: float = 2.0
+    kind: str
+    media: Sampled | None = None
     text_model: bool = False  # fusion/shortening: the summary LLM when one is configured
+
+    @property
+    def frames(self) -> np.ndarray | None:
+        return self.media.frames if self.media is not None else None
 
 
 @dataclass
@@ -55,28 +70,17 @@ class Reply:
     error: str | None = None
 
 
-class MissingModel(ValueError):
-    """A configured model is neither a local folder nor in the Hugging Face cache."""
+# Captions need no chat-template reasoning mode (Qwen3-style `enable_thinking`); templates
+# without the variable ignore it. Reasoning text that leaks anyway is stripped by the gates.
+TEMPLATE_KWARGS = {"enable_thinking": False}
 
 
-def resolve_model(name: str) -> str:
-    """A local folder for `name`: "tiny" is built on first use, a folder is itself, a hub id
-    must already be in the Hugging Face cache (runs never download; one line says how)."""
+def resolve_model(name: str, key: str = "caption.model", tokenizer_only: bool = False) -> str:
+    """A local folder for `name`: "tiny" is built on first use, a folder is itself, a hub id is
+    fetched into the Hugging Face cache on first use (MissingModel offline, in one line)."""
     if name == TINY:
         return ensure_tiny_vlm()
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser())
-    from huggingface_hub import snapshot_download
-
-    # OSError: not in the cache (LocalEntryNotFoundError); ValueError: not a valid repo id either
-    # (HFValidationError), e.g. a local path that does not exist.
-    try:
-        return snapshot_download(name, local_files_only=True)
-    except (OSError, ValueError):
-        raise MissingModel(
-            f"model {name!r} is not a local folder and not in the Hugging Face cache: fetch it first "
-            f"(`hf download {name}`) or give a local path; `[caption] enabled = false` skips captioning"
-        ) from None
+    return hf_model(key, name, tokenizer_only).fetch()
 
 
 def _messages(req: Request, system: str | None) -> list[dict]:
@@ -109,7 +113,7 @@ class TransformersBackend:
         self.model = AutoModelForImageTextToText.from_pretrained(path, **kw).to(self.device).eval()
         self.text_processor, self.text_model = self.processor, self.model
         if self.summary_name and self.summary_name != self.model_name:
-            spath = resolve_model(self.summary_name)
+            spath = resolve_model(self.summary_name, "caption.summary_model")
             self.text_processor = AutoTokenizer.from_pretrained(spath, padding_side="left")
             self.text_model = AutoModelForCausalLM.from_pretrained(spath, **kw).to(self.device).eval()
 
@@ -123,7 +127,7 @@ class TransformersBackend:
             for j in range(0, len(idx), self.batch_size):
                 part = idx[j : j + self.batch_size]
                 try:
-                    out = self._generate([requests[i] for i in part], kind, text_model, sampling)
+                    out = self._generate([requests[i] for i in part], text_model, sampling)
                 except Exception as e:  # noqa: BLE001 - a failed model call becomes caption_error rows
                     log.warning("caption generation failed for %d requests: %s: %s", len(part), type(e).__name__, e)
                     out = [Reply(None, error=f"model call failed: {type(e).__name__}: {e}")] * len(part)
@@ -131,19 +135,36 @@ class TransformersBackend:
                     replies[i] = rep
         return replies  # type: ignore[return-value]
 
-    def _generate(self, reqs: list[Request], kind: str, text_model: bool, s: Sampling) -> list[Reply]:
+    def inputs(self, reqs: list[Request], text_model: bool = False):
+        """The model inputs of a batch of requests of one kind: the processor's (or the summary
+        tokenizer's) own chat template and preprocessing, left-padded, as tensors.
+
+        Video requests hand over each clip's own ``VideoMetadata`` (frame rate, frame indices,
+        frame count, duration): transformers 5 takes the timing only from there (its ``fps=``
+        keyword is ignored for pre-sampled frames, and a missing metadata falls back to 24 fps,
+        which would tell Qwen2.5-VL ``second_per_grid_ts`` = 2/24 s for every clip and SmolVLM2
+        "a 0:00:00 video")."""
+        from transformers.video_utils import VideoMetadata
+
+        proc = self.text_processor if text_model else self.processor
+        convs = [_messages(r, self.system) for r in reqs]
+        template = getattr(proc, "chat_template", None) or ""
+        # Only the variables the template reads: a processor takes any other keyword as its own.
+        common = dict(add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+                      **{k: v for k, v in TEMPLATE_KWARGS.items() if k in template})
+        if proc is not self.processor:  # a plain tokenizer: string contents, padding is its own argument
+            convs = [[{"role": m["role"], "content": m["content"][-1]["text"]} for m in c] for c in convs]
+            return proc.apply_chat_template(convs, padding=True, **common)
+        kwargs: dict = {"padding": True}
+        if reqs[0].kind == "video":  # frames already sampled at the caption rate: no resampling, their own timing
+            kwargs.update(do_sample_frames=False, video_metadata=[VideoMetadata(**r.media.metadata()) for r in reqs])
+        return proc.apply_chat_template(convs, processor_kwargs=kwargs, **common)
+
+    def _generate(self, reqs: list[Request], text_model: bool, s: Sampling) -> list[Reply]:
         import torch
 
         proc, model = (self.text_processor, self.text_model) if text_model else (self.processor, self.model)
-        convs = [_messages(r, self.system) for r in reqs]
-        if proc is not self.processor:  # a plain tokenizer: string contents
-            convs = [[{"role": m["role"], "content": m["content"][-1]["text"]} for m in c] for c in convs]
-        kwargs: dict = {"padding": True}
-        if kind == "video":  # frames are already sampled at the caption rate: tell the processor
-            kwargs.update(do_sample_frames=False, fps=reqs[0].fps)
-        inputs = proc.apply_chat_template(convs, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                          return_tensors="pt", processor_kwargs=kwargs)
-        inputs = inputs.to(model.device)
+        inputs = self.inputs(reqs, text_model).to(model.device)
         torch.manual_seed(s.seed)
         gen = dict(max_new_tokens=s.max_new_tokens, repetition_penalty=s.repetition_penalty)
         gen |= dict(do_sample=True, temperature=s.temperature, top_p=s.top_p) if s.temperature > 0 else dict(do_sample=False)
@@ -190,12 +211,23 @@ def mp4_b64(frames: np.ndarray, fps: float) -> str:
 
 
 class OpenAIBackend:
+    """Requests to an OpenAI-compatible chat-completions server (vLLM, SGLang, `transformers serve`).
+
+    The sampling is the transformers backend's (`Sampling`, the same caption key): what the
+    OpenAI schema lacks goes the way `server` takes it (vLLM: ``repetition_penalty`` and
+    ``mm_processor_kwargs`` as extra fields; transformers serve: a ``generation_config`` JSON).
+    A video goes as one MP4 whose frame rate is the sampling rate, so the server's video loader
+    reads the clip's timing from the container (vLLM: frame rate and count, all frames taken
+    with ``--media-io-kwargs '{"video": {"num_frames": -1}}'``, no resampling:
+    ``do_sample_frames = false``). As images, each frame follows a "Frame at T s:" line."""
+
     def __init__(self, model: str, summary_model: str | None, *, system: str, base_url: str, api_key_env: str,
-                 max_in_flight: int, timeout_s: float, max_retries: int, frames_as: str, extra_body: dict):
+                 max_in_flight: int, timeout_s: float, max_retries: int, frames_as: str, extra_body: dict,
+                 server: str = "vllm"):
         self.model, self.summary_model, self.system = model, summary_model or model, system
         self.base_url, self.api_key_env = base_url, api_key_env
         self.max_in_flight, self.timeout_s, self.max_retries = max_in_flight, timeout_s, max_retries
-        self.frames_as, self.extra_body = frames_as, dict(extra_body)
+        self.frames_as, self.extra_body, self.server = frames_as, dict(extra_body), server
 
     def setup(self) -> None:
         self.api_key = os.environ.get(self.api_key_env) or "EMPTY"
@@ -211,14 +243,33 @@ class OpenAIBackend:
             raise MissingModel(f"caption.openai.base_url {self.base_url}: no OpenAI-compatible server answers "
                                f"({type(e).__name__}: {e})") from None
 
-    def _content(self, r: Request) -> list[dict] | str:
+    def content(self, r: Request) -> list[dict] | str:
+        """The user message's content parts for one request."""
         if r.kind == "text":
             return r.prompt
         if r.kind == "video" and self.frames_as == "video":
-            media = [{"type": "video_url", "video_url": {"url": f"data:video/mp4;base64,{mp4_b64(r.frames, r.fps)}"}}]
+            mp4 = mp4_b64(r.frames, r.media.rate)
+            media = [{"type": "video_url", "video_url": {"url": f"data:video/mp4;base64,{mp4}"}}]
+        elif len(r.frames) > 1:  # a clip as images: say when each frame was taken
+            media = []
+            for t, f in zip(r.media.times_s, r.frames):
+                media += [{"type": "text", "text": f"Frame at {t:.1f} s:"},
+                          {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{jpeg_b64(f)}"}}]
         else:
-            media = [{"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{jpeg_b64(f)}"}} for f in r.frames]
+            media = [{"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{jpeg_b64(r.frames[0])}"}}]
         return media + [{"type": "text", "text": r.prompt}]
+
+    def body(self, r: Request, s: Sampling) -> dict:
+        """The extra request fields: the sampling the OpenAI schema lacks, in `server`'s dialect,
+        then `extra_body` over them."""
+        out: dict = {"chat_template_kwargs": dict(TEMPLATE_KWARGS)}
+        if self.server == "vllm":
+            out["repetition_penalty"] = s.repetition_penalty
+            if r.kind == "video" and self.frames_as == "video":
+                out["mm_processor_kwargs"] = {"do_sample_frames": False}
+        else:  # transformers serve: generate() arguments as a JSON string
+            out["generation_config"] = json.dumps({"repetition_penalty": s.repetition_penalty})
+        return merge_dicts(out, self.extra_body)
 
     async def _one(self, client, sem: asyncio.Semaphore, r: Request, s: Sampling) -> Reply:
         from openai import APIError
@@ -226,11 +277,11 @@ class OpenAIBackend:
         async with sem:
             try:
                 msgs = [{"role": "system", "content": self.system}] if self.system else []
-                msgs.append({"role": "user", "content": self._content(r)})
+                msgs.append({"role": "user", "content": self.content(r)})
                 resp = await client.chat.completions.create(
                     model=self.summary_model if r.text_model else self.model, messages=msgs,
                     max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
-                    extra_body=self.extra_body or None,
+                    extra_body=self.body(r, s),
                 )
             except (APIError, ValueError) as e:  # after the client's retries (or a frame that will not encode): caption_error
                 return Reply(None, error=f"model call failed: {type(e).__name__}: {e}")
@@ -250,17 +301,21 @@ class OpenAIBackend:
         return asyncio.run(self._all(requests, sampling)) if requests else []
 
 
-def check_models(cfg) -> None:
-    """Raise MissingModel (one line) unless every model `cfg` (a CaptionConfig) needs is there:
-    local folders or Hugging Face cache entries for the transformers backend and the budget
-    tokenizer, an answering server for the openai backend."""
-    resolve_model(cfg.budget_tokenizer)
-    if cfg.backend == "openai":
-        o = cfg.openai
-        OpenAIBackend(o.served_model or cfg.model, cfg.summary_model, system="", base_url=o.base_url,
-                      api_key_env=o.api_key_env, max_in_flight=1, timeout_s=o.timeout_s, max_retries=0,
-                      frames_as=o.frames_as, extra_body=o.extra_body).check()
+def caption_models(cfg) -> list[Model]:
+    """The models a caption config (CaptionConfig) loads in this process: the VLM and the summary
+    LLM (transformers backend; a server holds its own), and the budget tokenizer (its tokenizer
+    files only). "tiny" is built offline and is not listed."""
+    names = [("caption.budget_tokenizer", cfg.budget_tokenizer, True)]
+    if cfg.backend == "transformers":
+        names += [("caption.model", cfg.model, False), ("caption.summary_model", cfg.summary_model, False)]
+    return [hf_model(key, name, tok) for key, name, tok in names if name and name != TINY]
+
+
+def check_server(cfg) -> None:
+    """MissingModel (one line) when the openai backend's server does not answer."""
+    if cfg.backend != "openai":
         return
-    for name in (cfg.model, cfg.summary_model):
-        if name:
-            resolve_model(name)
+    o = cfg.openai
+    OpenAIBackend(o.served_model or cfg.model, cfg.summary_model, system="", base_url=o.base_url,
+                  api_key_env=o.api_key_env, max_in_flight=1, timeout_s=o.timeout_s, max_retries=0,
+                  frames_as=o.frames_as, extra_body=o.extra_body, server=o.server).check()

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from captioning import text as T
 from captioning.backends import OpenAIBackend, Request, Sampling, TransformersBackend, resolve_model
-from captioning.frames import pick, read_clip
+from captioning.frames import Sampled, pick, read_clip
 from captioning.prompts import PROMPT_VERSION, get_prompts
 from captioning.tiny import TINY
 from curation.config import CaptionConfig
@@ -43,11 +43,16 @@ OUTPUT_SCHEMA = pa.schema([pa.field("clip_id", pa.string())]
                           + [pa.field(c, CLIP_COLUMNS[c].type) for c in CAPTION_COLUMNS] + [pa.field(GEN_TOKENS, pa.int64())])
 
 
+# How frames reach the model, beyond the config: 2 = each clip's own timing (per-video
+# metadata, captioning/frames.py). Captions made before it had the wrong timing: not reused.
+FRAMES_VERSION = 2
+
+
 def settings(cfg: CaptionConfig) -> dict:
     """What a caption depends on: models, prompt version, sampling, frame policy, budget."""
     keys = ("mode", "model", "summary_model", "budget_tokenizer", "max_tokens", "max_new_tokens", "temperature", "top_p",
             "retry_temperature", "repetition_penalty", "seed", "frame_source", "fps", "max_frames", "max_pixels", "summary_frames")
-    return {"prompt_version": PROMPT_VERSION, **{k: getattr(cfg, k) for k in keys}}
+    return {"prompt_version": PROMPT_VERSION, "frames_version": FRAMES_VERSION, **{k: getattr(cfg, k) for k in keys}}
 
 
 def caption_key(cfg: CaptionConfig) -> str:
@@ -62,8 +67,7 @@ def model_label(cfg: CaptionConfig) -> str:
 @dataclass
 class _Clip:
     clip_id: str
-    frames: np.ndarray | None = None
-    fps: float = 2.0
+    media: Sampled | None = None
     text: str | None = None
     short: str | None = None
     flags: list[str] = field(default_factory=list)
@@ -80,7 +84,7 @@ class BudgetCounter:
     def setup(self) -> None:
         from transformers import AutoTokenizer
 
-        path = resolve_model(self.name)
+        path = resolve_model(self.name, "caption.budget_tokenizer", tokenizer_only=True)
         sub = Path(path) / "tokenizer"  # a diffusers pipeline folder (CogVideoX) keeps T5's tokenizer there
         self.tok = AutoTokenizer.from_pretrained(str(sub) if sub.is_dir() else path)
 
@@ -90,9 +94,11 @@ class BudgetCounter:
 
 class CaptionClips(Stage):
     """Captions for accepted clips. Reads clip_id, clip_path, media_type (and the transient
-    frames when present); root: OUT, which clip_path is relative to."""
+    frames with the clip's start_s, fps and num_frames when present); root: OUT, which
+    clip_path is relative to."""
 
     reads = ("clip_id", "clip_path", "media_type")
+    timing = ("start_s", "fps", "num_frames")  # where pipeline frames sit in the clip
     writes = tuple(CAPTION_COLUMNS) + (GEN_TOKENS,)
     stateful = True
 
@@ -132,21 +138,23 @@ class CaptionClips(Stage):
         row = {k: batch.column(k)[i].as_py() for k in ("clip_path", "media_type")}
         try:
             got = unpack_frames(batch, i) if c.frame_source != "clip" and FRAMES in batch.column_names else None
-            if got is not None and len(got[1]):
-                clip.frames, clip.fps = pick(got[0], got[1], c.fps, c.max_frames, c.max_pixels)
+            if got is not None and len(got[1]) and all(k in batch.column_names for k in self.timing):
+                start, fps, n = (batch.column(k)[i].as_py() for k in self.timing)
+                clip.media = pick(got[0], got[1], start_s=start or 0.0, source_fps=fps or 1.0, total_frames=n or 1,
+                                  fps=c.fps, max_frames=c.max_frames, max_pixels=c.max_pixels)
             elif c.frame_source == "pipeline":
-                clip.error = "no decoded frames on the row (caption.frame_source = 'pipeline')"
+                clip.error = "no decoded frames (with start_s, fps, num_frames) on the row (caption.frame_source = 'pipeline')"
             elif not row["clip_path"]:
                 clip.error = "no clip file to caption"
             else:
-                clip.frames, clip.fps = read_clip(Path(self.root) / row["clip_path"], c.fps, c.max_frames, c.max_pixels)
+                clip.media = read_clip(Path(self.root) / row["clip_path"], c.fps, c.max_frames, c.max_pixels)
         except (MediaError, ValueError) as e:
             clip.error = f"frames: {e}"
 
     # ---- drafting
     def _visual(self, clip: _Clip, prompt: str) -> Request:
-        kind = "video" if len(clip.frames) > 1 else "images"  # an image (or 1-frame clip) goes as an image
-        return Request(prompt, kind, clip.frames, clip.fps)
+        kind = "video" if len(clip.media.frames) > 1 else "images"  # an image (or 1-frame clip) goes as an image
+        return Request(prompt, kind, clip.media)
 
     def _draft(self, clips: list[_Clip], retry: bool) -> None:
         """Set text/short/flags (or error) of each clip from one pass of the configured mode."""
@@ -158,11 +166,11 @@ class CaptionClips(Stage):
         # frames+summary: short caption + K frame captions, then one fusion call
         reqs, spans = [], []
         for clip in clips:
-            k = min(self.cfg.summary_frames, len(clip.frames))
-            idx = np.unique(np.linspace(0, len(clip.frames) - 1, k).round().astype(int))
+            k = min(self.cfg.summary_frames, len(clip.media.frames))
+            idx = np.unique(np.linspace(0, len(clip.media.frames) - 1, k).round().astype(int))
             spans.append((len(reqs), len(idx)))
             reqs.append(self._visual(clip, p.short))
-            reqs += [Request(p.frame, "images", clip.frames[j : j + 1], clip.fps) for j in idx]
+            reqs += [Request(p.frame, "images", clip.media.subset([j])) for j in idx]
         reps = self.backend.generate(reqs, s)
         fuse, fusing = [], []
         for clip, (at, k) in zip(clips, spans):

@@ -1,4 +1,4 @@
-"""The frames a captioner sees: ~2 fps, capped in count and in pixels per frame.
+"""The frames a captioner sees, and their timing: ~2 fps, capped in count and in pixels per frame.
 
 Two sources (`caption.frame_source`), measured against each other in bench/captioning.py:
 
@@ -8,11 +8,21 @@ Two sources (`caption.frame_source`), measured against each other in bench/capti
   decoded here with PyAV, keeping the frame showing at each sample time.
 
 ``auto`` takes the pipeline's frames when a row carries them, else the clip file.
+
+Either way the result is a `Sampled`: the frames *and* where they sit in the clip (frame
+indices at the clip's own frame rate, the clip's frame count and duration). A video model
+needs that timing as much as the pixels: Qwen2.5-VL spaces its temporal rope positions by
+``second_per_grid_ts`` = temporal_patch_size / sampling rate, SmolVLM2 writes the clip's
+duration and each frame's time into its prompt. transformers 5 takes the timing only from a
+per-video ``VideoMetadata`` (its ``fps=`` keyword is ignored for frames handed over as
+arrays, and a missing metadata falls back to 24 fps), so `Sampled.metadata` gives exactly
+that, one per clip (captioning/backends.py hands it over).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import av
@@ -20,6 +30,46 @@ import cv2
 import numpy as np
 
 from curation.media import MediaError, open_container
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """Frames sampled from one clip, with the timing a processor or server needs.
+
+    frames: (K, h, w, 3) uint8 RGB. frame_indices: K indices into the clip's frames at
+    ``source_fps`` (0 = the clip's first frame). total_frames: frames in the clip.
+    duration_s = total_frames / source_fps. A still image is K = 1, total_frames = 1."""
+
+    frames: np.ndarray
+    frame_indices: tuple[int, ...]
+    source_fps: float
+    total_frames: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.total_frames / self.source_fps
+
+    @property
+    def times_s(self) -> np.ndarray:
+        """(K,) seconds from the clip's first frame: frame index / frame rate (as transformers'
+        ``VideoMetadata.timestamps`` computes them)."""
+        return np.asarray(self.frame_indices, np.float64) / self.source_fps
+
+    @property
+    def rate(self) -> float:
+        """Sampling rate in frames/s: K / duration (transformers' ``VideoMetadata.sampled_fps``)."""
+        return len(self.frame_indices) / self.duration_s
+
+    def metadata(self) -> dict:
+        """The fields of transformers' ``VideoMetadata`` for this clip."""
+        return {"total_num_frames": self.total_frames, "fps": self.source_fps, "duration": self.duration_s,
+                "frames_indices": list(self.frame_indices), "height": int(self.frames.shape[1]),
+                "width": int(self.frames.shape[2])}
+
+    def subset(self, idx) -> "Sampled":
+        """The frames at positions `idx` (of this sample), same clip timing."""
+        idx = list(idx)
+        return replace(self, frames=self.frames[idx], frame_indices=tuple(self.frame_indices[i] for i in idx))
 
 
 def sample_times(duration_s: float, fps: float, max_frames: int) -> np.ndarray:
@@ -40,48 +90,58 @@ def cap_pixels(frame: np.ndarray, max_pixels: int) -> np.ndarray:
     return cv2.resize(frame, (max(1, int(w * s)), max(1, int(h * s))), interpolation=cv2.INTER_AREA)
 
 
-def pick(frames: np.ndarray, times: list[float], fps: float, max_frames: int, max_pixels: int) -> tuple[np.ndarray, float]:
-    """Resample already-decoded frames (K, H, W, 3) with their times to the caption policy.
-    -> (frames (N, h, w, 3) uint8, the effective sample rate in frames/s)."""
-    t = np.asarray(times, np.float64) - times[0]
-    span = float(t[-1] + (t[1] - t[0] if len(t) > 1 else 1.0 / fps))
-    want = sample_times(span, fps, max_frames)
-    idx = np.unique(np.clip(np.searchsorted(t, want, side="right") - 1, 0, len(t) - 1))
-    out = np.stack([cap_pixels(frames[i], max_pixels) for i in idx])
-    return out, len(idx) / span if span > 0 else fps
+def pick(frames: np.ndarray, times: list[float], *, start_s: float, source_fps: float, total_frames: int,
+         fps: float, max_frames: int, max_pixels: int) -> Sampled:
+    """Resample already-decoded frames to the caption policy.
+
+    frames (K, H, W, 3) uint8 with their presentation times `times` (seconds, the source's
+    clock); the clip starts at `start_s` and holds `total_frames` frames at `source_fps`. Each
+    sample time (`sample_times` over the clip) takes the carried frame showing at it."""
+    total_frames = max(1, int(total_frames))
+    t = np.asarray(times, np.float64) - start_s
+    want = sample_times(total_frames / source_fps, fps, max_frames)
+    idx = np.unique(np.clip(np.searchsorted(t, want + 1e-6, side="right") - 1, 0, len(t) - 1))
+    where = np.clip(np.round(t[idx] * source_fps).astype(np.int64), 0, total_frames - 1)
+    return Sampled(np.stack([cap_pixels(frames[i], max_pixels) for i in idx]), tuple(int(k) for k in where),
+                   float(source_fps), total_frames)
 
 
-def read_clip(path: str | Path, fps: float, max_frames: int, max_pixels: int) -> tuple[np.ndarray, float]:
-    """Decode the sampled frames of a clip file (video or image).
-    -> (frames (N, h, w, 3) uint8 RGB, sample rate in frames/s). MediaError when unreadable."""
+def read_clip(path: str | Path, fps: float, max_frames: int, max_pixels: int) -> Sampled:
+    """Decode the sampled frames of a clip file (video or image). MediaError when unreadable."""
     path = str(path)
     if Path(path).suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"):
         img = cv2.imread(path, cv2.IMREAD_COLOR)
         if img is None:
             raise MediaError(f"cannot read image {path}", code="caption_frames")
-        return cap_pixels(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), max_pixels)[None], fps
+        return Sampled(cap_pixels(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), max_pixels)[None], (0,), 1.0, 1)
     with open_container(path) as c:
         if not c.streams.video:
             raise MediaError(f"{path}: no video stream", code="caption_frames")
         s = c.streams.video[0]
         s.thread_type = "AUTO"
+        rate = float(s.average_rate or s.guessed_rate or 0)
         duration = float(s.duration * s.time_base) if s.duration else float(c.duration or 0) / av.time_base
-        if duration <= 0:
-            raise MediaError(f"{path}: unknown duration", code="caption_frames")
+        if duration <= 0 or rate <= 0:
+            raise MediaError(f"{path}: unknown duration or frame rate", code="caption_frames")
+        total = int(s.frames) or max(1, round(duration * rate))
         start = float(s.start_time * s.time_base) if s.start_time is not None else 0.0
-        want, got, last = list(sample_times(duration, fps, max_frames)), [], None
+        want, got, where, last, n = list(sample_times(total / rate, fps, max_frames)), [], [], None, -1
         try:
             for frame in c.decode(s):
-                t = float(frame.pts * s.time_base) - start if frame.pts is not None else 0.0
+                t = float(frame.pts * s.time_base) - start if frame.pts is not None else (n + 1) / rate
                 while want and t > want[0] + 1e-6 and last is not None:  # the frame showing at want[0] is `last`
                     got.append(last)
+                    where.append(n)
                     want.pop(0)
                 if not want:
                     break
-                last = cap_pixels(frame.to_ndarray(format="rgb24"), max_pixels)
+                last, n = cap_pixels(frame.to_ndarray(format="rgb24"), max_pixels), n + 1
         except av.error.FFmpegError as e:
             raise MediaError(f"{path}: decoding failed ({e})", code="caption_frames") from None
-        got += [last] * (len(want) if last is not None else 0)  # the tail: the last frame is showing
+        if last is not None:  # the tail: the last frame decoded is showing
+            got += [last] * len(want)
+            where += [n] * len(want)
     if not got:
         raise MediaError(f"{path}: no frames decoded", code="caption_frames")
-    return np.stack(got), len(got) / duration
+    keep = np.unique(where, return_index=True)[1]  # a frame shown at two sample times is sent once
+    return Sampled(np.stack([got[i] for i in keep]), tuple(int(where[i]) for i in keep), rate, max(total, n + 1))

@@ -54,7 +54,7 @@ def caption_missing(clips: pa.Table, layout: Layout, cfg: CaptionConfig, runner:
     todo = todo.filter(pc.invert(pc.is_in(todo.column("clip_id"), pa.array(sorted(have), pa.string()))))
     d = caption_dir(layout, cfg)
     start = len(list(d.glob("part-*.parquet"))) if d.exists() else 0
-    cols = [c for c in todo.column_names if c in ("clip_id", "clip_path", "media_type") or c.startswith("frames")]
+    cols = [c for c in todo.column_names if c in CaptionClips.reads + CaptionClips.timing or c.startswith("frames")]
     gen_tokens = done = 0
     for n, i in enumerate(range(0, todo.num_rows, cfg.block_size)):
         block = todo.slice(i, cfg.block_size).select(cols)

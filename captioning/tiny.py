@@ -22,7 +22,7 @@ from pathlib import Path
 log = logging.getLogger("videomill")
 
 TINY = "tiny"
-TINY_VERSION = 1  # bump when the build changes: a new cache folder
+TINY_VERSION = 2  # bump when the build changes: a new cache folder (2: tokens_per_second = 2, as Qwen2.5-VL-7B)
 MARKER = "videomill_tiny.json"  # written last: its presence means the folder is complete
 WARNING = "caption model 'tiny' is a random-initialised Qwen2.5-VL, UNTRAINED: its captions are noise"
 
@@ -89,7 +89,7 @@ def build_tiny_vlm(out: str | Path, seed: int = 0) -> Path:
             bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
         ),
         vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64,
-                           fullatt_block_indexes=[1], window_size=112),
+                           fullatt_block_indexes=[1], window_size=112, tokens_per_second=2),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.config import TINY_MODEL, ModelsConfig
+from curation.hub import MissingModel, Model
 
 # OpenAI CLIP's normalisation (open_clip.constants.OPENAI_DATASET_MEAN/STD); the LAION
 # heads were fitted on embeddings of images normalised this way.
@@ -48,6 +49,9 @@ MLP_HEAD_KEYS = tuple(f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weig
 
 class ModelNotFound(RuntimeError):
     """A configured model is not where the config says; the message is one line."""
+
+
+OPEN_CLIP_FILES = ("open_clip_config.json", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
 @dataclass(frozen=True)
@@ -77,72 +81,108 @@ def resolve_clip(cfg: ModelsConfig) -> ClipSpec:
     return ClipSpec(name, cfg.clip_pretrained or None, needs_quick and not model_cfg.get("quick_gelu", False), False)
 
 
-def _how_to_supply_clip(cfg: ModelsConfig) -> str:
-    return (
-        f"CLIP weights {cfg.clip!r}/{cfg.clip_pretrained!r} not found (offline or not cached): download them once "
-        "with network access (python -c \"import open_clip; open_clip.create_model("
-        f"'{cfg.clip}', pretrained='{cfg.clip_pretrained}')\"), or set models.clip_pretrained to a local checkpoint "
-        "file, or use --profile tiny"
-    )
+# The LAION aesthetic heads by file name: GitHub files at a pinned commit, checked by sha256
+# (fetched on first use into torch.hub's checkpoint folder, curation/hub.py).
+_LAION = "https://github.com/LAION-AI/aesthetic-predictor/raw/6d122adad522ab246644d9dc1c6d7a3810ee255f/"
+_IMPROVED = "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/6934dd81792f086e613a121dbce43082cb8be85e/"
+KNOWN_HEADS: dict[str, tuple[str, str]] = {
+    "sa_0_4_vit_b_32_linear.pth": (_LAION + "sa_0_4_vit_b_32_linear.pth", "c7b14cead230694acc7b9447974d3cad78003c72da032e402a303b6c2429e85f"),
+    "sa_0_4_vit_b_16_linear.pth": (_LAION + "sa_0_4_vit_b_16_linear.pth", "8ad3923d7ecf019df20ecd2ab5542a3075fbba0278d239c0371345f3d7fcbde0"),
+    "sa_0_4_vit_l_14_linear.pth": (_LAION + "sa_0_4_vit_l_14_linear.pth", "2cd4e60f4f24ae3bcd57b847b13c1f3ba27edc28cc1a7f9ce74ee9f421243cba"),
+    "sac+logos+ava1-l14-linearMSE.pth": (_IMPROVED + "sac%2Blogos%2Bava1-l14-linearMSE.pth",
+                                         "21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d511bff0f1e0"),
+    "ava+logos-l14-linearMSE.pth": (_IMPROVED + "ava%2Blogos-l14-linearMSE.pth",
+                                    "390a3aafaf3b37d57148f9b22f30556de38343064b7d915acfa80d3812b4c9ff"),
+}
 
 
-def clip_checkpoint(cfg: ModelsConfig) -> str | None:
-    """Local path of the CLIP weights (downloading into the HF cache when online); None for tiny.
+def clip_model(cfg: ModelsConfig) -> Model | None:
+    """Where the CLIP weights come from (curation/hub.py); None for tiny or random weights.
 
-    Raises ModelNotFound with one line when they cannot be had."""
+    An open_clip tag is the file open_clip itself downloads for it (its ``hf_hub`` entry:
+    ``open_clip_model.safetensors`` first, as open_clip prefers, then the ``.bin``; or its URL);
+    ``hf-hub:org/repo`` the repo's open_clip files; a local file or folder is used as it is.
+    Raises ModelNotFound for a tag the architecture does not have."""
     spec = resolve_clip(cfg)
     if spec.tiny or cfg.clip_pretrained == RANDOM:
         return None
     import open_clip
 
     if spec.name.startswith("local-dir:"):
-        if not Path(spec.name.split(":", 1)[1]).is_dir():
-            raise ModelNotFound(f"models.clip: folder {spec.name.split(':', 1)[1]!r} does not exist")
-        return spec.name
-    try:
-        if spec.name.startswith("hf-hub:"):
-            return open_clip.pretrained.download_pretrained_from_hf(spec.name.split(":", 1)[1])
-        tag_cfg = open_clip.get_pretrained_cfg(spec.name, spec.pretrained or "")
-        if tag_cfg:
-            return open_clip.pretrained.download_pretrained(tag_cfg)
-    except Exception:  # hub/network errors of any kind: one line, no traceback (see module doc)
-        raise ModelNotFound(_how_to_supply_clip(cfg)) from None
-    if spec.pretrained and Path(spec.pretrained).is_file():
-        return spec.pretrained
+        return Model("models.clip", spec.name.split(":", 1)[1], "local")
+    if spec.name.startswith("hf-hub:"):
+        return Model("models.clip", spec.name, "hf", repo=spec.name.split(":", 1)[1], allow=OPEN_CLIP_FILES)
+    tag_cfg = open_clip.get_pretrained_cfg(spec.name, spec.pretrained or "") if spec.pretrained else {}
+    if tag_cfg.get("hf_hub"):
+        repo, filename = tag_cfg["hf_hub"].rstrip("/"), None
+        if not tag_cfg["hf_hub"].endswith("/"):
+            repo, filename = os.path.split(tag_cfg["hf_hub"])
+        files = (filename,) if filename else ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+        return Model("models.clip", f"{cfg.clip}/{cfg.clip_pretrained}", "hf-file", repo=repo, files=files)
+    if tag_cfg.get("url"):
+        url = tag_cfg["url"]
+        return Model("models.clip", f"{cfg.clip}/{cfg.clip_pretrained}", "url", url=url, filename=os.path.basename(url))
+    if spec.pretrained and (Path(spec.pretrained).expanduser().is_file() or os.sep in spec.pretrained):
+        return Model("models.clip_pretrained", str(Path(spec.pretrained).expanduser()), "local")
     raise ModelNotFound(
         f"models.clip_pretrained: {spec.pretrained!r} is neither an open_clip tag of {spec.name} "
         f"({', '.join(open_clip.list_pretrained_tags_by_model(spec.name)) or 'none'}) nor an existing file"
     )
 
 
-def head_file(cfg: ModelsConfig) -> str | None:
-    """Local path of the aesthetic head; None for tiny or no head. Raises ModelNotFound."""
+def head_model(cfg: ModelsConfig) -> Model | None:
+    """Where the aesthetic head comes from; None for tiny or no head. Raises ModelNotFound for a
+    name that is neither a known LAION head, a URL, ``hf-hub:org/repo/file`` nor a file."""
     ref = cfg.aesthetic_head
     if not ref or ref == TINY_MODEL:
         return None
     if ref.startswith("hf-hub:"):
         repo, _, filename = ref.split(":", 1)[1].rpartition("/")
-        try:
-            from huggingface_hub import hf_hub_download
+        return Model("models.aesthetic_head", ref, "hf-file", repo=repo, files=(filename,))
+    if ref in KNOWN_HEADS:
+        url, sha = KNOWN_HEADS[ref]
+        return Model("models.aesthetic_head", ref, "url", url=url, sha256=sha, filename=ref)
+    if ref.startswith(("https://", "http://")):
+        return Model("models.aesthetic_head", ref, "url", url=ref, filename=os.path.basename(ref.split("?")[0]))
+    if Path(ref).expanduser().is_file():
+        return Model("models.aesthetic_head", str(Path(ref).expanduser()), "local")
+    raise ModelNotFound(
+        f"models.aesthetic_head: {ref!r} is not a file, and not a known LAION head ({', '.join(KNOWN_HEADS)}), a URL "
+        "or hf-hub:org/repo/file; set it to \"\" for no aesthetic score"
+    )
 
-            return hf_hub_download(repo_id=repo, filename=filename)
-        except Exception:  # hub/network errors of any kind: one line (see module doc)
-            raise ModelNotFound(f"models.aesthetic_head: {ref!r} not found (offline or not cached); give a local .pth/.safetensors path") from None
-    if not Path(ref).is_file():
-        raise ModelNotFound(
-            f"models.aesthetic_head: {ref!r} not found; download the LAION head (github.com/christophschuhmann/"
-            "improved-aesthetic-predictor for ViT-L/14, github.com/LAION-AI/aesthetic-predictor for ViT-B/32) and set "
-            "models.aesthetic_head to its path, or set it to \"\" for no aesthetic score"
-        )
-    return ref
+
+def models(cfg: ModelsConfig) -> list[Model]:
+    """Every model the model-scoring stage loads (empty when it is off or tiny)."""
+    if not cfg.enabled:
+        return []
+    return [m for m in (clip_model(cfg), head_model(cfg)) if m is not None]
+
+
+def _fetch(m: Model | None) -> str | None:
+    if m is None:
+        return None
+    try:
+        return m.fetch()
+    except MissingModel as e:
+        raise ModelNotFound(str(e)) from None
+
+
+def clip_checkpoint(cfg: ModelsConfig) -> str | None:
+    """Local path of the CLIP weights, fetched on first use; None for tiny or random weights.
+    Raises ModelNotFound (one line) when they cannot be had."""
+    return _fetch(clip_model(cfg))
+
+
+def head_file(cfg: ModelsConfig) -> str | None:
+    """Local path of the aesthetic head, fetched on first use; None for tiny or no head."""
+    return _fetch(head_model(cfg))
 
 
 def check_models(cfg: ModelsConfig) -> None:
     """Fail at start-up (ModelNotFound, one line) when a configured model cannot be found."""
-    if not cfg.enabled:
-        return
-    clip_checkpoint(cfg)
-    head_file(cfg)
+    for m in models(cfg):
+        _fetch(m)
 
 
 def build_clip(cfg: ModelsConfig, load_weights: bool = True) -> Any:

@@ -321,13 +321,22 @@ class CaptionOpenAIConfig:
     max_in_flight: int = 64  # concurrent requests per stage actor
     timeout_s: float = 120.0
     max_retries: int = 4  # the openai client retries connection errors, 408/429/5xx with exponential backoff
-    frames_as: str = "images"  # "images": one base64 JPEG per frame; "video": one base64 MP4 at the sample fps
-    extra_body: dict[str, Any] = field(default_factory=dict)  # e.g. vLLM {mm_processor_kwargs = {fps = 2.0}}
+    # "video": one base64 MP4 of the sampled frames at their sampling rate (the server reads the
+    # clip's timing from the container); "images": one base64 JPEG per frame, each after a
+    # "Frame at T s:" line (for servers that take no video).
+    frames_as: str = "video"
+    # How the server takes the sampling settings the OpenAI schema lacks (repetition_penalty, the
+    # chat template's arguments, the video processor's): "vllm" (vLLM, SGLang: top-level extra
+    # fields) or "transformers" (`transformers serve`: a `generation_config` JSON string).
+    server: str = "vllm"
+    extra_body: dict[str, Any] = field(default_factory=dict)  # merged over what `server` sends
 
     def __post_init__(self) -> None:
         _positive(self, "max_in_flight", "timeout_s")
         if self.frames_as not in ("images", "video"):
             raise ValueError(f"caption.openai.frames_as must be 'images' or 'video', got {self.frames_as!r}")
+        if self.server not in ("vllm", "transformers"):
+            raise ValueError(f"caption.openai.server must be 'vllm' or 'transformers', got {self.server!r}")
         if self.max_retries < 0:
             raise ValueError("caption.openai.max_retries must be >= 0")
 

@@ -29,12 +29,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", help="attach to this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     run.add_argument("--executor", choices=["ray", "local"], help="where stages run (default: ray)")
     run.add_argument("--rescore", action="store_true", help="discard scores made with other settings in OUT")
+    run.add_argument("--offline", action="store_true", help="never download a model (HF_HUB_OFFLINE=1): missing ones stop the run")
+    fet = sub.add_parser("fetch", help="download every model a run with this config uses (for offline machines: then HF_HUB_OFFLINE=1)")
+    fet.add_argument("--config", help="TOML/YAML/JSON run configuration")
+    fet.add_argument("--profile", choices=["tiny", "cpu", "gpu"], help="preset sizes and models (default: cpu)")
     smp = sub.add_parser("samples", help="write synthetic sample videos (good and broken) into a folder")
     smp.add_argument("folder")
     dec = sub.add_parser("decide", help="re-apply thresholds to OUT's scores without re-scoring")
     dec.add_argument("out")
     dec.add_argument("--config")
     dec.add_argument("--profile", choices=["tiny", "cpu", "gpu"])
+    dec.add_argument("--offline", action="store_true", help="never download a model (HF_HUB_OFFLINE=1)")
     shd = sub.add_parser("shard", help="(re)write OUT's WebDataset shards from its manifest")
     shd.add_argument("out")
     shd.add_argument("--config")
@@ -65,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _env_defaults()
     args = _parser().parse_args(argv)
+    if getattr(args, "offline", False):  # before huggingface_hub is imported: it reads this once
+        os.environ["HF_HUB_OFFLINE"] = "1"
     if args.cmd == "samples":
         from curation.synthetic import make_samples
 
@@ -91,16 +98,20 @@ def main(argv: list[str] | None = None) -> int:
         return _train(args)
     from curation.config import load_config
     from flows.curate import ConfigError, curate, redecide, shard
+    from flows.models import check_services, prepare_models
 
     try:
         try:  # fail fast, before any server or cluster starts
             cfg = load_config(args.config, args.profile)
-            if args.cmd == "run":  # a model that cannot be found: one line, exit 2
-                from curation.clip_models import check_models
-
-                check_models(cfg.models)
-        except (ValueError, OSError, RuntimeError) as e:
+            if args.cmd in ("run", "fetch"):  # models named, missing ones fetched (or refused offline): one line, exit 2
+                prepare_models(cfg, say=lambda line: print(f"videomill: {line}", file=sys.stderr))
+            if args.cmd == "run":
+                check_services(cfg)
+        except (ValueError, OSError, RuntimeError) as e:  # MissingModel is a ValueError
             raise ConfigError(str(e)) from None
+        if args.cmd == "fetch":
+            print("videomill: every model of this configuration is in the local caches")
+            return 0
         if args.cmd == "run":
             summary = curate(
                 inputs=args.inputs,

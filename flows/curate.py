@@ -22,7 +22,6 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE as NO_CACHE
 
 from curation.config import TINY_MODEL, RunConfig, load_config, merge_dicts, to_dict
-from curation.clip_models import ModelNotFound, check_models
 from curation.decide import decide
 from curation.embeddings import embeddings_dir
 from curation.global_scores import add_global_scores
@@ -286,14 +285,15 @@ def caption_step(clips: pa.Table, out: str, cfg: RunConfig) -> pa.Table:
     return join_captions(clips, layout, cfg.caption)
 
 
-def check_captioning(cfg: RunConfig) -> None:
-    """Fail at start, in one line, when a caption model or server is missing."""
-    if not cfg.caption.enabled:
-        return
-    from captioning.backends import MissingModel, check_models
+def check_models(cfg: RunConfig, scoring: bool = True) -> None:
+    """Before any work: every model named, the missing ones fetched; offline, or a model or
+    server that cannot be had, stops the run in one line (flows/models.py)."""
+    from curation.hub import MissingModel
+    from flows.models import check_services, prepare_models
 
     try:
-        check_models(cfg.caption)
+        prepare_models(cfg, scoring, say=run_logger().info)
+        check_services(cfg)
     except MissingModel as e:
         raise ConfigError(str(e)) from None
 
@@ -344,11 +344,10 @@ def curate(
         overrides["runtime"]["executor"] = executor
     try:
         cfg = load_config(config, profile, overrides)
-        check_models(cfg.models)  # a model that cannot be found: one line, before any work
         sources = expand_inputs(list(inputs))
-    except (ValueError, FileNotFoundError, ModelNotFound) as e:
+    except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from None
-    check_captioning(cfg)
+    check_models(cfg)
     layout = Layout.at(out)
     layout.make()
     check_fingerprint(layout, cfg, rescore)
@@ -405,7 +404,7 @@ def redecide(out: str, config: str | None = None, profile: str | None = None, ex
     clips, reshard and report. Without --config/--profile it uses OUT's resolved config."""
     overrides = {"runtime": {"executor": executor}} if executor else None
     layout, cfg = config_for_out(out, config, profile, overrides)
-    check_captioning(cfg)
+    check_models(cfg, scoring=False)  # decide reads stored scores and embeddings: captions only
     check_fingerprint(layout, cfg, rescore=False)
     write_json_atomic(layout.resolved_config, to_dict(cfg))
     with _compute(cfg) as dashboard:

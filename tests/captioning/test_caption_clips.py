@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from captioning.backends import Reply
-from captioning.caption_clips import OUTPUT_SCHEMA, CaptionClips
+from captioning.caption_clips import OUTPUT_SCHEMA, CaptionClips, model_label
 from captioning.prompts import PROMPT_VERSION
 from captioning.store import caption_dir, caption_missing, join_captions
 from curation.config import load_config
@@ -36,7 +36,7 @@ def check_rows(out: pa.Table, cfg) -> None:
         if r["caption"] is not None:
             assert r["caption_tokens"] == count(r["caption"]) <= cfg.max_tokens, r
             assert r["caption_short"]
-        assert r["caption_model"] == cfg.model and r["caption_prompt_version"] == PROMPT_VERSION
+        assert r["caption_model"] == model_label(cfg) and r["caption_prompt_version"] == PROMPT_VERSION
 
 
 @pytest.mark.parametrize("mode", ["video", "frames+summary"])
@@ -199,3 +199,23 @@ def test_resume_generates_nothing_and_a_new_config_recaptions(clips_root, tiny_v
     other = dataclasses.replace(cfg, temperature=0.5)
     assert caption_missing(clips, layout, other, run_local)["captioned"] == 4
     assert caption_dir(layout, other) != caption_dir(layout, cfg)
+
+
+def test_frames_summary_with_a_separate_summary_llm_captions_every_clip(clips_root, tiny_vlm, tmp_path):
+    """A text-only `summary_model` (AutoTokenizer + AutoModelForCausalLM: a plain tokenizer, no
+    processor) fuses and shortens: batched, left-padded calls that must not fail."""
+    from tests.conformance.tiny_models import build_tiny_text_llm
+
+    llm = str(build_tiny_text_llm(tmp_path / "llm"))
+    cfg = tiny_cfg(mode="frames+summary", summary_model=llm, max_tokens=8, max_new_tokens=24)
+    stage = CaptionClips(cfg, str(clips_root))
+    stage.setup()
+    assert stage.backend.text_model is not stage.backend.model
+    fused = []
+    generate = stage.backend.text_model.generate
+    stage.backend.text_model.generate = lambda **kw: fused.append(kw["input_ids"].shape[0]) or generate(**kw)
+    out = stage(clip_table())
+    assert max(fused) > 1  # batched text calls (the padding a plain tokenizer needs)
+    assert not [e for e in out.column("caption_error").to_pylist() if e and "model call failed" in e]
+    check_rows(out, cfg)
+    assert out.column("caption").null_count < out.num_rows

@@ -9,7 +9,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from captioning.backends import OpenAIBackend, Request, Sampling, check_models, mp4_b64
+from captioning.backends import OpenAIBackend, Request, Sampling, check_server, mp4_b64
+from captioning.frames import Sampled
 from captioning.caption_clips import CaptionClips
 from flows.run_local import run_local
 from tests.captioning.conftest import clip_table
@@ -21,13 +22,13 @@ pytestmark = pytest.mark.slow
 def served_cfg(url: str, tiny_vlm: str, **kw):
     base = tiny_cfg()
     return dataclasses.replace(base, backend="openai", openai=dataclasses.replace(
-        base.openai, base_url=url, served_model=tiny_vlm, max_in_flight=4, timeout_s=60.0), **kw)
+        base.openai, base_url=url, served_model=tiny_vlm, max_in_flight=4, timeout_s=60.0, server="transformers"), **kw)
 
 
 @pytest.mark.parametrize("mode", ["video", "frames+summary"])
 def test_served_tiny_vlm_captions_every_clip_or_says_why(mode, openai_server, tiny_vlm, clips_root):
     cfg = served_cfg(openai_server, tiny_vlm, mode=mode)
-    check_models(cfg)  # the start-up check passes: the server answers
+    check_server(cfg)  # the start-up check passes: the server answers
     out = run_local([CaptionClips(cfg, str(clips_root))], clip_table(missing=True))
     check_rows(out, cfg)
     rows = {r["clip_id"]: r for r in out.to_pylist()}
@@ -38,10 +39,11 @@ def test_served_tiny_vlm_captions_every_clip_or_says_why(mode, openai_server, ti
 
 def test_many_requests_in_flight_come_back_in_order(openai_server, tiny_vlm):
     b = OpenAIBackend(tiny_vlm, None, system="", base_url=openai_server, api_key_env="UNSET_KEY", max_in_flight=8,
-                      timeout_s=60.0, max_retries=2, frames_as="images", extra_body={})
+                      timeout_s=60.0, max_retries=2, frames_as="images", extra_body={}, server="transformers")
     b.setup()
     frames = np.random.default_rng(0).integers(0, 255, (2, 56, 56, 3), np.uint8)
-    reqs = [Request(f"Describe frame set {i}.", "images" if i % 2 else "text", frames if i % 2 else None) for i in range(12)]
+    media = Sampled(frames, (0, 12), 24.0, 24)
+    reqs = [Request(f"Describe frame set {i}.", "images" if i % 2 else "text", media if i % 2 else None) for i in range(12)]
     replies = b.generate(reqs, Sampling(max_new_tokens=8, temperature=0.0, top_p=1.0, repetition_penalty=1.0, seed=0))
     assert len(replies) == 12 and all(r.error is None and r.tokens > 0 for r in replies), replies
     assert all(r.tokens <= 8 for r in replies)
