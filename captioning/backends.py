@@ -229,6 +229,14 @@ class OpenAIBackend:
         self.max_in_flight, self.timeout_s, self.max_retries = max_in_flight, timeout_s, max_retries
         self.frames_as, self.extra_body, self.server = frames_as, dict(extra_body), server
 
+    @classmethod
+    def from_config(cls, cfg, system: str) -> "OpenAIBackend":
+        """The backend of a CaptionConfig (its `openai` section)."""
+        o = cfg.openai
+        return cls(o.served_model or cfg.model, cfg.summary_model, system=system, base_url=o.base_url,
+                   api_key_env=o.api_key_env, max_in_flight=o.max_in_flight, timeout_s=o.timeout_s,
+                   max_retries=o.max_retries, frames_as=o.frames_as, extra_body=o.extra_body, server=o.server)
+
     def setup(self) -> None:
         self.api_key = os.environ.get(self.api_key_env) or "EMPTY"
 
@@ -262,7 +270,7 @@ class OpenAIBackend:
     def body(self, r: Request, s: Sampling) -> dict:
         """The extra request fields: the sampling the OpenAI schema lacks, in `server`'s dialect,
         then `extra_body` over them."""
-        out: dict = {"chat_template_kwargs": dict(TEMPLATE_KWARGS)}
+        out: dict = {}
         if self.server == "vllm":
             out["repetition_penalty"] = s.repetition_penalty
             if r.kind == "video" and self.frames_as == "video":
@@ -315,7 +323,4 @@ def check_server(cfg) -> None:
     """MissingModel (one line) when the openai backend's server does not answer."""
     if cfg.backend != "openai":
         return
-    o = cfg.openai
-    OpenAIBackend(o.served_model or cfg.model, cfg.summary_model, system="", base_url=o.base_url,
-                  api_key_env=o.api_key_env, max_in_flight=1, timeout_s=o.timeout_s, max_retries=0,
-                  frames_as=o.frames_as, extra_body=o.extra_body, server=o.server).check()
+    OpenAIBackend.from_config(cfg, system="").check()

@@ -116,11 +116,7 @@ class CaptionClips(Stage):
             self.backend = TransformersBackend(c.model, c.summary_model, system=self.prompts.system,
                                                batch_size=c.batch_size, device=device, dtype=c.dtype)
         else:
-            o = c.openai
-            self.backend = OpenAIBackend(o.served_model or c.model, c.summary_model, system=self.prompts.system,
-                                         base_url=o.base_url, api_key_env=o.api_key_env, max_in_flight=o.max_in_flight,
-                                         timeout_s=o.timeout_s, max_retries=o.max_retries, frames_as=o.frames_as,
-                                         extra_body=o.extra_body)
+            self.backend = OpenAIBackend.from_config(c, system=self.prompts.system)
         self.backend.setup()
         self.count = BudgetCounter(c.budget_tokenizer if c.budget_tokenizer != TINY else TINY)
         self.count.setup()

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 def served_cfg(url: str, tiny_vlm: str, **kw):
     base = tiny_cfg()
     return dataclasses.replace(base, backend="openai", openai=dataclasses.replace(
-        base.openai, base_url=url, served_model=tiny_vlm, max_in_flight=4, timeout_s=60.0, server="transformers"), **kw)
+        base.openai, base_url=url, served_model=tiny_vlm, max_in_flight=4, timeout_s=60.0, server="transformers",
+        frames_as="images"), **kw)  # transformers serve 5.25 loads a video's audio track too: frames go as images
 
 
 @pytest.mark.parametrize("mode", ["video", "frames+summary"])
@@ -33,7 +34,7 @@ def test_served_tiny_vlm_captions_every_clip_or_says_why(mode, openai_server, ti
     check_rows(out, cfg)
     rows = {r["clip_id"]: r for r in out.to_pylist()}
     assert "file not found" in rows["gone"]["caption_error"]
-    assert sum(r["caption"] is not None for r in rows.values()) >= 2
+    assert sum(r["caption"] is not None for r in rows.values()) >= 2, [(r["caption_error"], r["caption_flags"]) for r in rows.values()]
     assert all(r["caption_gen_tokens"] > 0 for k, r in rows.items() if k != "gone")
 
 
