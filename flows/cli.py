@@ -97,21 +97,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "train":
         return _train(args)
     from curation.config import load_config
-    from flows.curate import ConfigError, curate, redecide, shard
     from flows.models import check_services, prepare_models
 
+    try:  # fail fast, before Prefect (a ~10 s import) or any server or cluster starts
+        cfg = load_config(args.config, args.profile)
+        if args.cmd in ("run", "fetch"):  # models named, missing ones fetched (or refused offline): one line, exit 2
+            prepare_models(cfg, say=lambda line: print(f"videomill: {line}", file=sys.stderr))
+        if args.cmd == "run":
+            check_services(cfg)
+    except (ValueError, OSError, RuntimeError) as e:  # MissingModel is a ValueError
+        print(f"videomill: configuration error: {e}", file=sys.stderr)
+        return 2
+    if args.cmd == "fetch":
+        print("videomill: every model of this configuration is in the local caches")
+        return 0
+    from flows.curate import ConfigError, curate, redecide, shard
+
     try:
-        try:  # fail fast, before any server or cluster starts
-            cfg = load_config(args.config, args.profile)
-            if args.cmd in ("run", "fetch"):  # models named, missing ones fetched (or refused offline): one line, exit 2
-                prepare_models(cfg, say=lambda line: print(f"videomill: {line}", file=sys.stderr))
-            if args.cmd == "run":
-                check_services(cfg)
-        except (ValueError, OSError, RuntimeError) as e:  # MissingModel is a ValueError
-            raise ConfigError(str(e)) from None
-        if args.cmd == "fetch":
-            print("videomill: every model of this configuration is in the local caches")
-            return 0
         if args.cmd == "run":
             summary = curate(
                 inputs=args.inputs,

@@ -16,6 +16,8 @@ import pytest
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="videomill-test-prefect-")
 os.environ.pop("PREFECT_API_URL", None)
 
+# Tests never reach a model hub: a model missing from the caches is an error, never a download.
+os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -162,7 +162,8 @@ def test_a_missing_caption_model_fails_at_start_in_one_line(tmp_path, prefect_se
 
     cfg = tmp_path / "c.toml"
     cfg.write_text('[caption]\nmodel = "no-such-org/no-such-vlm"\n')
-    with pytest.raises(ConfigError, match=r"^model 'no-such-org/no-such-vlm' is not a local folder") as e:
+    with pytest.raises(ConfigError, match=r"^1 model\(s\) missing, offline .*: caption.model no-such-org/no-such-vlm "
+                                          r"\(`hf download no-such-org/no-such-vlm`\)") as e:
         curate(inputs=[str(tmp_path)], out=str(tmp_path / "o"), config=str(cfg), profile="tiny")
     assert "\n" not in str(e.value)
     assert not (tmp_path / "o").exists()

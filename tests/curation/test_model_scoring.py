@@ -151,12 +151,14 @@ def test_missing_models_fail_in_one_line(tmp_path, monkeypatch):
     with pytest.raises(cm.ModelNotFound) as e:
         cm.check_models(cpu)
     msg = str(e.value)
-    assert "\n" not in msg and "ViT-B-32-quickgelu" in msg and "clip_pretrained" in msg
+    assert "\n" not in msg and "ViT-B-32-quickgelu/openai" in msg and "hf download timm/vit_base_patch32_clip_224.openai" in msg
     assert e.value.__cause__ is None and e.value.__suppress_context__  # no hub traceback chained
-    with pytest.raises(cm.ModelNotFound, match=r"^models.aesthetic_head: .*nope.pth.* not found"):
+    with pytest.raises(cm.ModelNotFound, match=r"^models.aesthetic_head: .*nope.pth.* is not a file, and not a known LAION head"):
         cm.check_models(dataclasses.replace(load_config(profile="tiny").models, aesthetic_head=str(tmp_path / "nope.pth")))
-    with pytest.raises(cm.ModelNotFound, match="neither an open_clip tag"):
+    with pytest.raises(cm.ModelNotFound, match=r"^models.clip_pretrained: .*missing.bin' does not exist"):
         cm.check_models(dataclasses.replace(cpu, clip_pretrained=str(tmp_path / "missing.bin")))
+    with pytest.raises(cm.ModelNotFound, match="neither an open_clip tag"):
+        cm.check_models(dataclasses.replace(cpu, clip_pretrained="no_such_tag"))
 
 
 def test_cli_run_stops_at_start_up_on_a_missing_model(tmp_path, monkeypatch, capsys):
