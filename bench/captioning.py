@@ -61,9 +61,11 @@ def pipeline_table(root: Path, table: pa.Table, fps: float = 2.0, short_side: in
     """The clips as the analysis pass hands them over: frames at 2 fps, 336 px short side."""
     rows = []
     for cid, path in zip(table.column("clip_id").to_pylist(), table.column("clip_path").to_pylist()):
-        frames, _ = read_clip(root / path, fps, 16, short_side * short_side * 16 // 9)
-        rows.append({"clip_id": cid, **pack_frames(frames, [k / fps for k in range(len(frames))])})
-    return pa.Table.from_pylist(rows, schema=pa.schema([pa.field("clip_id", pa.string()), *frame_fields()]))
+        m = read_clip(root / path, fps, 16, short_side * short_side * 16 // 9)
+        rows.append({"clip_id": cid, "start_s": 0.0, "fps": m.source_fps, "num_frames": m.total_frames,
+                     **pack_frames(m.frames, m.times_s)})
+    timing = [pa.field("start_s", pa.float64()), pa.field("fps", pa.float64()), pa.field("num_frames", pa.int64())]
+    return pa.Table.from_pylist(rows, schema=pa.schema([pa.field("clip_id", pa.string()), *timing, *frame_fields()]))
 
 
 def seven_b_model(device: str):
@@ -76,7 +78,7 @@ def seven_b_model(device: str):
                          num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000,
                          rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}),
         vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
-                           fullatt_block_indexes=[7, 15, 23, 31], window_size=112),
+                           fullatt_block_indexes=[7, 15, 23, 31], window_size=112, tokens_per_second=2),
     )
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     with torch.device(device):
@@ -127,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         for i in range(piped.num_rows):
             frames, times = unpack_frames(piped, i)
-            pick(frames, times, cap.fps, cap.max_frames, cap.max_pixels)
+            pick(frames, times, start_s=0.0, source_fps=piped.column("fps")[i].as_py(),
+                 total_frames=piped.column("num_frames")[i].as_py(), fps=cap.fps, max_frames=cap.max_frames,
+                 max_pixels=cap.max_pixels)
         t_pipe = time.perf_counter() - t0
         per_clip = piped.column("frames").nbytes / piped.num_rows
         print(f"frames from pipeline (resample only; decode paid by analysis): {args.clips / t_pipe:.1f} clips/s, "

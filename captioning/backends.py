@@ -158,6 +158,8 @@ class TransformersBackend:
         kwargs: dict = {"padding": True}
         if reqs[0].kind == "video":  # frames already sampled at the caption rate: no resampling, their own timing
             kwargs.update(do_sample_frames=False, video_metadata=[VideoMetadata(**r.media.metadata()) for r in reqs])
+            if hasattr(getattr(proc, "video_processor", None), "cap_pixels_per_frame"):
+                kwargs["cap_pixels_per_frame"] = True  # Qwen2-VL family: the reference's (qwen-vl-utils) pixel budget
         return proc.apply_chat_template(convs, processor_kwargs=kwargs, **common)
 
     def _generate(self, reqs: list[Request], text_model: bool, s: Sampling) -> list[Reply]:
