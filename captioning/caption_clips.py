@@ -6,8 +6,10 @@ Per batch of clips:
 2. a draft per clip: `video` mode asks the VLM for one dense caption of the clip as a video;
    `frames+summary` (CogVideoX's chain) asks for a short clip caption and dense captions of
    K frames, then fuses them with the text LLM (or the same VLM in text mode);
-3. cleaning and gates (captioning/text.py); a clip failing a gate is drafted once more with
-   different sampling (`retry_temperature`, another seed); failing again -> `caption_error`;
+3. repairs, cleaning and gates (captioning/text.py, `caption`: reasoning, chat-template text and
+   markdown removed; empty, refusal, repetition, another language rejected); a clip failing a
+   gate is drafted once more with different sampling (`retry_temperature`, another seed);
+   failing again -> `caption_error`;
 4. the budget: over `max_tokens` (counted with the trainer's tokenizer) -> one LLM shortening
    pass; still over -> cut at the last sentence boundary that fits (`cut_at_sentence`); no
    boundary fits -> `caption_error`. Every caption written is within the budget.
@@ -71,6 +73,7 @@ class _Clip:
     text: str | None = None
     short: str | None = None
     flags: list[str] = field(default_factory=list)
+    fired: list[str] = field(default_factory=list)  # failing gates of `text` (captioning/text.py)
     error: str | None = None
     gen_tokens: int = 0
 
@@ -188,12 +191,11 @@ class CaptionClips(Stage):
         if rep.error:
             clip.error = rep.error
             return
-        raw = rep.text or ""
         if rep.hit_limit:
             clip.flags.append("hit_token_limit")
-            raw = T.drop_unfinished(raw)
-        clip.text, flags = T.clean(raw)
-        clip.flags += flags
+        got = T.caption(rep.text, hit_limit=rep.hit_limit, language=self.prompts.language)
+        clip.text, clip.fired = got.text, got.fired
+        clip.flags += got.flags
 
     # ---- the stage
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -204,14 +206,14 @@ class CaptionClips(Stage):
         live = [c for c in clips if c.error is None]
         if live:
             self._draft(live, retry=False)
-        failing = [c for c in live if c.error is None and T.gates(c.text)]
+        failing = [c for c in live if c.error is None and c.fired]
         if failing:
             for c in failing:
-                c.flags = ["retried"]
+                c.flags, c.fired = ["retried"], []
                 c.text = c.short = None
             self._draft(failing, retry=True)
             for c in failing:
-                if c.error is None and (fired := T.gates(c.text)):
+                if c.error is None and (fired := c.fired):
                     c.flags += fired
                     c.error = f"caption failed its quality gates twice ({', '.join(fired)})"
         self._budget([c for c in live if c.error is None])
@@ -228,9 +230,12 @@ class CaptionClips(Stage):
             for clip, rep in zip(over, self.backend.generate(reqs, self._sampling(False))):
                 clip.gen_tokens += rep.tokens
                 clip.flags.append("shortened")
-                short = T.clean(T.drop_unfinished(rep.text or ""))[0] if not rep.error else ""
-                if short and not T.gates(short) and len(T.words(short)) < len(T.words(clip.text)):
-                    clip.text = short
+                if rep.error:
+                    continue
+                short = T.caption(rep.text, hit_limit=rep.hit_limit, language=self.prompts.language)
+                if not short.fired and len(T.words(short.text)) < len(T.words(clip.text)):
+                    clip.text = short.text
+                    clip.flags += [f for f in short.flags if f not in clip.flags]
         for clip in over:
             if self.count(clip.text) > c.max_tokens:
                 cut = T.cut_to_budget(clip.text, self.count, c.max_tokens)

@@ -25,6 +25,7 @@ class Prompts:
     frame: str  # frames+summary: one frame -> a dense description
     fuse: str  # frames+summary: short + frame captions -> one caption ({short}, {frames})
     shorten: str  # a caption over the token budget -> a shorter one ({caption}, {words})
+    language: str = "en"  # what the templates ask captions in: the ``language`` gate (captioning/text.py) checks it
 
 
 _V1 = Prompts(

@@ -163,8 +163,9 @@ CAPTION_COLUMNS = _cols(
     Column("caption_key", pa.string(), "Hash of model, prompt version, sampling and frame policy: the resume key."),
     Column("caption_tokens", pa.int32(), "Length of `caption` in budget-tokenizer tokens (T5 for CogVideoX), "
            "special tokens included, as the trainer tokenizes it."),
-    Column("caption_flags", pa.list_(pa.string()), "Quality gates that fired: hit_token_limit, repetition, refusal, "
-           "empty, boilerplate_stripped, shortened, cut_at_sentence, retried, duplicate."),
+    Column("caption_flags", pa.list_(pa.string()), "Repairs made and quality gates that fired: hit_token_limit, "
+           "reasoning_stripped, template_stripped, markdown_repaired, boilerplate_stripped, repetition, refusal, "
+           "language, empty, shortened, cut_at_sentence, retried, duplicate."),
     Column("caption_error", pa.string(), "Why the clip has no caption (model call failed, gates failed twice, "
            "over budget); null otherwise."),
 )

@@ -165,6 +165,30 @@ def test_hitting_the_token_limit_is_flagged_and_the_unfinished_sentence_dropped(
     assert out["caption"] == "A dog runs on a beach." and out["caption_flags"] == ["hit_token_limit"]
 
 
+def test_reasoning_and_template_text_are_repaired_and_flagged():
+    raw = "<|im_start|>assistant\n<think>\nThe user wants a caption. A dog on grass.\n</think>\n\n" + LONG + "<|im_end|>"
+    out, stage = run_scripted(lambda r, s: Reply(raw))
+    assert out["caption"] == LONG and out["caption_flags"] == ["template_stripped", "reasoning_stripped"]
+    assert len(stage.calls) == 1
+
+
+def test_a_caption_in_another_language_is_retried_then_a_caption_error():
+    zh = "一位穿着灰色外套的男子在雨中沿着潮湿的街道遛一只小狗，镜头从后面跟随。"
+    out, stage = run_scripted(lambda r, s: Reply(zh))
+    assert out["caption"] is None and "language" in out["caption_error"]
+    assert out["caption_flags"] == ["retried", "language"] and len(stage.calls) == 2
+
+
+def test_a_loop_cut_at_the_token_limit_retries_instead_of_passing_trimmed():
+    def reply(r, s):
+        if s.temperature == 0.2:
+            return Reply("A dog runs on a beach. The dog runs and runs and runs and runs and runs and runs and ru", tokens=24, hit_limit=True)
+        return Reply(LONG)
+
+    out, stage = run_scripted(reply)
+    assert out["caption"] == LONG and out["caption_flags"] == ["retried"] and len(stage.calls) == 2
+
+
 def test_the_same_caption_on_many_clips_is_flagged_duplicate(tmp_path):
     cfg = tiny_cfg(duplicate_min_clips=3)
     layout = Layout.at(tmp_path)
