@@ -45,16 +45,18 @@ OUTPUT_SCHEMA = pa.schema([pa.field("clip_id", pa.string())]
                           + [pa.field(c, CLIP_COLUMNS[c].type) for c in CAPTION_COLUMNS] + [pa.field(GEN_TOKENS, pa.int64())])
 
 
-# How frames reach the model, beyond the config: 2 = each clip's own timing (per-video
-# metadata, captioning/frames.py). Captions made before it had the wrong timing: not reused.
-FRAMES_VERSION = 2
+# What a caption depends on beyond the config: how frames reach the model and which gates it
+# passed. 2: each clip's own timing (per-video metadata, captioning/frames.py) and the gates of
+# captioning/text.py for reasoning, template leaks, markdown, language and loops in any script.
+# Captions made before (wrong timing, weaker gates) are not reused.
+CAPTION_VERSION = 2
 
 
 def settings(cfg: CaptionConfig) -> dict:
     """What a caption depends on: models, prompt version, sampling, frame policy, budget."""
     keys = ("mode", "model", "summary_model", "budget_tokenizer", "max_tokens", "max_new_tokens", "temperature", "top_p",
             "retry_temperature", "repetition_penalty", "seed", "frame_source", "fps", "max_frames", "max_pixels", "summary_frames")
-    return {"prompt_version": PROMPT_VERSION, "frames_version": FRAMES_VERSION, **{k: getattr(cfg, k) for k in keys}}
+    return {"prompt_version": PROMPT_VERSION, "caption_version": CAPTION_VERSION, **{k: getattr(cfg, k) for k in keys}}
 
 
 def caption_key(cfg: CaptionConfig) -> str:
@@ -93,6 +95,18 @@ class BudgetCounter:
 
     def __call__(self, text: str) -> int:
         return len(self.tok(text, add_special_tokens=True)["input_ids"])
+
+    def view(self, text: str) -> tuple[int, int]:
+        """(unknown, total) as this tokenizer sees `text`, for the language gate: T5's ``<unk>``
+        ids among its ids; for a tokenizer without an unknown token, the characters its round
+        trip loses among the text's characters (it drops what it cannot represent)."""
+        ids = self.tok(text, add_special_tokens=False)["input_ids"]
+        unk = self.tok.unk_token_id
+        if unk is not None:
+            return sum(i == unk for i in ids), len(ids)
+        chars = [ch for ch in text if not ch.isspace()]
+        kept = [ch for ch in self.tok.decode(ids, skip_special_tokens=True) if not ch.isspace()]
+        return max(0, len(chars) - len(kept)), len(chars)
 
 
 class CaptionClips(Stage):
@@ -193,7 +207,7 @@ class CaptionClips(Stage):
             return
         if rep.hit_limit:
             clip.flags.append("hit_token_limit")
-        got = T.caption(rep.text, hit_limit=rep.hit_limit, language=self.prompts.language)
+        got = T.caption(rep.text, hit_limit=rep.hit_limit, language=self.prompts.language, view=self.count.view)
         clip.text, clip.fired = got.text, got.fired
         clip.flags += got.flags
 
@@ -232,7 +246,7 @@ class CaptionClips(Stage):
                 clip.flags.append("shortened")
                 if rep.error:
                     continue
-                short = T.caption(rep.text, hit_limit=rep.hit_limit, language=self.prompts.language)
+                short = T.caption(rep.text, hit_limit=rep.hit_limit, language=self.prompts.language, view=self.count.view)
                 if not short.fired and len(T.words(short.text)) < len(T.words(clip.text)):
                     clip.text = short.text
                     clip.flags += [f for f in short.flags if f not in clip.flags]

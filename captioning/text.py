@@ -350,12 +350,15 @@ class Caption(NamedTuple):
     fired: list[str]  # failing gates (see `gates`); empty when the caption passes
 
 
-def caption(raw: str | None, *, hit_limit: bool = False, language: str = "en") -> Caption:
+def caption(raw: str | None, *, hit_limit: bool = False, language: str = "en",
+            view: Callable[[str], tuple[int, int]] | None = None) -> Caption:
     """The stage's path from one reply to a caption: clean (with the repairs), the gates on the
     whole text, then, for a reply that hit its token limit and passed, the unfinished last
-    sentence dropped (after the gates, so a loop cut there is still seen)."""
+    sentence dropped (after the gates, so a loop cut there is still seen). `view`: the budget
+    tokenizer's (unknown, total) count of a text (captioning/caption_clips.py BudgetCounter)."""
     text, flags = clean(raw)
-    fired = gates(text, hit_limit=hit_limit, language=language)
+    unknown, tokens = view(text) if view is not None and text else (0, 0)
+    fired = gates(text, hit_limit=hit_limit, language=language, unknown=unknown, tokens=tokens)
     if hit_limit and not fired:
         text = drop_unfinished(text)
     return Caption(text, flags, fired)
