@@ -180,3 +180,14 @@ def test_the_stage_preprocesses_as_open_clips_own_transform(local_clip, photos):
     for label, photo in photos.items():
         worst, frac = off_by(stage.preprocess(photo[None])[0], transform(Image.fromarray(photo)), {"std": siglip_pp["std"]})
         assert worst <= MAX_LEVELS and frac < MAX_OFF, (label, worst, frac)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the float path is checked on CPU above")
+def test_clip_input_on_cuda_is_open_clips_transform(photos):
+    """The path the GPU stage takes: frames on the device, float kernels (no uint8 ones there)."""
+    for name, tag in TAGS:
+        cfg, ref_cfg = our_cfg(name, tag), reference_cfg(name, tag)
+        for label, photo in photos.items():
+            got = preprocess_frames(torch.from_numpy(photo[None]).cuda(), cfg)[0].cpu()
+            worst, frac = off_by(got, reference(photo, ref_cfg), ref_cfg)
+            assert worst <= MAX_LEVELS and frac < MAX_OFF, (name, tag, label, worst, frac)
