@@ -205,8 +205,8 @@ def build_clip(cfg: ModelsConfig, load_weights: bool = True) -> Any:
     path = clip_checkpoint(cfg)
     if spec.name.startswith(("hf-hub:", "local-dir:")):
         model = open_clip.create_model(spec.name, **common)
-        if spec.name.startswith("local-dir:"):  # the file open_clip itself loads from the folder
-            path = open_clip.factory._find_checkpoint_in_dir(Path(spec.name.split(":", 1)[1]))
+        if spec.name.startswith("local-dir:"):
+            path = spec.name.split(":", 1)[1]
     else:
         path = spec.pretrained if Path(spec.pretrained or "").is_file() else path
         model = open_clip.create_model(spec.name, pretrained=path, force_quick_gelu=spec.force_quick_gelu, **common)
@@ -227,6 +227,10 @@ def _fp32_logit_scale(model: Any, checkpoint: str | None) -> Any:
     low = [n for n in ("logit_scale", "logit_bias") if isinstance(getattr(model, n, None), torch.nn.Parameter) and getattr(model, n).dtype != torch.float32]
     if not low:
         return model
+    if checkpoint and Path(checkpoint).is_dir():  # local-dir or a hub snapshot: the file open_clip loads from it
+        import open_clip
+
+        checkpoint = open_clip.factory._find_checkpoint_in_dir(Path(checkpoint))
     saved: dict[str, Any] = {}
     if checkpoint and str(checkpoint).endswith(".safetensors"):
         from safetensors import safe_open

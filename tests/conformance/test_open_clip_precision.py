@@ -26,6 +26,7 @@ open_clip = pytest.importorskip("open_clip")
 import torch  # noqa: E402
 from open_clip.transformer import LayerNormFp32  # noqa: E402
 
+from clip_fixtures import local_clip, photos  # noqa: E402, F401 (fixtures)
 from curation import clip_models as cm  # noqa: E402
 from curation.config import load_config  # noqa: E402
 from curation.score_clip import ScoreWithClip  # noqa: E402
@@ -78,7 +79,7 @@ def test_zero_shot_temperature_is_the_checkpoints_under_bf16(local_clip, tower, 
     assert stage.model.logit_scale.dtype == torch.float32
     reference = open_clip.create_model(name, precision="bf16")
     if tower == "timm":  # open_clip's own bf16 rounds it; that is what we undo
-        assert float(reference.logit_scale.float().exp()) == bf16_exp
+        assert float(reference.logit_scale.detach().float().exp()) == bf16_exp
         assert stage.model.logit_bias.dtype == torch.float32 and float(stage.model.logit_bias.detach()) == -10.0
     assert {n: d for n, d in dtypes(stage.model).items() if n not in SCALARS} == {n: d for n, d in dtypes(reference).items() if n not in SCALARS}
     assert all(ln.weight.dtype == torch.float32 for ln in layer_norms(stage.model) if isinstance(ln, LayerNormFp32))

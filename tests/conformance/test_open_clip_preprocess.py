@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from clip_fixtures import local_clip, photos  # noqa: E402, F401 (fixtures)
 from curation import clip_models as cm  # noqa: E402
 from curation import preprocess_clip  # noqa: E402
 from curation.config import load_config  # noqa: E402

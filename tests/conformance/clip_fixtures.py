@@ -1,4 +1,6 @@
-"""Fixtures for the conformance tests: real photographs and tiny local open_clip models.
+"""Fixtures of the open_clip conformance tests (imported by them; not a conftest.py, which
+tests/conformance shares with the captioning conformance tests): real photographs and tiny
+local open_clip models.
 
 * photos: scikit-image's camera photographs (skimage.data, offline) at their own sizes and
   aspects, plus a portrait, a 16:9 crop, the analysis pass's short side 336 and an upscale;
