@@ -22,6 +22,7 @@ supply it, before any work starts (``check_models``); never a hub traceback, nev
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +31,8 @@ from typing import Any
 from curation.config import TINY_MODEL, ModelsConfig
 from curation.hub import MissingModel, Model
 
-# OpenAI CLIP's normalisation (open_clip.constants.OPENAI_DATASET_MEAN/STD); the LAION
-# heads were fitted on embeddings of images normalised this way.
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+log = logging.getLogger(__name__)
+
 TINY_SEED = 0
 RANDOM = "random"  # models.clip_pretrained: the architecture at random weights (benchmarks), said loudly
 # The tiny CLIP: real open_clip CLIP class, custom small towers, 768-d embedding (ViT-L/14's).
@@ -185,32 +184,112 @@ def check_models(cfg: ModelsConfig) -> None:
         _fetch(m)
 
 
+def device_and_precision(cfg: ModelsConfig) -> tuple[str, str]:
+    """The torch device and the open_clip precision the stage runs CLIP in: ``auto`` device is
+    cuda when available, else cpu; ``auto`` precision bf16 on a GPU, fp32 on the CPU."""
+    import torch
+
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.startswith("cuda") else "fp32")
+    return device, precision
+
+
+def tag_preprocess(cfg: ModelsConfig) -> dict[str, Any]:
+    """The image preprocessing keys of the configured open_clip tag (mean, std, interpolation,
+    resize_mode, ...: ``open_clip.get_pretrained_cfg``, no download); {} when
+    ``clip_pretrained`` is no tag of the model (a file, ``random``) or for tiny/hf-hub/local-dir.
+
+    open_clip's ``create_model(name, pretrained=tag)`` merges these over ``PreprocessCfg``'s
+    defaults (OpenAI mean/std, bicubic, shortest side) only when it resolves the tag itself;
+    given the downloaded file instead, it keeps the defaults, which are wrong for 58 of its 196
+    tags (SigLIP: mean/std 0.5 and squash; laion2b ViT-L-14: mean/std 0.5; DFN ViT-H: squash).
+    ``size`` is left out: open_clip takes it from the built model's ``visual.image_size``."""
+    spec = resolve_clip(cfg)
+    if spec.tiny or not spec.pretrained or spec.name.startswith(("hf-hub:", "local-dir:")):
+        return {}
+    import open_clip
+    from open_clip.transform import merge_preprocess_dict
+
+    tag_cfg = open_clip.get_pretrained_cfg(spec.name, spec.pretrained)
+    return {k: v for k, v in merge_preprocess_dict({}, tag_cfg).items() if k != "size"}
+
+
 def build_clip(cfg: ModelsConfig, load_weights: bool = True) -> Any:
-    """The open_clip model (eval mode, fp32, CPU) for `cfg`. `load_weights=False` builds the
-    architecture at random weights (tests, benchmarks); tiny is always random and seeded."""
+    """The open_clip model for `cfg`, eval mode, on its device in its precision
+    (``device_and_precision``). `load_weights=False` builds the architecture at random weights
+    (tests, benchmarks); tiny is always random and seeded.
+
+    Built by ``open_clip.create_model``, so open_clip's own semantics hold: fp16/bf16 cast the
+    linear, conv and attention weights and keep LayerNorm (``LayerNormFp32``), the embeddings
+    and ``logit_scale`` in fp32 (OpenAI's mixed precision; factory.py
+    ``_set_model_device_and_precision``; for a timm image tower open_clip casts all but
+    LayerNorm, and ``logit_scale`` is put back in fp32 here); ``model.visual.preprocess_cfg`` is what
+    ``create_model_and_transforms(name, pretrained=tag)`` would preprocess with, also when
+    the weights come from a local file or a cache path (``tag_preprocess``)."""
     import open_clip
     import torch
 
     spec = resolve_clip(cfg)
+    device, precision = device_and_precision(cfg)
+    common: dict[str, Any] = {"precision": precision, "device": device, "force_preprocess_cfg": tag_preprocess(cfg)}
     if spec.tiny:
         torch.manual_seed(TINY_SEED)
-        model = open_clip.CLIP(**TINY_CLIP_CFG)
-        model.visual.preprocess_cfg = {"mean": OPENAI_MEAN, "std": OPENAI_STD, "size": 224}
+        # open_clip's factory on a custom config: model kwargs replace the base config's towers.
+        model = open_clip.create_model("ViT-B-32", pretrained=None, **common, **TINY_CLIP_CFG)
         return model.eval()
     if not load_weights or cfg.clip_pretrained == RANDOM:
         if cfg.clip_pretrained == RANDOM:
-            import logging
-
-            logging.getLogger(__name__).warning("models: %s at RANDOM weights (clip_pretrained=random): scores are meaningless", spec.name)
-        model = open_clip.create_model(spec.name, pretrained=None, force_quick_gelu=spec.force_quick_gelu, load_weights=False)
-        return model.eval()
+            log.warning("models: %s at RANDOM weights (clip_pretrained=random): scores are meaningless", spec.name)
+        model = open_clip.create_model(spec.name, pretrained=None, force_quick_gelu=spec.force_quick_gelu, load_weights=False, **common)
+        return _fp32_logit_scale(model, None).eval()
     path = clip_checkpoint(cfg)
     if spec.name.startswith(("hf-hub:", "local-dir:")):
-        model = open_clip.create_model(spec.name)
+        model = open_clip.create_model(spec.name, **common)
+        if spec.name.startswith("local-dir:"):
+            path = spec.name.split(":", 1)[1]
     else:
-        pretrained = spec.pretrained if Path(spec.pretrained or "").is_file() else path
-        model = open_clip.create_model(spec.name, pretrained=pretrained, force_quick_gelu=spec.force_quick_gelu)
-    return model.eval()
+        path = spec.pretrained if Path(spec.pretrained or "").is_file() else path
+        model = open_clip.create_model(spec.name, pretrained=path, force_quick_gelu=spec.force_quick_gelu, **common)
+    return _fp32_logit_scale(model, path).eval()
+
+
+def _fp32_logit_scale(model: Any, checkpoint: str | None) -> Any:
+    """`model` with ``logit_scale`` (and SigLIP's ``logit_bias``) in fp32, holding the
+    checkpoint's fp32 values.
+
+    open_clip's fp16/bf16 (OpenAI's recipe, ``convert_weights_to_lp``) leaves them fp32 for
+    its own towers, but casts a model with a timm image tower (SigLIP, ...) whole
+    (``model.to(dtype)``) before loading the weights into it, so the temperature would be the
+    bf16 rounding of the checkpoint's (log 100 -> 98.86). They are read back from the file
+    (one tensor each: safetensors or a memory-mapped torch zip)."""
+    import torch
+
+    low = [n for n in ("logit_scale", "logit_bias") if isinstance(getattr(model, n, None), torch.nn.Parameter) and getattr(model, n).dtype != torch.float32]
+    if not low:
+        return model
+    if checkpoint and Path(checkpoint).is_dir():  # local-dir or a hub snapshot: the file open_clip loads from it
+        import open_clip
+
+        checkpoint = open_clip.factory._find_checkpoint_in_dir(Path(checkpoint))
+    saved: dict[str, Any] = {}
+    if checkpoint and str(checkpoint).endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(str(checkpoint), framework="pt") as f:
+            saved = {n: f.get_tensor(n) for n in low if n in f.keys()}
+    elif checkpoint and Path(checkpoint).suffix not in (".npz", ".npy"):  # big_vision .npz: open_clip converts those itself
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        state = state.get("state_dict", state)
+        saved = {n: state.get(n, state.get(f"module.{n}")) for n in low}
+    for n in low:
+        p = getattr(model, n)
+        value = saved.get(n)
+        if value is None:  # random weights, or a checkpoint without it: the value as built
+            if checkpoint:
+                log.warning("models: %s not found in %s; kept open_clip's %s copy", n, checkpoint, p.dtype)
+            value = p.data
+        p.data = value.detach().reshape(p.shape).to(device=p.device, dtype=torch.float32)
+    return model
 
 
 def tokenizer(cfg: ModelsConfig) -> Any:

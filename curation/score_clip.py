@@ -15,14 +15,17 @@
   there; a re-decide never recomputes it) and it is never part of the clip manifest.
 
 Frames come from the clip row (curation/frames.py): of the carried frames, ~``sample_fps``
-per second, at most ``max_frames``. Frames of several clips are batched into forwards of
-``frames_per_forward``. Preprocessing is open_clip's (shortest side to 224 bicubic, centre
-crop, mean/std) done on the whole batch in torch instead of per image in PIL.
+per second, at most ``max_frames``. Frames of several clips, of any sizes, are batched into
+forwards of ``frames_per_forward``. Preprocessing is open_clip's transform for the model's tag
+(``model.visual.preprocess_cfg``: resize mode, interpolation, size, mean/std), done on each
+batch in torch where the frames are instead of per image in PIL (curation/preprocess_clip.py).
+The model runs in open_clip's own precision handling (curation/clip_models.py build_clip).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -99,25 +102,22 @@ class ScoreWithClip(Stage):
         self.model = None
 
     def setup(self) -> None:
+        import open_clip
         import torch
 
-        from curation.clip_models import build_clip, load_head, tokenizer
+        from curation.clip_models import build_clip, device_and_precision, load_head, tokenizer
 
         if self.model is not None:
             return
         cfg = self.cfg
-        dev = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        prec = cfg.precision if cfg.precision != "auto" else ("bf16" if dev.startswith("cuda") else "fp32")
+        dev, prec = device_and_precision(cfg)
         self.device = torch.device(dev)
-        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[prec]
-        model = build_clip(cfg)
-        pp = getattr(model.visual, "preprocess_cfg", {}) or {}
-        size = model.visual.image_size
-        self.size = int(size[0] if isinstance(size, (tuple, list)) else size)
-        self.mean = torch.tensor(pp.get("mean", (0.48145466, 0.4578275, 0.40821073)), device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(pp.get("std", (0.26862954, 0.26130258, 0.27577711)), device=self.device).view(1, 3, 1, 1)
-        self.model = model.to(self.device, self.dtype)
-        self.embed_dim = int(model.text_projection.shape[1]) if getattr(model, "text_projection", None) is not None else None
+        # open_clip's input dtype for its precision (bf16/fp16 images into bf16/fp16 weights).
+        self.dtype = open_clip.get_input_dtype(prec) or torch.float32
+        model = build_clip(cfg)  # on the device, in open_clip's precision handling
+        self.pp = dict(model.visual.preprocess_cfg)  # open_clip's transform for the model and tag
+        self.size = self.pp["size"]
+        self.model = model
         with torch.no_grad():
             tok = tokenizer(cfg)
             self.text = {}
@@ -125,34 +125,46 @@ class ScoreWithClip(Stage):
                 t = self.model.encode_text(tok(list(pos) + list(neg)).to(self.device), normalize=True).float()
                 self.text[tag] = (t, len(pos))
             self.embed_dim = int(t.shape[1])
-            self.logit_scale = float(self.model.logit_scale.exp()) if hasattr(self.model, "logit_scale") else 100.0
+            # The checkpoint's temperature: open_clip keeps logit_scale in fp32 under fp16/bf16
+            # (a bf16 copy of log(100) would give 98.86); exp() taken in fp32.
+            self.logit_scale = float(self.model.logit_scale.detach().float().exp()) if hasattr(self.model, "logit_scale") else 100.0
         head = load_head(cfg, self.embed_dim)
         self.head = head.to(self.device) if head is not None else None  # fp32: 1M params, cheap
         if cfg.clip == "tiny":
             log.warning("models: profile tiny: CLIP and aesthetic head are random-initialised and UNTRAINED; their scores are meaningless")
 
     def preprocess(self, frames: np.ndarray):
-        """(N, H, W, 3) uint8 -> (N, 3, S, S) normalised, S the model's input size."""
-        import torch
-        import torch.nn.functional as F
-
-        x = torch.from_numpy(frames).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
-        h, w = x.shape[-2:]
-        scale = self.size / min(h, w)
-        nh, nw = max(self.size, round(h * scale)), max(self.size, round(w * scale))
-        x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
-        top, left = (nh - self.size) // 2, (nw - self.size) // 2
-        x = x[:, :, top : top + self.size, left : left + self.size]
-        return ((x - self.mean) / self.std).to(self.dtype)
-
-    def encode(self, frames: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) uint8 frames of one size -> (N, D) float32 L2-normalised embeddings."""
+        """(N, H, W, 3) uint8 frames of one size -> (N, 3, h, w) model input in the model's
+        input dtype: open_clip's transform for the model and tag (curation/preprocess_clip.py)."""
         import torch
 
+        from curation.preprocess_clip import preprocess_frames
+
+        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        return preprocess_frames(x, self.pp).to(self.dtype)
+
+    def encode(self, frames: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """N uint8 RGB frames, (N, H, W, 3) or a sequence of (H_i, W_i, 3) of any sizes ->
+        (N, D) float32 L2-normalised image embeddings, in order.
+
+        Forwards of ``frames_per_forward`` frames whatever their source sizes: within a
+        forward, the frames of each size are preprocessed together, then run as one batch."""
+        import torch
+
+        n, step = len(frames), self.cfg.frames_per_forward
         out = []
         with torch.no_grad():
-            for i in range(0, len(frames), self.cfg.frames_per_forward):
-                x = self.preprocess(np.ascontiguousarray(frames[i : i + self.cfg.frames_per_forward]))
+            for i in range(0, n, step):
+                chunk = frames[i : i + step]
+                groups: dict[tuple, list[int]] = {}
+                for j, f in enumerate(chunk):
+                    groups.setdefault(f.shape, []).append(j)
+                parts = [(idx, self.preprocess(np.stack([chunk[j] for j in idx]))) for idx in groups.values()]
+                x = parts[0][1]
+                if len(parts) > 1:
+                    x = x.new_empty((len(chunk), *x.shape[1:]))
+                    for idx, part in parts:
+                        x[torch.tensor(idx, device=x.device)] = part
                 out.append(self.model.encode_image(x, normalize=True).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
 
@@ -172,25 +184,25 @@ class ScoreWithClip(Stage):
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
-        rows: list[tuple[int, list[int]]] = []
-        groups: dict[tuple, list[tuple[int, np.ndarray]]] = {}  # frames of one size batch together
+        rows: list[int] = []
+        owners: list[int] = []  # the row of each picked frame
+        picked: list[np.ndarray] = []
         for i in range(n):
             got = unpack_frames(batch, i) if n else None
             if got is None:
                 continue
             arr, times = got
             idx = pick_frames(times, self.cfg.sample_fps, self.cfg.max_frames)
-            rows.append((i, idx))
-            groups.setdefault(arr.shape[1:], []).extend((i, arr[j]) for j in idx)
+            rows.append(i)
+            owners += [i] * len(idx)
+            picked += [arr[j] for j in idx]
         per_row: dict[int, list[np.ndarray]] = {}
-        for items in groups.values():
-            emb = self.encode(np.stack([f for _, f in items]))
-            for (i, _), e in zip(items, emb):
-                per_row.setdefault(i, []).append(e)
+        for i, e in zip(owners, self.encode(picked)):
+            per_row.setdefault(i, []).append(e)
         cols: dict[str, list] = {c: [None] * n for c in SCORE_COLUMNS}
         dim = self.embed_dim or 0
         embeddings: list = [None] * n
-        for i, _ in rows:
+        for i in rows:
             emb = np.stack(per_row[i])
             s = self.frame_scores(emb)
             if "aesthetic" in s:

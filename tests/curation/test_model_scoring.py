@@ -96,6 +96,31 @@ def test_one_forward_per_sampled_frame_and_identical_frames_identical_embeddings
     assert e[0] == e[1]
 
 
+def test_frames_of_different_sizes_share_one_forward_in_order(clip_stage):
+    """Sources of different sizes in one batch: one forward, each frame's embedding as if
+    encoded alone with its own size."""
+    wide, tall, small = natural_frames(2, size=(168, 300), seed=1), natural_frames(2, size=(300, 200), seed=2), natural_frames(1, size=(120, 160), seed=3)
+    frames = [wide[0], tall[0], small[0], wide[1], tall[1]]
+    calls = []
+    orig = clip_stage.model.encode_image
+    clip_stage.model.encode_image = lambda x, **kw: calls.append(len(x)) or orig(x, **kw)
+    try:
+        mixed = clip_stage.encode(frames)
+    finally:
+        clip_stage.model.encode_image = orig
+    assert calls == [5] and mixed.shape == (5, 768)
+    alone = np.concatenate([clip_stage.encode(np.stack(wide)), clip_stage.encode(np.stack(tall)), clip_stage.encode(np.stack(small))])
+    np.testing.assert_allclose(mixed, alone[[0, 2, 4, 1, 3]], atol=1e-5)
+    t = pa.Table.from_pylist([
+        {"clip_id": "w", **pack_frames(np.stack(wide), [0.0, 1.0])},
+        {"clip_id": "t", **pack_frames(np.stack(tall), [0.0, 1.0])},
+    ])
+    e = np.asarray(clip_stage(t).column(EMBEDDING).to_pylist(), np.float32)
+    for row, group in zip(e, (alone[:2], alone[2:4])):
+        m = group.mean(0)
+        np.testing.assert_allclose(row, m / np.linalg.norm(m), atol=2e-3)
+
+
 def test_pick_frames_about_one_per_second_capped():
     assert pick_frames([0.0, 0.5, 1.0, 1.5, 2.0], 1.0, 8) == [0, 2, 4]
     assert pick_frames([i * 0.5 for i in range(40)], 1.0, 4) == [0, 12, 26, 38]
