@@ -120,11 +120,15 @@ class ModelsConfig:
     ``tiny``, or empty (no aesthetic score). A model that cannot be found stops the run at
     start-up (curation/clip_models.py: ModelNotFound)."""
 
-    # CLIP scoring (aesthetic, zero-shot tags, embeddings -> dedup and the tag probe). On in
-    # the tiny and gpu profiles. Off by default (cpu), because the default profile must run
-    # offline on a fresh clone: `[models] enabled = true` needs the weights below (cached or
-    # downloadable), or the run stops at start-up naming them.
-    enabled: bool = False
+    # CLIP scoring (aesthetic, zero-shot tags, embeddings -> dedup and the tag probe), in every
+    # profile; the weights are fetched on first use (curation/hub.py). The cpu profile's cost,
+    # measured on a 2-core VM (bench/RESULTS.md, "CLIP on the cpu profile"): ViT-B/32 ~110 ms
+    # of one core per 224 px frame against ~0.14-0.25 s to decode and analyse a clip of the
+    # opencv-doc videos, and seconds per clip for its SmolVLM2 captions. At 1 fps x 8 frames
+    # analysis + CLIP + OCR ran at 0.08 of the analysis pass's clip rate, at 0.5 fps x 2 frames
+    # (the cpu profile, below) at 0.37: small beside captioning, so the default run keeps the
+    # aesthetic score, the zero-shot tags and dedup.
+    enabled: bool = True
     # cpu: ViT-B/32 with OpenAI weights (88M-param image tower, 151M in all; ~4.4 GFLOPs per
     # 224 px frame) and the LAION linear head for ViT-B/32 (sa_0_4_vit_b_32_linear.pth).
     clip: str = "ViT-B-32-quickgelu"
@@ -429,7 +433,8 @@ PROFILES: dict[str, dict[str, Any]] = {
              # captioning/tiny.py: a random-initialised Qwen2.5-VL, UNTRAINED (captions are noise)
              "caption": {"model": "tiny", "budget_tokenizer": "tiny", "max_new_tokens": 24, "max_frames": 4,
                          "max_pixels": 112 * 112, "summary_frames": 2, "batch_size": 4}},
-    "cpu": {},
+    # CPU model budget: 2 CLIP frames per clip (see ModelsConfig.enabled for the measurement).
+    "cpu": {"models": {"sample_fps": 0.5, "max_frames": 2}},
     # GPU machines have many cores: larger partitions keep them busy. Captions: Qwen2.5-VL-7B
     # (video-native, time-aligned rope, Apache-2.0, served by vLLM) on one GPU per actor.
     "gpu": {"runtime": {"partition_size": 256},

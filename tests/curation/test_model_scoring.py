@@ -171,8 +171,9 @@ def test_head_loads_from_pth_and_safetensors(tmp_path, tiny, suffix):
 
 def test_missing_models_fail_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache, offline
-    cpu = dataclasses.replace(load_config(profile="cpu").models, enabled=True)
-    cm.check_models(load_config(profile="cpu").models)  # cpu default: CLIP off, nothing to find
+    cpu = load_config(profile="cpu").models
+    assert cpu.enabled  # the default profile scores with CLIP: fetched on first use, refused offline
+    cm.check_models(dataclasses.replace(cpu, enabled=False))  # CLIP off: nothing to find
     with pytest.raises(cm.ModelNotFound) as e:
         cm.check_models(cpu)
     msg = str(e.value)
