@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import av
 import cv2
-import fsspec
 import numpy as np
 import pyarrow as pa
-from PIL import Image, ImageOps
 
 from curation.config import RunConfig
 from curation.decode import DecodeStats, check_complete, iter_frames, scaled_size
 from curation.media import MediaError
 from curation.frames import pack_frames
+from curation.images import read_image  # noqa: F401 - curation/report_figures.py imports it from here
 from curation.schema import SOURCE_ROW, analyzed_clip_schema, source_schema, to_table
 from curation.score_motion import MotionScorer
 from curation.split_scenes import CutDetector, Window, Windower
@@ -196,11 +195,6 @@ def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer, frames: bool 
         "num_clips": len(scorer.clips),
     }
     return updates, scorer.clips
-
-
-def read_image(uri: str) -> np.ndarray:
-    with fsspec.open(uri, "rb") as f:
-        return np.asarray(ImageOps.exif_transpose(Image.open(f)).convert("RGB"))
 
 
 def analyze_image(row: dict, cfg: RunConfig, frames: bool = True) -> tuple[dict, list[dict]]:

@@ -35,9 +35,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from curation.analyze import read_image
 from curation.config import DecodeConfig, ExtractConfig
 from curation.decode import decoded_frames, run_ahead, scaled_size
+from curation.images import read_image
 from curation.media import MediaError, display_rotation, display_size, open_container, video_stream
 from curation.stage import Stage
 

@@ -13,9 +13,14 @@ blur and non-rigid motion, and the first, synthetic-only calibration read all of
 
 Scores (x+ means clip(x, 0, 1)):
 * text_dominated  = (text_area / 0.25)+ : 12.5% of the frame covered by text lines -> 0.5.
-* lecture         = still * (flat_frac + few_colours) / 2, with still = (1 - motion / 0.02)+,
-                    few_colours = ((64 - colours) / 56)+ where colours is the number of
-                    4-bit-per-channel colours covering 95% of pixels.
+* lecture         = still * (flat_frac + few) / 2, with still = (1 - motion / 0.02)+ and
+                    few = min(((64 - colours) / 56)+, ((16 - tones) / 14)+): colours is the
+                    number of 4-bit-per-channel colours covering 95% of pixels, tones the
+                    number of 8-bit grey levels covering 75%. Both must say "few": the colour
+                    cube has only 16 cells on its grey axis, so by colours alone every
+                    greyscale photograph is "a few colours" (camera, coins, moon: 3-11, as
+                    few as a slide); by tones a slide is its background and text (1-2, the
+                    calibration set's real slide: 2) and a grey photograph has 13-115.
 * low_quality     = max(blur, low_res, borders, starved, low_fps): blur = (1 - sharpness /
                     sharp_ref)+ with sharpness measured inside any black bars,
                     low_res = ((L - short) / (L / 2))+ for L = low_res_short_side, borders =
@@ -58,6 +63,7 @@ class FrameMeasures:
     flat_frac: float
     colours: int
     border_frac: float
+    tones: int
 
 
 def text_area(gray: np.ndarray) -> float:
@@ -130,12 +136,15 @@ def measure_frame(rgb: np.ndarray) -> FrameMeasures:
     counts = np.bincount((q[..., 0] << 8 | q[..., 1] << 4 | q[..., 2]).ravel(), minlength=4096)
     counts = np.sort(counts)[::-1]
     colours = int(np.searchsorted(np.cumsum(counts), 0.95 * counts.sum()) + 1)
+    levels = np.sort(cv2.calcHist([gray[::2, ::2]], [0], None, [256], [0, 256]).ravel())[::-1]
+    tones = int(np.searchsorted(np.cumsum(levels), 0.75 * levels.sum()) + 1)
     return FrameMeasures(
         text_area=text_area(gray),
         sharpness=sharpness,
         flat_frac=flat_frac,
         colours=colours,
         border_frac=_bar_area(gray.shape, bars),
+        tones=tones,
     )
 
 
@@ -255,10 +264,11 @@ def tag_scores(
     sharp = float(np.median([f.sharpness for f in frames])) if frames else 0.0
     flat = float(np.median([f.flat_frac for f in frames])) if frames else 0.0
     colours = float(np.median([f.colours for f in frames])) if frames else 0.0
+    tones = float(np.median([f.tones for f in frames])) if frames else 0.0
     borders = float(np.median([f.border_frac for f in frames])) if frames else 0.0
     motion = motion_score or 0.0
     still = _c(1 - motion / 0.02)
-    few_colours = _c((64 - colours) / 56)
+    few_colours = min(_c((64 - colours) / 56), _c((16 - tones) / 14))
     short = min(width, height)
     low_res = _c((cfg.low_res_short_side - short) / (cfg.low_res_short_side / 2))
     starved = 0.0

@@ -242,7 +242,9 @@ def _validate(state: TrainState, step: int, out: Path, rank: int) -> None:
             if v.images:
                 from PIL import Image
 
-                image = Image.open(v.images[i]).convert("RGB")
+                from curation.images import read_image  # 16-bit, alpha and orientation as curation reads them
+
+                image = Image.fromarray(read_image(str(v.images[i])))
             frames = generate(pipe, fps_prompt(prompt, v.fps, cond), image=image, num_frames=v.num_frames, height=v.height, width=v.width,
                               num_inference_steps=v.steps, guidance_scale=v.guidance_scale,
                               use_dynamic_cfg=v.use_dynamic_cfg, seed=i)

@@ -324,3 +324,122 @@ def test_a_stalled_decoder_fails_extraction_of_its_source_not_the_run(cases, sta
     assert time.monotonic() - t0 < 20  # the default timeout is minutes
     assert res["clip_path"] is None and "decoder stalled" in res["error"]
     assert not any(p.exists() for p in left) and all(p.exists() for p in kept)
+
+
+# ---- issue 18, round 3: media kinds from public bug reports ----------------------------------
+
+
+def decided_clips(paths: list[Path], stage: SplitAndScore) -> dict[str, dict]:
+    """Analyse and decide (default thresholds): {file name: its first clip row}."""
+    from curation.decide import decide
+    from curation.manifest import split_rows
+
+    _, clips = split_rows(stage(ProbeSources(load_config())(pa.table({"source": [str(p) for p in paths]}))))
+    rows, _ = decide(clips, load_config().decide)
+    out: dict[str, dict] = {}
+    for r in rows.to_pylist():
+        out.setdefault(Path(r["source"]).name, r)
+    return out
+
+
+def test_16bit_greyscale_png_is_the_photograph_not_white(tmp_path, stage):
+    """A 16-bit greyscale PNG (Pillow mode I;16) is the photograph it holds, for every
+    consumer: the tags, the frames the model stages and captioner get, and the extracted
+    image that is sharded and trained on match the same photograph saved at 8 bits.
+    Pillow's convert("RGB") clips I;16 at 255: the picture was pure white, rejected as blurry
+    lecture, and with those tags kept it went on to captioning, shards and training."""
+    from PIL import Image
+    from skimage import data
+
+    from curation.extract_clips import extract_image
+    from curation.frames import FRAMES, FRAMES_SHAPE
+    from curation.images import read_image
+
+    camera = data.camera()
+    Image.fromarray(camera.astype(np.uint16) * 257).save(tmp_path / "camera16.png")
+    Image.fromarray(camera).save(tmp_path / "camera8.png")
+    assert Image.open(tmp_path / "camera16.png").mode == "I;16"
+    assert np.array_equal(read_image(str(tmp_path / "camera16.png")), np.repeat(camera[..., None], 3, -1))
+
+    got = decided_clips([tmp_path / "camera16.png", tmp_path / "camera8.png"], stage)
+    deep, flat = got["camera16.png"], got["camera8.png"]
+    assert deep["status"] == "accepted", deep["reject_reasons"]
+    for key in ("sharpness", "text_area", "border_frac", *(k for k in deep if k.startswith("neg_") and k != "neg_tags")):
+        assert deep[key] == pytest.approx(flat[key]), key
+    probed = ProbeSources(load_config())(pa.table({"source": [str(tmp_path / "camera16.png")]}))
+    (clip,) = [c for c in group_sources(stage(probed))[0]["clips"]]
+    shape = clip[FRAMES_SHAPE]
+    pictured = np.frombuffer(clip[FRAMES], np.uint8).reshape(shape)
+    assert 60 < pictured.mean() < 200  # the photograph (mean 118), not a white field
+
+    (tmp_path / "clips").mkdir()
+    res = extract_image(str(tmp_path / "camera16.png"), {"clip_id": "c16_0_1"}, tmp_path / "clips", ExtractConfig())
+    written = np.asarray(Image.open(res["clip_path"]).convert("L"), np.float32)
+    ref = np.asarray(Image.fromarray(camera).resize(written.shape[::-1], Image.BILINEAR), np.float32)
+    assert abs(written.mean() - camera.mean()) < 3 and np.abs(written - ref).mean() < 12
+
+
+def test_transparent_area_is_composited_over_white(tmp_path, stage):
+    """Transparent pixels are composited over white (curation/images.py says why), never shown
+    as their hidden RGB: a cut-out whose transparent third hides black was a black bar, read
+    as letterboxing and rejected as low quality. RGBA, grey+alpha and a palette image with a
+    transparent index all come out the same way."""
+    from PIL import Image
+    from skimage import data
+
+    from curation.extract_clips import extract_image
+    from curation.images import read_image
+
+    photo = data.astronaut()  # 512x512 RGB
+    rgba = np.dstack([photo, np.full(photo.shape[:2], 255, np.uint8)])
+    rgba[:, :170] = 0  # transparent, and black underneath
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    la = np.dstack([photo[..., 1], rgba[..., 3]])
+    Image.fromarray(la, "LA").save(tmp_path / "cutout_la.png")
+    pal = Image.fromarray(photo).quantize(255)
+    idx = np.asarray(pal).copy()
+    idx[:, :170] = 255  # the transparent palette entry, black in the palette
+    pal_img = Image.fromarray(idx, "P")
+    pal_img.putpalette(pal.getpalette()[: 255 * 3] + [0, 0, 0])
+    pal_img.save(tmp_path / "cutout_p.png", transparency=255)
+
+    for name in ("cutout.png", "cutout_la.png", "cutout_p.png"):
+        rgb = read_image(str(tmp_path / name))
+        assert rgb.shape == (512, 512, 3) and rgb.dtype == np.uint8, name
+        assert (rgb[:, :170] == 255).all(), name  # the background, not the hidden black
+        assert rgb[:, 200:].std() > 20, name  # the photograph itself is kept
+    got = decided_clips([tmp_path / "cutout.png"], stage)["cutout.png"]
+    assert got["border_frac"] == 0.0
+    assert "neg:low_quality" not in got["reject_reasons"], got["reject_reasons"]
+    (tmp_path / "clips").mkdir()
+    res = extract_image(str(tmp_path / "cutout.png"), {"clip_id": "a_0_1"}, tmp_path / "clips", ExtractConfig())
+    assert np.asarray(Image.open(res["clip_path"]))[:, :150].min() > 240
+
+
+def test_greyscale_photographs_are_not_lectures(tmp_path, stage):
+    """A greyscale photograph is a photograph: the lecture tag stays under 0.5 on scikit-image's
+    real grey photographs and on colour photographs turned grey, as images and as still
+    video, while a greyscale slide is still a lecture. (The 4-bit colour cube has 16 cells on
+    its grey axis, so every grey photo counted as "a few colours", 3-11, like a slide.)"""
+    import cv2
+    from PIL import Image
+    from skimage import data
+
+    from bench.realset import slide
+
+    greys = {n: getattr(data, n)() for n in ("camera", "coins", "moon", "brick", "grass", "gravel")}
+    greys |= {f"{n}_grey": cv2.cvtColor(getattr(data, n)(), cv2.COLOR_RGB2GRAY) for n in ("astronaut", "chelsea", "coffee")}
+    paths = []
+    for name, img in greys.items():
+        Image.fromarray(img).save(tmp_path / f"{name}.png")
+        paths.append(tmp_path / f"{name}.png")
+    still = cv2.resize(greys["camera"], (480, 480), interpolation=cv2.INTER_AREA)
+    paths.append(hostile.encode(tmp_path / "camera_still.mp4", [np.dstack([still] * 3)] * 60, options={"preset": "veryfast"}))
+    grey_slide = cv2.cvtColor(slide(), cv2.COLOR_RGB2GRAY)
+    Image.fromarray(grey_slide).save(tmp_path / "grey_slide.png")
+    paths.append(tmp_path / "grey_slide.png")
+    got = decided_clips(paths, stage)
+    lecture = {n: round(r["neg_lecture"], 2) for n, r in got.items()}
+    assert all(v < 0.5 for n, v in lecture.items() if n != "grey_slide.png"), lecture
+    assert all("lecture" not in r["neg_tags"] for n, r in got.items() if n != "grey_slide.png"), lecture
+    assert lecture["grey_slide.png"] >= 0.5
