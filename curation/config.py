@@ -32,9 +32,13 @@ class DecodeConfig:
     max_pixels: int = 100_000_000
     # A decoder that yields no frame for this long fails its item (error_code "timeout").
     stall_timeout_s: float = 120.0
+    # Frames (and images) with a shorter side than this are refused from their header
+    # (error_code "too_small"): optical flow (OpenCV's DIS) needs its 8 px patch at its finest
+    # pyramid scale, 1/4, so 32 px; a 2400x10 strip made it raise. Far below any training size.
+    min_side: int = 32
 
     def __post_init__(self) -> None:
-        _positive(self, "work_short_side", "cut_thumb_width", "max_pixels", "stall_timeout_s")
+        _positive(self, "work_short_side", "cut_thumb_width", "max_pixels", "stall_timeout_s", "min_side")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -301,7 +301,11 @@ def make_hostile_corpus(root: str | Path) -> tuple[dict[str, dict], dict[str, st
     encode(d / "odd_size.mp4", moving(60, (321, 241), seed=26), pix_fmt="yuv444p", options={"preset": "ultrafast"})
     add("odd frame size", {"odd_size.mp4": {"status": "ok", "width": 321, "height": 241, "clips": [(0, 60)]}})
     encode(d / "one_px.mkv", [np.full((1, 1, 3), 128, np.uint8)] * 10, codec="ffv1", pix_fmt="yuv444p", options={})
-    add("1 px frame", {"one_px.mkv": {"status": "ok", "clips": []}})
+    add("1 px frame", {"one_px.mkv": {"status": "error", "error_code": "too_small"}})
+    strip = texture(10, 2400, 33)
+    encode(d / "strip.mp4", [np.ascontiguousarray(np.roll(strip, 3 * k, axis=1)) for k in range(60)])
+    add("2400x10 strip (too small for optical flow)", {"strip.mp4": {"status": "error", "error_code": "too_small",
+                                                                     "error_contains": "too small to score"}})
     ramp = np.broadcast_to(np.linspace(0, 255, 7680, dtype=np.float32).astype(np.uint8)[None, :, None], (4320, 7680, 3))
     encode(d / "eight_k.mp4", [ramp] * 2, codec="mpeg4", options={"qscale": "31"})
     add("8K frame size", {"eight_k.mp4": {"status": "ok", "width": 7680, "height": 4320, "clips": []}})

@@ -219,13 +219,25 @@ def check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
         )
 
 
-def probe_video(uri: str, max_pixels: int | None = None) -> VideoInfo:
+def check_side(width: int, height: int, min_side: int, what: str) -> None:
+    """Refuse a frame or image whose short side is under `[decode] min_side`: too small to
+    score (optical flow cannot run on it) and to train on."""
+    if min(width, height) < min_side:
+        raise MediaError(
+            f"{what} too small to score: {width}x{height}, its short side under the {min_side} px that optical flow "
+            f"and the tags need ([decode] min_side)",
+            code="too_small",
+        )
+
+
+def probe_video(uri: str, max_pixels: int | None = None, min_side: int | None = None) -> VideoInfo:
     """Read container and stream metadata without decoding a frame.
 
     Whether the stream decodes, and its display rotation (carried as frame side data), are
     learnt by the analysis pass, which decodes every frame anyway: decoding a first frame
     here as well cost as much as opening the file (~25 ms at 720p).
-    Raises MediaError with a code: empty, not_media, no_video, no_size, too_large, unreadable."""
+    Raises MediaError with a code: empty, not_media, no_video, no_size, too_large, too_small,
+    unreadable."""
     check_regular_file(uri)
     size = file_size(uri)
     if size == 0:
@@ -240,6 +252,8 @@ def probe_video(uri: str, max_pixels: int | None = None) -> VideoInfo:
             raise MediaError("video stream has no frame size (corrupt header or unsupported codec)", code="no_size")
         if max_pixels:
             check_pixels(cc.width, cc.height, max_pixels, "frame")
+        if min_side:
+            check_side(cc.width, cc.height, min_side, "frame")
         _, duration = declared_video_span(c, vs)
         sar = vs.sample_aspect_ratio or cc.sample_aspect_ratio
         return VideoInfo(

@@ -8,14 +8,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from curation.config import DecodeConfig
 from curation.inputs import is_url
-from curation.media import MediaError, check_pixels, check_regular_file, file_size, media_type, probe_video, source_id
+from curation.media import MediaError, check_pixels, check_regular_file, check_side, file_size, media_type, probe_video, source_id
 from curation.schema import SOURCE_COLUMNS, source_schema, to_table
 from curation.stage import Stage, item_error
 
 
-def probe_image(uri: str, max_pixels: int = DecodeConfig.max_pixels) -> dict:
-    """Read the header, refuse sizes over `max_pixels` (not decoded), then decode once to
-    know the image is whole. MediaError codes: empty, too_large, not_media."""
+def probe_image(uri: str, max_pixels: int = DecodeConfig.max_pixels, min_side: int = DecodeConfig.min_side) -> dict:
+    """Read the header, refuse sizes over `max_pixels` or under `min_side` (not decoded), then
+    decode once to know the image is whole. MediaError codes: empty, too_large, too_small,
+    not_media."""
     check_regular_file(uri)
     if file_size(uri) == 0:
         raise MediaError("empty file (0 bytes)", code="empty")
@@ -24,6 +25,7 @@ def probe_image(uri: str, max_pixels: int = DecodeConfig.max_pixels) -> dict:
             img = Image.open(f)
             fmt = img.format
             check_pixels(img.width, img.height, max_pixels, "image")
+            check_side(img.width, img.height, min_side, "image")
             img = ImageOps.exif_transpose(img)
             img.load()
             w, h = img.size
@@ -37,15 +39,16 @@ def probe_image(uri: str, max_pixels: int = DecodeConfig.max_pixels) -> dict:
 def probe_source(uri: str, decode: DecodeConfig | None = None) -> dict:
     """One `sources` row for `uri`; a problem with the file becomes status=error with an
     `error_code` (see curation/media.py)."""
-    max_pixels = (decode or DecodeConfig()).max_pixels
+    decode = decode or DecodeConfig()
+    max_pixels, min_side = decode.max_pixels, decode.min_side
     row = {"source": uri, "source_id": source_id(uri), "media_type": media_type(uri), "status": "ok", "num_clips": 0}
     try:
         check_regular_file(uri)  # a FIFO would block the open; a dangling link is not found
         row["size_bytes"] = file_size(uri)
         if row["media_type"] == "image":
-            row.update(probe_image(uri, max_pixels))
+            row.update(probe_image(uri, max_pixels, min_side))
         else:
-            info = probe_video(uri, max_pixels)
+            info = probe_video(uri, max_pixels, min_side)
             row.update(
                 container=info.container,
                 codec=info.codec,

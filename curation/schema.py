@@ -44,7 +44,7 @@ SOURCE_COLUMNS = _cols(
         pa.string(),
         "Short machine code grouping `error` in the report; null when ok. Media codes (curation/media.py, "
         "decode.py): `empty`, `not_found`, `unreadable`, `not_a_file`, `not_media`, `no_video` (none, or only "
-        "cover art), `no_size`, `unsupported_codec`, `too_large` (over [decode] max_pixels), `undecodable`, "
+        "cover art), `no_size`, `unsupported_codec`, `too_large` (over [decode] max_pixels), `too_small` (under [decode] min_side), `undecodable`, "
         "`decode`, `truncated`, `timeout` (decoder stalled); `extract` for a failed clip extraction; "
         "`worker_died`, `exception` from the pipeline's fault isolation.",
     ),

@@ -46,6 +46,7 @@ import cv2
 import numpy as np
 
 from curation.config import MotionConfig
+from curation.media import MediaError
 
 _CHANGED_LEVELS = 12  # grey-level change that counts as "this pixel changed"
 _UNEXPLAINED_LEVELS = 16  # residual after warping that counts as "flow did not explain this pixel"
@@ -56,6 +57,11 @@ _COHERENCE_FLOOR = 0.25  # unexplained pixels are counted against at least this 
 # it is larger than DIS reliably finds from zero (in working px).
 _PC_MIN_RESPONSE = 0.2
 _PC_MIN_SHIFT = 4.0
+# OpenCV's DIS needs its patch (8 px; 12 at "medium") at its finest pyramid scale (1/4; 1/2 at
+# "medium"): a short side of 32 px. Under it, it raises (a 2400x10 strip), or picks its
+# pyramid from the width alone and fails in a resize. Sources are refused from their header
+# under [decode] min_side; this catches a frame that shrinks mid-stream.
+MIN_FLOW_SIDE = 32
 _PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -128,6 +134,9 @@ class MotionScorer:
         """Score a clip from its sampled grey frames (display orientation) and their times."""
         if len(frames) < 2:
             return MotionScores(None, None, None, None)
+        if min(frames[0].shape[:2]) < MIN_FLOW_SIDE:
+            h, w = frames[0].shape[:2]
+            raise MediaError(f"frame too small to score: {w}x{h} px, optical flow needs a short side of {MIN_FLOW_SIDE} px", code="too_small")
         g = self.cfg.patch_grid
         speeds, patch_speeds, residuals = [], [], []
         changed_px = unexplained_px = inside_px = total_px = 0

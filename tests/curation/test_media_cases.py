@@ -443,3 +443,30 @@ def test_greyscale_photographs_are_not_lectures(tmp_path, stage):
     assert all(v < 0.5 for n, v in lecture.items() if n != "grey_slide.png"), lecture
     assert all("lecture" not in r["neg_tags"] for n, r in got.items() if n != "grey_slide.png"), lecture
     assert lecture["grey_slide.png"] >= 0.5
+
+
+def test_a_frame_too_small_to_score_has_its_own_reason(tmp_path, stage):
+    """A 2400x10 strip: optical flow (OpenCV's DIS) raised on it and the row read
+    `error_code = decode`, as if the file were broken. Frames and images whose short side is
+    under [decode] min_side are refused from their header as `too_small`; a frame that
+    shrinks mid-stream is refused by the motion scorer the same way."""
+    from PIL import Image
+
+    from curation.config import MotionConfig
+    from curation.media import MediaError
+    from curation.score_motion import MotionScorer
+    from curation.synthetic import texture
+
+    strip = [np.ascontiguousarray(np.roll(texture(10, 2400, 70), 3 * k, axis=1)) for k in range(75)]
+    hostile.encode(tmp_path / "strip.mp4", strip, options={"preset": "ultrafast"})
+    Image.fromarray(strip[0]).save(tmp_path / "strip.png")
+    for name in ("strip.mp4", "strip.png"):
+        row = analyzed(tmp_path / name, stage)
+        assert (row["status"], row["error_code"]) == ("error", "too_small"), (name, row["error"])
+        assert "2400x10" in row["error"] and "[decode] min_side" in row["error"]
+    scorer = MotionScorer(MotionConfig())
+    with pytest.raises(MediaError, match="too small to score") as e:
+        scorer.score([s[..., 0] for s in strip[:3]], [0.0, 0.3, 0.6])
+    assert e.value.code == "too_small"
+    edge = [np.ascontiguousarray(texture(32, 2400, 71)[..., 0])] * 3  # 32 px: the smallest DIS takes at any width
+    assert scorer.score(edge, [0.0, 0.3, 0.6]).motion_score == pytest.approx(0.0, abs=1e-3)

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 CODES = {"empty", "not_found", "unreadable", "not_a_file", "not_media", "no_video", "no_size", "unsupported_codec",
-         "too_large", "undecodable", "decode", "truncated", "timeout", "extract"}
+         "too_large", "too_small", "undecodable", "decode", "truncated", "timeout", "extract"}
 # What an error must never read like: an exception escaping from a library.
 RAW = re.compile(r"Traceback|AssertionError|error: \(-\d+|Errno -?\d+\]|object has no attribute|NoneType|cv2\.error")
 MAX_RSS_MB = 3000  # the whole run, 8K frames included; a decoded bomb would need ~10 GB
