@@ -46,9 +46,15 @@ class _ClipScorer:
         self.grays: list[tuple[int, float, np.ndarray]] = []
         self.measures: list[tuple[int, FrameMeasures]] = []
         self.pictures: list[tuple[int, float, np.ndarray]] = []  # model-stage frames
+        # (first frame, (w, h)) of each frame size met: a size change is a cut, so a clip
+        # has one size, its own (the stream's first size was every clip's).
+        self.sizes: list[tuple[int, tuple[int, int]]] = []
         self.clips: list[dict] = []
 
-    def add(self, index: int, t: float, gray: np.ndarray | None, rgb: np.ndarray | None, model_rgb: np.ndarray | None = None) -> None:
+    def add(self, index: int, t: float, gray: np.ndarray | None, rgb: np.ndarray | None, model_rgb: np.ndarray | None = None,
+            size: tuple[int, int] | None = None) -> None:
+        if size is not None and (not self.sizes or self.sizes[-1][1] != size):
+            self.sizes.append((index, size))
         if gray is not None:
             self.grays.append((index, t, gray))
         if rgb is not None:
@@ -66,6 +72,7 @@ class _ClipScorer:
             pics = [pics[int(k)] for k in np.linspace(0, len(pics) - 1, self.cfg.frames.max_frames).round()]
         frames = pack_frames([a for _, a in pics], [t for t, _ in pics]) if pics else {}
         jumps, transients = self.jumps.count(w.start, w.end) if self.jumps is not None else (0, 0)
+        width, height = next((s for i, s in reversed(self.sizes) if i <= w.start), (self.row["width"], self.row["height"]))
         self.clips.append(
             {
                 "clip_id": clip_id(self.row["source_id"], w.start, w.end),
@@ -77,8 +84,8 @@ class _ClipScorer:
                 "end_s": w.end_s,
                 "num_frames": n,
                 "fps": n / max(w.end_s - w.start_s, 1e-6),
-                "width": self.row["width"],
-                "height": self.row["height"],
+                "width": width,
+                "height": height,
                 "motion_score": ms.motion_score,
                 "motion_min_patch": ms.motion_min_patch,
                 "motion_coherence": ms.motion_coherence,
@@ -165,7 +172,7 @@ def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer, frames: bool 
             scorer.close(w)
         if closed or is_cut:  # the open window moved: drop samples before it
             scorer.prune(windower.start)
-        scorer.add(fr.index, fr.t, fr.gray, fr.rgb, fr.model_rgb)
+        scorer.add(fr.index, fr.t, fr.gray, fr.rgb, fr.model_rgb, fr.size)
         times.append(fr.t)
     if not times:
         raise MediaError("video stream has no decodable frames", code="undecodable")

@@ -46,6 +46,7 @@ class Frame:
     index: int
     t: float  # presentation time in seconds
     rotation: int  # display rotation of the decoded frame, counter-clockwise degrees
+    size: tuple[int, int]  # (w, h) as displayed: sample aspect ratio, then rotation, applied
     thumb: np.ndarray  # (h, w, 3) uint8 Y/U/V at thumbnail size (display orientation)
     gray: np.ndarray | None = None  # (h, w) uint8 at working size, on motion samples
     rgb: np.ndarray | None = None  # (h, w, 3) uint8 at tags size, on tag samples
@@ -294,7 +295,9 @@ def _decode(uri: str, thumb_width: int, motion: _Sampler, tags: _Sampler, thread
             model.sar = motion.sar
         for index, (frame, t) in enumerate(decoded_frames(c, threads, stats)):
             rot = display_rotation(frame) // 90
-            out = Frame(index=index, t=t, rotation=rot * 90, thumb=np.rot90(yuv_thumb(frame, thumb_width), rot))
+            w, h = display_size(frame.width, frame.height, motion.sar)  # per frame: the size may change mid-stream
+            out = Frame(index=index, t=t, rotation=rot * 90, size=(h, w) if rot % 2 else (w, h),
+                        thumb=np.rot90(yuv_thumb(frame, thumb_width), rot))
             if motion.due(t):
                 out.gray = motion.take(frame, rot)
             if tags.due(t):

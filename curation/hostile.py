@@ -173,7 +173,7 @@ def row5_size_change(d: Path) -> dict:
                 k += 1
                 o.mux(p)
     a.unlink(), b.unlink()
-    return {"size_change.mkv": {"status": "ok", "clips": [(0, 75), (75, 150)]}}
+    return {"size_change.mkv": {"status": "ok", "clips": [(0, 75), (75, 150)], "clip_sizes": [(320, 240), (480, 270)]}}
 
 
 def row6_mid_gop_ts(d: Path) -> dict:
@@ -234,7 +234,8 @@ def _mp4_moov_at_end(d: Path) -> Path:
 def make_hostile_corpus(root: str | Path) -> tuple[dict[str, dict], dict[str, str]]:
     """Every hostile kind in one folder `root/in` plus good files; returns
     ({input path relative to root/in: expectation}, {kind: input path}). An expectation has
-    `status` ("ok"/"error"), optionally `error_code`, `error_contains`, `clips`, `min_clips`.
+    `status` ("ok"/"error"), optionally `error_code`, `error_contains`, `clips`, `min_clips`,
+    `clip_sizes` (each clip's (width, height) in the manifest), `fps`, `vfr`.
     Inputs the folder walk cannot list (a symlink loop, an unreadable folder) are included
     as folders whose files must still be found exactly once."""
     root = Path(root)

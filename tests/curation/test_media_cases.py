@@ -123,6 +123,11 @@ def test_row6_recording_starting_mid_gop_is_not_truncation(cases, stage, tmp_pat
 
 
 def test_row5_size_change_clips_have_their_own_size(cases, stage, tmp_path):
+    """Each clip has its own size in its file and in the manifest (so in KEY.json and its
+    bucket): the clip after the change was 480x270 in its file but 320x240, the stream's first
+    size, in the manifest, and went to a 4:3 bucket (issue 18)."""
+    from curation.buckets import DEFAULT_RESOLUTIONS, assign_bucket
+
     d, _ = cases
     row = analyzed(d / "size_change.mkv", stage)
     results = extract(row, tmp_path)
@@ -131,6 +136,10 @@ def test_row5_size_change_clips_have_their_own_size(cases, stage, tmp_path):
         with av.open(r["clip_path"]) as c:
             sizes.append((c.streams.video[0].width, c.streams.video[0].height))
     assert sizes == [(320, 240), (480, 270)]
+    assert [(c["width"], c["height"]) for c in row["clips"]] == sizes
+    for c, (w, h) in zip(row["clips"], sizes):
+        want = assign_bucket("video", w, h, c["num_frames"], DEFAULT_RESOLUTIONS, (49,))
+        assert assign_bucket("video", c["width"], c["height"], c["num_frames"], DEFAULT_RESOLUTIONS, (49,)) == want
 
 
 def test_row8_transition_frames_are_in_no_clip(cases, stage):

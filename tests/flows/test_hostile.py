@@ -87,14 +87,15 @@ def test_hostile_corpus_run_completes_with_one_row_per_input(hostile_run, hostil
     assert hostile_tally["crashes"] == 0, [(s["source"], s["error_code"], s["error"]) for s in errors]
 
 
-@pytest.mark.parametrize("field", ["status", "error_code", "clips", "size"])
+@pytest.mark.parametrize("field", ["status", "error_code", "clips", "size", "clip_sizes", "rate"])
 def test_each_input_gets_its_right_result(hostile_run, field):
     root, expect, _, out, _, _ = hostile_run
     rows = {os.path.relpath(s["source"], root / "in"): s for s in _rows(out, "sources")}
-    clips = Counter()
     spans: dict[str, list] = {}
-    for c in _rows(out, "clips"):
+    sizes: dict[str, list] = {}
+    for c in sorted(_rows(out, "clips"), key=lambda c: c["start_frame"]):
         spans.setdefault(os.path.relpath(c["source"], root / "in"), []).append((c["start_frame"], c["end_frame"]))
+        sizes.setdefault(os.path.relpath(c["source"], root / "in"), []).append((c["width"], c["height"]))
     wrong = []
     for name, want in expect.items():
         row = rows[name]
@@ -113,6 +114,11 @@ def test_each_input_gets_its_right_result(hostile_run, field):
             want["width"], want["height"], want.get("rotation", 0)
         ):
             wrong.append((name, row["width"], row["height"], row["rotation"]))
+        elif field == "clip_sizes" and "clip_sizes" in want and sizes.get(name, []) != want["clip_sizes"]:
+            wrong.append((name, sizes.get(name), want["clip_sizes"]))
+        elif field == "rate" and ("fps" in want and row["fps"] != pytest.approx(want["fps"], abs=0.01) or
+                                  "vfr" in want and row["vfr"] != want["vfr"]):
+            wrong.append((name, row["fps"], row["vfr"], want.get("fps"), want.get("vfr")))
     assert not wrong
 
 
