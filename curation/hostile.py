@@ -216,6 +216,44 @@ def row9_short_shots(d: Path) -> dict:
     return {"stub_start.mp4": {"status": "ok", "clips": [(3, 100)]}, "insert.mp4": {"status": "ok", "clips": [(0, 75), (80, 175)]}}
 
 
+# ---- issue 18 (round 3): media kinds from public bug reports -------------------------------
+
+
+def copy_cut(src: Path, dst: Path, start_s: float, duration_s: float) -> Path:
+    """What `ffmpeg -ss START -i SRC -t DURATION -c copy DST` writes (checked byte for byte
+    against FFmpeg 7's edit list and frames): packets from the keyframe before START, times
+    shifted so START is 0 (the keyframe and the frames up to START go negative, and the MP4
+    muxer writes an edit list that hides them), copied in decode order until the first whose
+    *decode* time reaches DURATION, so the last B-frames are cut and the reference frames
+    after them stay: the stream ends in a frame or two after a gap."""
+    with av.open(str(src)) as i, av.open(str(dst), "w") as o:
+        vs = i.streams.video[0]
+        s = o.add_stream_from_template(vs)
+        tb = vs.time_base
+        packets = [p for p in i.demux(vs) if p.size]
+        start, end = int(round(start_s / tb)), int(round(duration_s / tb))
+        key = max(p.pts for p in packets if p.is_keyframe and p.pts <= start)
+        first = next(k for k, p in enumerate(packets) if p.is_keyframe and p.pts == key)
+        for p in packets[first:]:
+            if p.dts - start >= end:
+                break
+            p.stream = s
+            p.pts, p.dts = p.pts - start, p.dts - start
+            o.mux(p)
+    return dst
+
+
+def row_copy_cut(d: Path) -> dict:
+    """A stream-copy cut starting at a non-keyframe, 2 s of a 25 fps H.264 with B-frames."""
+    # Three B-frames in every group, a B-pyramid (x264's default, fixed rather than adaptive).
+    opts = {"preset": "veryfast", "g": "50", "bf": "3", "x264-params": "b-adapt=0"}
+    src = encode(d / "_long.mp4", moving(150, SIZE, seed=34), options=opts)
+    copy_cut(src, d / "copy_cut.mp4", 2.5, 2.0)
+    src.unlink()
+    # 1.92, 1.96, 2.04, 2.12: the two frames after the gaps are left out.
+    return {"copy_cut.mp4": {"status": "ok", "fps": 25.0, "vfr": False, "num_frames": 50, "duration_s": 2.0, "clips": [(0, 50)]}}
+
+
 # ---- the hostile corpus ------------------------------------------------------------------
 
 
@@ -257,6 +295,7 @@ def make_hostile_corpus(root: str | Path) -> tuple[dict[str, dict], dict[str, st
     add("image header too large", row4_huge_jpeg(d))
     add("frame size changes mid-stream", row5_size_change(d))
     add("MPEG-TS starting mid-GOP", row6_mid_gop_ts(d))
+    add("stream-copy cut from a non-keyframe (edit list, trailing frames after a gap)", row_copy_cut(d))
     add("cover art only", row7_cover_art(d))
 
     (d / "zero.mp4").write_bytes(b"")

@@ -30,7 +30,7 @@ def cases(tmp_path_factory) -> tuple[Path, dict]:
     expect: dict = {}
     for make in (hostile.row1_joined_ts, hostile.row2_long_audio, hostile.row3_raw_h264, hostile.row4_huge_jpeg,
                  hostile.row5_size_change, hostile.row6_mid_gop_ts, hostile.row7_cover_art, hostile.row8_transitions,
-                 hostile.row9_short_shots):
+                 hostile.row9_short_shots, hostile.row_copy_cut):
         expect.update(make(d))
     return d, expect
 
@@ -82,7 +82,7 @@ def extracted_frames(path: Path) -> tuple[int, Fraction]:
 @pytest.mark.parametrize(
     "name",
     ["joined.ts", "long_audio.mkv", "long_audio.webm", "raw.h264", "raw_h264_named.mp4", "huge.jpg", "size_change.mkv",
-     "song_with_cover.mp4", "dissolve.mp4", "fade_black.mp4", "stub_start.mp4", "insert.mp4"],
+     "song_with_cover.mp4", "dissolve.mp4", "fade_black.mp4", "stub_start.mp4", "insert.mp4", "copy_cut.mp4"],
 )
 def test_table_row_right_result(cases, stage, name):
     d, expect = cases
@@ -479,3 +479,23 @@ def test_a_frame_too_small_to_score_has_its_own_reason(tmp_path, stage):
     assert e.value.code == "too_small"
     edge = [np.ascontiguousarray(texture(32, 2400, 71)[..., 0])] * 3  # 32 px: the smallest DIS takes at any width
     assert scorer.score(edge, [0.0, 0.3, 0.6]).motion_score == pytest.approx(0.0, abs=1e-3)
+
+
+def test_stream_copy_cut_from_a_non_keyframe_is_25_fps_constant(cases, stage, tmp_path):
+    """`ffmpeg -ss 2.5 -i in.mp4 -t 2 -c copy`: an edit list hides frames with negative
+    times, and the cut, made in decode order, ends in two frames after gaps (1.96, 2.04,
+    2.12). It read 24.07 fps and VFR, and the clip was written at 24 fps; the orphans are
+    left out (curation/decode.py `_Reorder.flush`): 50 frames, 25 fps, constant, in analysis
+    and in the extracted clip alike."""
+    d, _ = cases
+    with av.open(str(d / "copy_cut.mp4")) as c:  # the input is of the kind: edit list, negative times, gaps
+        vs = c.streams.video[0]
+        assert min(p.dts for p in c.demux(vs) if p.dts is not None) < 0
+        c.seek(0)
+        times = [f.time for f in c.decode(video=0)]
+    assert b"elst" in (d / "copy_cut.mp4").read_bytes()
+    assert np.round(np.diff(times)[-2:], 3).tolist() == [0.08, 0.08]
+    row = analyzed(d / "copy_cut.mp4", stage)
+    assert (row["fps"], row["vfr"], row["num_frames"]) == (pytest.approx(25.0), False, 50)
+    (res,) = extract(row, tmp_path)
+    assert extracted_frames(Path(res["clip_path"])) == (50, 25)
