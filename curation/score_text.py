@@ -8,7 +8,8 @@ Per frame: the union of the detected text quadrilaterals, rasterised, as a fract
 frame area (0-1). Detection alone fires on text-like texture (fur, eyes, foliage: up to 0.16
 of a photograph measured on scikit-image's photos), so the ``VERIFY`` largest boxes go
 through the PP-OCRv4 recogniser and the frame counts only when one of them reads as text
-(confidence >= ``MIN_REC_SCORE``, >= 3 letters or digits). Recognising every line of a
+(confidence >= ``MIN_REC_SCORE``, >= 3 letters or digits), each first turned the right way
+up by the engine's text-direction classifier (text filmed upside down or sideways). Recognising every line of a
 slide would cost ~7 s per frame on 2 cores; three boxes cost ~0.1 s. Per clip: ``ocr_text_area``, the median over ``ocr_frames`` evenly spaced
 carried frames, and ``ocr_text_area_max``. A frame of subtitles scores ~0.02-0.05, a slide
 of bullet points 0.1-0.4, natural footage ~0 (tests/curation/test_score_text.py). It sits
@@ -66,16 +67,21 @@ class ScoreText(Stage):
 
     def frame_area(self, rgb: np.ndarray) -> float:
         """Text-area fraction of one (H, W, 3) uint8 RGB frame."""
-        # The engine's own det and rec steps (rapidocr_onnxruntime.main.RapidOCR.__call__ runs
-        # them in this order), so that only the largest boxes pay for recognition.
+        # The engine's own det, cls and rec steps (rapidocr_onnxruntime.main.RapidOCR.__call__
+        # runs them in this order), so that only the largest boxes pay for recognition.
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])
         boxes, _ = self.engine.text_det(bgr)
         if boxes is None or len(boxes) == 0:
             return 0.0
         sizes = [cv2.contourArea(np.asarray(b, np.float32)) for b in boxes]
         largest = [boxes[k] for k in np.argsort(sizes)[::-1][:VERIFY]]
-        # A few words are enough to tell text from texture: long lines are cut to 6:1.
+        # A few words are enough to tell text from texture: long lines are cut to 6:1. The
+        # engine's crops lie along each box's long side, so text turned 90 or 180 degrees
+        # (slides and phone screens filmed sideways) reaches the recogniser upside down half
+        # the time, reads as nothing, and the frame scored 0: its angle classifier (PP-OCR's
+        # text direction model, RapidOCR's own `cls` step) turns those crops the right way up.
         crops = [c[:, : 6 * c.shape[0]] for c in self.engine.get_crop_img_list(bgr, largest)]
+        crops, _, _ = self.engine.text_cls(crops)
         read, _ = self.engine.text_rec(crops)
         if not any(score >= MIN_REC_SCORE and sum(c.isalnum() for c in text) >= 3 for text, score in read):
             return 0.0

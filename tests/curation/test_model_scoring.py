@@ -207,6 +207,23 @@ def test_ocr_fires_on_real_text_and_not_on_photographs(ocr_stage):
     assert max(natural) < 0.02, natural
 
 
+def test_ocr_reads_text_turned_90_and_180_degrees(ocr_stage):
+    """Slides and phone screens filmed sideways or upside down: the recogniser got half of
+    the turned lines upside down, read nothing, and the frame scored 0 (text turned 90 and
+    180 degrees: 0.0 on 5 of 6 slides), so a clip's median over its frames hung on which
+    frames were read. With RapidOCR's angle classifier every orientation scores as upright
+    text does, and a clip of turned slides fires text_dominated with room to spare."""
+    slides = text_frames(6, seed=5)
+    upright = [ocr_stage.frame_area(f) for f in slides]
+    for k in (1, 2, 3):
+        turned = [ocr_stage.frame_area(np.ascontiguousarray(np.rot90(f, k))) for f in slides]
+        assert min(turned) > 0.2, (k * 90, turned)
+        assert np.median(turned) > 0.8 * np.median(upright), (k * 90, turned, upright)
+    clip = np.stack([np.rot90(slides[0], 2), np.rot90(slides[1], 2)])  # an upside-down screen
+    out = ocr_stage(pa.Table.from_pylist([{"clip_id": "turned", **pack_frames(clip, [0.0, 0.5])}]))
+    assert out.column("ocr_text_area")[0].as_py() > 2 * 0.2  # decide's text_dominated signal fires at 0.2
+
+
 def test_text_area_is_the_union_of_boxes():
     box = [[0, 0], [49, 0], [49, 49], [0, 49]]
     assert text_area([box, box], (100, 100)) == pytest.approx(0.25)
