@@ -48,6 +48,11 @@ class Frame:
     t: float  # presentation time in seconds
     rotation: int  # display rotation of the decoded frame, counter-clockwise degrees
     size: tuple[int, int]  # (w, h) as displayed: sample aspect ratio, then rotation, applied
+    # Time since the previous frame in nominal frame durations (DecodeStats.frame_s): 1 at the
+    # declared rate, 2 where a phone drops from 30 to 15 fps, 13 after a 0.4 s recording gap at
+    # 30 fps. What changes between two frames grows with the time between them: a detector
+    # comparing consecutive frames needs it (see tests/curation/test_media_cases.py, VFR).
+    step: float
     thumb: np.ndarray  # (h, w, 3) uint8 Y/U/V at thumbnail size (display orientation)
     gray: np.ndarray | None = None  # (h, w) uint8 at working size, on motion samples
     rgb: np.ndarray | None = None  # (h, w, 3) uint8 at tags size, on tag samples
@@ -322,10 +327,12 @@ def _decode(uri: str, thumb_width: int, motion: _Sampler, tags: _Sampler, thread
         motion.sar = tags.sar = Fraction(sar) if sar else None
         if model is not None:
             model.sar = motion.sar
+        prev_t: float | None = None
         for index, (frame, t) in enumerate(decoded_frames(c, threads, stats)):
+            step, prev_t = (1.0 if prev_t is None else (t - prev_t) / stats.frame_s), t
             rot = display_rotation(frame) // 90
             w, h = display_size(frame.width, frame.height, motion.sar)  # per frame: the size may change mid-stream
-            out = Frame(index=index, t=t, rotation=rot * 90, size=(h, w) if rot % 2 else (w, h),
+            out = Frame(index=index, t=t, rotation=rot * 90, size=(h, w) if rot % 2 else (w, h), step=step,
                         thumb=np.rot90(yuv_thumb(frame, thumb_width), rot))
             if motion.due(t):
                 out.gray = motion.take(frame, rot)

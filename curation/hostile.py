@@ -13,9 +13,10 @@ import struct
 import zlib
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import av
+import cv2
 import numpy as np
 
 from curation.synthetic import moving, texture, write_audio_only, write_video
@@ -252,6 +253,35 @@ def row_copy_cut(d: Path) -> dict:
     src.unlink()
     # 1.92, 1.96, 2.04, 2.12: the two frames after the gaps are left out.
     return {"copy_cut.mp4": {"status": "ok", "fps": 25.0, "vfr": False, "num_frames": 50, "duration_s": 2.0, "clips": [(0, 50)]}}
+
+
+def timed_pan(times: Iterable[float], size: tuple[int, int], speed: float, seed: int) -> Iterator[np.ndarray]:
+    """A texture panning at `speed` px/s with a disc crossing it, each frame drawn at its own
+    time: the picture moves with the clock, whatever the frame rate."""
+    w, h = size
+    base = texture(h, w, seed)
+    for t in times:
+        m = np.float32([[1, 0, speed * t], [0, 1, 0]])
+        frame = cv2.warpAffine(base, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
+        cv2.circle(frame, (int((w * 0.7 - speed * t * 0.5) % w), h // 2), max(4, h // 8), (230, 60, 40), -1)
+        yield frame
+
+
+def row_vfr_drop(d: Path) -> dict:
+    """Phone footage whose rate drops from 30 to 15 fps mid-shot (low light), and a 0.4 s
+    recording gap inside a 30 fps shot: each is one shot."""
+    size = (480, 270)
+    times = [k / 30 for k in range(75)] + [2.5 + k / 15 for k in range(37)]
+    write_video(d / "vfr_drop.mp4", timed_pan(times, size, 120.0, 50), 30, frame_times=times, options=FAST)
+    gap = [k / 30 for k in range(90)] + [3.4 + k / 30 for k in range(90)]
+    write_video(d / "recording_gap.mp4", timed_pan(gap, size, 60.0, 51), 30, frame_times=gap, options=FAST)
+    return VFR_EXPECT
+
+
+# Not in make_hostile_corpus yet: the shot detector must first read Frame.step (see
+# tests/curation/test_media_cases.py, test_frame_rate_drop_and_recording_gap_are_one_shot).
+VFR_EXPECT = {"vfr_drop.mp4": {"status": "ok", "vfr": True, "clips": [(0, 112)]},
+              "recording_gap.mp4": {"status": "ok", "clips": [(0, 180)]}}
 
 
 # ---- the hostile corpus ------------------------------------------------------------------
