@@ -278,6 +278,33 @@ def row_vfr_drop(d: Path) -> dict:
     return VFR_EXPECT
 
 
+def row_images_and_turned_text(d: Path) -> dict:
+    """A 16-bit greyscale PNG and an 8-bit greyscale photograph (scikit-image's camera), a
+    cut-out whose transparent third hides black, and a slide filmed sideways (text turned 90
+    degrees, 2 s of video)."""
+    from PIL import Image, ImageDraw, ImageFont
+    from skimage import data
+
+    camera = data.camera()
+    Image.fromarray(camera.astype(np.uint16) * 257).save(d / "grey16.png")
+    Image.fromarray(camera).save(d / "grey_photo.png")
+    rgba = np.dstack([texture(240, 320, 37), np.full((240, 320), 255, np.uint8)])
+    rgba[:, :110] = 0
+    Image.fromarray(rgba, "RGBA").save(d / "cutout.png")
+    rng = np.random.default_rng(2)
+    words = "the quick brown fox jumps over a lazy dog while data flows through every stage".split()
+    im = Image.new("RGB", (600, 336), (245, 245, 240))
+    draw = ImageDraw.Draw(im)
+    draw.text((20, 14), "Results and method", font=ImageFont.load_default(size=34), fill=(20, 40, 120))
+    for y in range(70, 336 - 30, 36):
+        draw.text((24, y), "- " + " ".join(rng.choice(words, 5)), font=ImageFont.load_default(size=24), fill=(25, 25, 25))
+    sideways = np.ascontiguousarray(np.rot90(np.asarray(im), 1))
+    encode(d / "sideways_slide.mp4", [sideways] * 50)
+    photo = {"status": "ok", "not_tags": ["lecture", "low_quality"]}
+    return {"grey16.png": photo, "grey_photo.png": photo, "cutout.png": {"status": "ok", "not_tags": ["low_quality"]},
+            "sideways_slide.mp4": {"status": "ok", "tags": ["text_dominated"]}}
+
+
 # Not in make_hostile_corpus yet: the shot detector must first read Frame.step (see
 # tests/curation/test_media_cases.py, test_frame_rate_drop_and_recording_gap_are_one_shot).
 VFR_EXPECT = {"vfr_drop.mp4": {"status": "ok", "vfr": True, "clips": [(0, 112)]},
@@ -303,7 +330,8 @@ def make_hostile_corpus(root: str | Path) -> tuple[dict[str, dict], dict[str, st
     """Every hostile kind in one folder `root/in` plus good files; returns
     ({input path relative to root/in: expectation}, {kind: input path}). An expectation has
     `status` ("ok"/"error"), optionally `error_code`, `error_contains`, `clips`, `min_clips`,
-    `clip_sizes` (each clip's (width, height) in the manifest), `fps`, `vfr`.
+    `clip_sizes` (each clip's (width, height) in the manifest), `fps`, `vfr`, `tags` (negative
+    tags one of its clips must carry), `not_tags` (that none of its clips may carry).
     Inputs the folder walk cannot list (a symlink loop, an unreadable folder) are included
     as folders whose files must still be found exactly once."""
     root = Path(root)
@@ -326,6 +354,9 @@ def make_hostile_corpus(root: str | Path) -> tuple[dict[str, dict], dict[str, st
     add("frame size changes mid-stream", row5_size_change(d))
     add("MPEG-TS starting mid-GOP", row6_mid_gop_ts(d))
     add("stream-copy cut from a non-keyframe (edit list, trailing frames after a gap)", row_copy_cut(d))
+    for kind, (name, want) in zip(("16-bit greyscale PNG", "greyscale photograph", "transparent PNG (black underneath)",
+                                   "text turned 90 degrees (a screen filmed sideways)"), row_images_and_turned_text(d).items()):
+        add(kind, {name: want})
     add("cover art only", row7_cover_art(d))
 
     (d / "zero.mp4").write_bytes(b"")

@@ -87,13 +87,15 @@ def test_hostile_corpus_run_completes_with_one_row_per_input(hostile_run, hostil
     assert hostile_tally["crashes"] == 0, [(s["source"], s["error_code"], s["error"]) for s in errors]
 
 
-@pytest.mark.parametrize("field", ["status", "error_code", "clips", "size", "clip_sizes", "rate"])
+@pytest.mark.parametrize("field", ["status", "error_code", "clips", "size", "clip_sizes", "rate", "tags"])
 def test_each_input_gets_its_right_result(hostile_run, field):
     root, expect, _, out, _, _ = hostile_run
     rows = {os.path.relpath(s["source"], root / "in"): s for s in _rows(out, "sources")}
     spans: dict[str, list] = {}
     sizes: dict[str, list] = {}
+    tags: dict[str, set] = {}
     for c in sorted(_rows(out, "clips"), key=lambda c: c["start_frame"]):
+        tags.setdefault(os.path.relpath(c["source"], root / "in"), set()).update(c["neg_tags"] or ())
         spans.setdefault(os.path.relpath(c["source"], root / "in"), []).append((c["start_frame"], c["end_frame"]))
         sizes.setdefault(os.path.relpath(c["source"], root / "in"), []).append((c["width"], c["height"]))
     wrong = []
@@ -119,6 +121,8 @@ def test_each_input_gets_its_right_result(hostile_run, field):
         elif field == "rate" and ("fps" in want and row["fps"] != pytest.approx(want["fps"], abs=0.01) or
                                   "vfr" in want and row["vfr"] != want["vfr"]):
             wrong.append((name, row["fps"], row["vfr"], want.get("fps"), want.get("vfr")))
+        elif field == "tags" and (set(want.get("tags", ())) - tags.get(name, set()) or set(want.get("not_tags", ())) & tags.get(name, set())):
+            wrong.append((name, sorted(tags.get(name, ())), want.get("tags"), want.get("not_tags")))
     assert not wrong
 
 
