@@ -10,7 +10,6 @@ shards, report), retried as wholes; a retried or rerun scoring step skips comple
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Callable, Iterator, Sequence
@@ -21,13 +20,12 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE as NO_CACHE
 
-from curation.config import TINY_MODEL, RunConfig, load_config, merge_dicts, to_dict
+from curation.config import TINY_MODEL, RunConfig, to_dict
 from curation.decide import decide
 from curation.embeddings import embeddings_dir
 from curation.global_scores import add_global_scores
 from curation.model_scoring import TINY_WARNING, model_metadata
 from curation.extract_clips import EXTRACT_INPUT, ExtractClips, remove_temporaries
-from curation.inputs import expand_inputs
 from curation.manifest import (
     Layout,
     WriteParts,
@@ -50,16 +48,24 @@ from curation.schema import SOURCE_ROW, analyzed_clip_schema, clip_schema
 from curation.stage import Stage
 from curation.write_shards import write_shards
 from flows.logs import run_logger
+from flows.preflight import (  # noqa: F401 - ConfigError, scoring_fingerprint: this module's API too
+    ONLY_AFTER_SCORING,
+    ConfigError,
+    check_inputs,
+    check_out,
+    check_scores,
+    config_for_out,
+    existing_run,
+    run_config,
+    scores_conflict,
+    scoring_fingerprint,
+)
 from flows.run_local import run_local, stream_local
 from flows.stages import check_clip_stages, clip_stages, source_stages
 
 Runner = Callable[[Sequence[Stage], pa.Table], pa.Table]
 # Ray's retries of a block whose worker died, before the flow retries its sources one by one.
 WORKER_RETRIES = 2
-
-
-class ConfigError(ValueError):
-    """Bad configuration or arguments: the run stops before doing any work."""
 
 
 def get_runner(cfg: RunConfig) -> Runner:
@@ -81,37 +87,16 @@ def get_streamer(cfg: RunConfig) -> tuple[Callable[..., Iterator[pa.Table]], Cal
     return stream_ray, sources_per_block
 
 
-# Config sections that never change a score: decisions, shards and where things run; and
-# captions, made after decide and keyed by their own hash (OUT/captions/<caption_key>/);
-# dedup and probe too: global steps before decide, recomputed from the stored embeddings.
-_NOT_SCORING = ("profile", "decide", "shard", "runtime", "caption", "dedup", "probe")
-
-
-def scoring_fingerprint(cfg: RunConfig) -> str:
-    """Hash of everything a stored score depends on: every scoring config section (model
-    ids included) and the code `version` of every stage of the stream."""
-    d = to_dict(cfg)
-    clip = clip_stages(cfg)
-    stages = {type(st).__qualname__: str(getattr(st, "version", "1")) for st in (*source_stages(cfg, clip), *clip)}
-    return fingerprint({"config": {k: v for k, v in d.items() if k not in _NOT_SCORING}, "stages": stages})
-
-
 def check_fingerprint(layout: Layout, cfg: RunConfig, rescore: bool) -> None:
-    """Refuse to mix scores made under different settings in one OUT (unless --rescore)."""
-    fp = scoring_fingerprint(cfg)
-    f = layout.fingerprint_file
-    old = f.read_text().strip() if f.exists() else None
-    if old is not None and old != fp:
-        if not rescore:
-            raise ConfigError(
-                f"{layout.root} holds scores made with different scoring settings or scorer versions "
-                "(decode/split/motion/tags/frames/extract or a model stage); use a new --out, or --rescore to discard them"
-            )
+    """Refuse to mix scores made under different settings in one OUT (unless --rescore, which
+    discards the old ones); then record this run's scoring fingerprint."""
+    if scores_conflict(layout, cfg):
+        check_scores(layout, cfg, rescore)
         for d in (layout.sources, layout.scores, layout.clip_manifest, layout.clips, embeddings_dir(layout)):
             for p in d.glob("*"):
                 if p.is_file():
                     p.unlink()
-    write_bytes_atomic(f, (fp + "\n").encode())
+    write_bytes_atomic(layout.fingerprint_file, (scoring_fingerprint(cfg) + "\n").encode())
 
 
 class Progress:
@@ -342,13 +327,11 @@ def curate(
         overrides["runtime"]["ray_address"] = ray_address
     if executor:
         overrides["runtime"]["executor"] = executor
-    try:
-        cfg = load_config(config, profile, overrides)
-        sources = expand_inputs(list(inputs))
-    except (ValueError, FileNotFoundError) as e:
-        raise ConfigError(str(e)) from None
+    cfg = run_config(config, profile, overrides)
+    sources = check_inputs(list(inputs))
+    layout = check_out(out, inputs)
+    check_scores(layout, cfg, rescore)
     check_models(cfg)
-    layout = Layout.at(out)
     layout.make()
     check_fingerprint(layout, cfg, rescore)
     write_json_atomic(layout.resolved_config, to_dict(cfg))
@@ -382,30 +365,14 @@ def _summarize(layout: Layout, clips: pa.Table) -> dict:
     return summary
 
 
-def config_for_out(out: str, config: str | None, profile: str | None, overrides: dict | None = None) -> tuple[Layout, RunConfig]:
-    """The config of a step on an existing OUT: the file/profile given, else OUT's own."""
-    layout = Layout.at(out)
-    if not layout.sources.exists():
-        raise ConfigError(f"{layout.root} has no manifest; run `videomill run` first")
-    try:
-        if config is None and profile is None and layout.resolved_config.exists():
-            data = json.loads(layout.resolved_config.read_text())
-            cfg = load_config(profile=data.pop("profile"), overrides=merge_dicts(data, overrides or {}))
-        else:
-            cfg = load_config(config, profile, overrides)
-    except (ValueError, FileNotFoundError) as e:
-        raise ConfigError(str(e)) from None
-    return layout, cfg
-
-
 @flow(name="decide", log_prints=True)
 def redecide(out: str, config: str | None = None, profile: str | None = None, executor: str | None = None) -> dict:
     """Re-apply thresholds to OUT's stored scores (no decoding), then extract newly accepted
     clips, reshard and report. Without --config/--profile it uses OUT's resolved config."""
     overrides = {"runtime": {"executor": executor}} if executor else None
     layout, cfg = config_for_out(out, config, profile, overrides)
+    check_scores(layout, cfg, fix=ONLY_AFTER_SCORING)
     check_models(cfg, scoring=False)  # decide reads stored scores and embeddings: captions only
-    check_fingerprint(layout, cfg, rescore=False)
     write_json_atomic(layout.resolved_config, to_dict(cfg))
     with _compute(cfg) as dashboard:
         summary = _decide_and_extract(layout, cfg)
@@ -417,6 +384,8 @@ def redecide(out: str, config: str | None = None, profile: str | None = None, ex
 def shard(out: str, config: str | None = None, profile: str | None = None) -> dict:
     """(Re)write OUT's WebDataset shards from its manifest, e.g. after changing [shard]."""
     layout, cfg = config_for_out(out, config, profile)
+    check_scores(layout, cfg, fix=ONLY_AFTER_SCORING)
+    write_json_atomic(layout.resolved_config, to_dict(cfg))
     clips = read_dataset(layout.clip_manifest, clip_schema())
     clips = shard_step(clips, str(layout.root), cfg)
     write_table_atomic(clips, layout.clip_manifest / "clips.parquet")
@@ -426,8 +395,7 @@ def shard(out: str, config: str | None = None, profile: str | None = None) -> di
 @flow(name="report", log_prints=True)
 def report(out: str) -> str:
     """Write OUT/report.html and OUT/report.json from OUT's manifest."""
-    if not Layout.at(out).sources.exists():
-        raise ConfigError(f"{Layout.at(out).root} has no manifest; run `videomill run` first")
+    existing_run(out)
     return report_step(out)
 
 

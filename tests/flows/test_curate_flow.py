@@ -141,7 +141,8 @@ def test_cli_exit_codes(corpus, tmp_path):
     cmd = [sys.executable, "-m", "flows.cli", "run", str(root), "--out", str(tmp_path / "o")]
     r = subprocess.run([*cmd, "--config", str(bad)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[-1] == "videomill: configuration error: unknown config key(s): split.min_clip"
+    assert r.stderr.strip().splitlines() == [
+        "videomill: configuration error: unknown config key: split.min_clip (did you mean split.min_clip_s?)"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     r = subprocess.run([*cmd, "--profile", "tiny", "--executor", "local"], capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
