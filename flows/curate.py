@@ -25,7 +25,7 @@ from curation.decide import decide
 from curation.embeddings import embeddings_dir
 from curation.global_scores import add_global_scores
 from curation.model_scoring import TINY_WARNING, model_metadata
-from curation.extract_clips import EXTRACT_INPUT, ExtractClips, remove_temporaries
+from curation.extract_clips import EXTRACT_INPUT, ExtractClips, prune_clips, remove_temporaries
 from curation.manifest import (
     Layout,
     WriteParts,
@@ -354,7 +354,15 @@ def _decide_and_extract(layout: Layout, cfg: RunConfig) -> dict:
     clips = shard_step(clips, out, cfg)
     clips = clips.replace_schema_metadata({**(clips.schema.metadata or {}), **model_metadata(cfg)})
     write_table_atomic(clips, layout.clip_manifest / "clips.parquet")
+    if removed := prune_clips(layout.clips, accepted_files(clips)):
+        run_logger().info("clips: removed %d file(s) of clips that are no longer accepted", removed)
     return _summarize(layout, clips)
+
+
+def accepted_files(clips: pa.Table) -> set[str]:
+    """File names (in OUT/clips) of the accepted clips."""
+    acc = clips.filter(pc.and_(pc.equal(clips.column("status"), "accepted"), pc.is_valid(clips.column("clip_path"))))
+    return {p.rsplit("/", 1)[-1] for p in acc.column("clip_path").to_pylist()}
 
 
 def _summarize(layout: Layout, clips: pa.Table) -> dict:

@@ -118,8 +118,18 @@ def test_redecide_with_percentiles_rescores_nothing(curated, tmp_path):
         assert 0 < len(low) < len(videos)
         assert summary["rejected_by_reason"]["motion_bottom_half"] == len(low)
         assert {p: p.stat().st_mtime_ns for p in layout.scores.glob("*.parquet")} == scores
+        assert _clip_files(out) == _accepted_files(clips)  # the newly rejected clips' files are gone
     finally:
         redecide(out=str(out), profile="tiny")  # restore the default verdicts for other tests
+    assert _clip_files(out) == _accepted_files(_clips(out))  # and extracted again once accepted again
+
+
+def _clip_files(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / "clips").iterdir() if not p.name.startswith("."))
+
+
+def _accepted_files(clips: list[dict]) -> list[str]:
+    return sorted(Path(c["clip_path"]).name for c in clips if c["status"] == "accepted")
 
 
 def test_changed_scoring_settings_refuse_to_mix(curated, tmp_path):
