@@ -18,6 +18,17 @@ def _env_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
+# Loggers whose INFO lines are the run's own; everything else says only warnings (open_clip, for
+# one, logs every model build step on the root logger).
+OUR_LOGGERS = ("videomill", "curation", "captioning", "flows", "training")
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in OUR_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="videomill", description="Turn raw video into training data for video diffusion models.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -94,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "calibrate":  # reads OUT and the labels only: no Prefect server, no Ray
         return _calibrate(args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    _logging()
     if args.cmd == "train":
         return _train(args)
     try:  # every configuration-type problem, in seconds, before Prefect (a ~10 s import), Ray or any server
