@@ -254,6 +254,13 @@ def _train(args: argparse.Namespace) -> int:
         entries = run_precompute(load_models(cfg.model), cfg.data, pc)
         print(json.dumps({"cache": cfg.data.cache_dir, "parts": len(entries)}))
         return 0
+    from flows.preflight import ConfigError, check_prefect_api
+
+    try:
+        check_prefect_api()
+    except ConfigError as e:
+        print(f"videomill: cannot train: {e}", file=sys.stderr)
+        return 2
     from flows.train import PreflightError, preflight, summary_lines, train_flow, with_overrides
 
     try:  # seconds, before Prefect and Ray start: the data and the model exist and fit

@@ -93,6 +93,7 @@ def test_rerun_resumes_and_gives_the_same_manifest(curated):
     root, _, out, _ = curated
     layout = Layout.at(out)
     before_sources, before_clips = _sources(out), _clips(out)
+    before_funnel = json.loads((out / "report.json").read_text())["funnel"]
     parts = {p: p.stat().st_mtime_ns for p in layout.sources.glob("*.parquet")}
     # Lose one extracted clip: the rerun must put it back and rescore nothing.
     victim = out / before_clips[0]["clip_path"]
@@ -102,6 +103,8 @@ def test_rerun_resumes_and_gives_the_same_manifest(curated):
     assert victim.exists()
     assert _sources(out) == before_sources
     assert _clips(out) == before_clips
+    funnel = json.loads((out / "report.json").read_text())["funnel"]
+    assert funnel == before_funnel and funnel["sources_failed"] == 4  # counts stay true after a resume
 
 
 def test_redecide_with_percentiles_rescores_nothing(curated, tmp_path):
@@ -110,8 +113,12 @@ def test_redecide_with_percentiles_rescores_nothing(curated, tmp_path):
     scores = {p: p.stat().st_mtime_ns for p in layout.scores.glob("*.parquet")}
     cfg = tmp_path / "pct.toml"
     cfg.write_text('[[decide.rules]]\ncolumn = "motion_score"\nname = "motion_bottom_half"\nmin_pct = 50\n')
+    defaults = tmp_path / "defaults.toml"  # the default rules, to put back (OUT now remembers the new ones)
+    defaults.write_text('[[decide.rules]]\ncolumn = "motion_score"\nname = "motion_too_low"\nmin = 0.005\n'
+                        '[[decide.rules]]\ncolumn = "motion_score"\nname = "motion_too_high"\nmax = 1.5\n')
     try:
-        summary = redecide(out=str(out), config=str(cfg), profile="tiny")
+        # No --profile: decide starts from the settings OUT was made with (tiny), the file on top.
+        summary = redecide(out=str(out), config=str(cfg))
         clips = _clips(out)
         videos = [c for c in clips if c["media_type"] == "video"]
         low = [c for c in videos if "motion_bottom_half" in c["reject_reasons"]]
@@ -119,8 +126,9 @@ def test_redecide_with_percentiles_rescores_nothing(curated, tmp_path):
         assert summary["rejected_by_reason"]["motion_bottom_half"] == len(low)
         assert {p: p.stat().st_mtime_ns for p in layout.scores.glob("*.parquet")} == scores
         assert _clip_files(out) == _accepted_files(clips)  # the newly rejected clips' files are gone
+        assert json.loads((out / "config.resolved.json").read_text())["profile"] == "tiny"
     finally:
-        redecide(out=str(out), profile="tiny")  # restore the default verdicts for other tests
+        redecide(out=str(out), config=str(defaults))  # restore the default verdicts for other tests
     assert _clip_files(out) == _accepted_files(_clips(out))  # and extracted again once accepted again
 
 

@@ -116,4 +116,6 @@ def test_redecide_reuses_embeddings_and_applies_a_probe(model_run, tmp_path, mon
     after = _clips(out)
     assert all(r["probe_scores"] is not None for r in after.values() if r["status"] != "error")
     assert sorted(p.stat().st_mtime_ns for p in embeddings_dir(Layout.at(out)).glob("*.parquet")) == parts
-    redecide(out=str(out), profile="tiny")  # back to the run's own settings
+    back = tmp_path / "back.toml"  # OUT now remembers the probe: back to the run's own settings
+    back.write_text('[probe]\npath = ""\n[decide]\nkeep_probe_tags = []\n')
+    redecide(out=str(out), config=str(back))
