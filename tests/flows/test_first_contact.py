@@ -179,13 +179,14 @@ def test_a_tiny_run_on_ray_says_each_warning_once_and_no_error(tmp_path):
 
     (tmp_path / "in").mkdir()
     for i in range(3):
-        synthetic.write_video(tmp_path / "in" / f"v{i}.mp4", synthetic.moving(50, (160, 96), (2.0, 1.0), seed=i), 25)
+        synthetic.write_video(tmp_path / "in" / f"v{i}.mp4", synthetic.moving(60, (480, 270), (3.0, 1.0), seed=i), 25)
     p = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
                         "--profile", "tiny"], capture_output=True, text=True, cwd=REPO, timeout=900)
     assert p.returncode == 0, p.stderr[-4000:]
     err = p.stderr
     assert "core_worker.cc" not in err and " ERROR " not in err and "Traceback" not in err, err[-4000:]
     assert err.count("UNTRAINED") == 2, err  # CLIP and the caption model, once each
-    assert "scoring: 3/3 sources (0 failed)" in err and "extraction: " in err and "captioning: " in err
+    assert "scoring: 3/3 sources (0 failed), 3 clips" in err, err[-4000:]
+    assert "extraction: 3/3 clips (0 failed)" in err and "captioning: 3/3 clips" in err, err[-4000:]
     assert f"report: {tmp_path / 'out' / 'report.html'}" in err.strip().splitlines()[-2:]  # (then Prefect's "Stopping ...")
     assert "Loaded built-in ViT-B-32 model config" not in err  # open_clip's INFO chatter on the root logger
