@@ -48,7 +48,7 @@ from curation.schema import SOURCE_ROW, analyzed_clip_schema, clip_schema, sourc
 from curation.stage import Stage, warn_once
 from curation.write_shards import write_shards
 from flows.logs import run_logger
-from flows.progress import Live, Progress, count_captioned, count_extracted, count_scored
+from flows.progress import Live, Progress, count_captioned, count_extracted, count_model_scored, count_scored
 from flows.preflight import (  # noqa: F401 - ConfigError, scoring_fingerprint: this module's API too
     ONLY_AFTER_SCORING,
     ConfigError,
@@ -134,15 +134,15 @@ def score_sources(
     writer = WriteParts(layout.root)
     rows, k = cfg.runtime.partition_size, block_size(len(todo))
     already = source_counts(layout, done & set(sources))
-    with Progress("scoring", len(sources), log, **already) as progress:
-        live = Live(count_scored, progress.add)
-        for _ in stream(todo, stages, clip, writer, rows_per_part=rows, sources_per_block=k, max_retries=WORKER_RETRIES, live=live):
+    with Progress("scoring", len(sources), log, model_stages=bool(clip), **already) as progress:
+        live = {"live": Live(count_scored, progress.add), "live_models": Live(count_model_scored, progress.add_scored)}
+        for _ in stream(todo, stages, clip, writer, rows_per_part=rows, sources_per_block=k, max_retries=WORKER_RETRIES, **live):
             pass
         done = settle(layout)
         missing = [s for s in todo if s not in done]
         if missing and k > 1:  # their blocks were dropped after Ray's retries: each alone in a block, once more
             log.warning("%d sources lost their worker; retrying each in a block of its own", len(missing))
-            for _ in stream(missing, stages, clip, writer, rows_per_part=rows, sources_per_block=1, max_retries=WORKER_RETRIES, live=live):
+            for _ in stream(missing, stages, clip, writer, rows_per_part=rows, sources_per_block=1, max_retries=WORKER_RETRIES, **live):
                 pass
             done = settle(layout)
             missing = [s for s in missing if s not in done]

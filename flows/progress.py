@@ -56,6 +56,11 @@ def count_scored(batch: pa.Table) -> Counts:
     return len(heads), _valid(batch, "clip_id"), failed
 
 
+def count_model_scored(batch: pa.Table) -> Counts:
+    """Clip rows out of the last model stage: (0, clips, 0)."""
+    return 0, _valid(batch, "clip_id"), 0
+
+
 def count_extracted(batch: pa.Table) -> Counts:
     """Extraction results (a row per clip): clips done, files written, failed."""
     return batch.num_rows, _valid(batch, "clip_path"), _valid(batch, "error")
@@ -76,10 +81,12 @@ class Progress:
 
     def __init__(self, label: str, total: int, log: logging.Logger | logging.LoggerAdapter, *, unit: str = "sources",
                  done: int = 0, clips: int = 0, failed: int = 0, every_s: float | None = None,
-                 later_every_s: float | None = None):
+                 later_every_s: float | None = None, model_stages: bool = False):
         self.label, self.total, self.unit, self.log = label, total, unit, log
         self.done, self.clips, self.failed = done, clips, failed
         self.start_done, self.start_clips = done, clips
+        # Scoring with model stages: clips through them, counted apart (they come in batches).
+        self.model_stages, self.scored = model_stages, clips
         self.every_s = EVERY_S if every_s is None else every_s
         self.later_every_s = LATER_EVERY_S if later_every_s is None else later_every_s
         self.t0 = time.monotonic()
@@ -93,21 +100,31 @@ class Progress:
             self.clips += clips
             self.failed += failed
 
+    def add_scored(self, done: int = 0, clips: int = 0, failed: int = 0) -> None:
+        with self._lock:
+            self.scored += clips
+
     def set(self, done: int, clips: int, failed: int) -> None:
         """The true totals (from the step's outputs), for the final line."""
         with self._lock:
-            self.done, self.clips, self.failed = done, clips, failed
+            self.done, self.clips, self.failed, self.scored = done, clips, failed, clips
 
     def line(self) -> str:
         with self._lock:
-            done, clips, failed = self.done, self.clips, self.failed
+            done, clips, failed, scored = self.done, self.clips, self.failed, self.scored
         dt = max(time.monotonic() - self.t0, 1e-9)
         rate = (done - self.start_done) / dt
         left = self.total - done
-        eta = "0 s" if left <= 0 else (f"{left / rate:.0f} s" if rate > 0 else "?")
+        eta = 0.0 if left <= 0 else (left / rate if rate > 0 else None)
         counts = f", {clips} clips" if self.unit != "clips" else ""
+        if self.model_stages:
+            counts += f" ({scored} through the model stages)"
+            backlog, model_rate = clips - scored, (scored - self.start_clips) / dt
+            if backlog > 0 and eta is not None:  # analysis done before the model stages are
+                eta = max(eta, backlog / model_rate) if model_rate > 0 else None
+        shown = "?" if eta is None else f"{eta:.0f} s"
         return (f"{self.label}: {done}/{self.total} {self.unit} ({failed} failed){counts}, "
-                f"{(clips - self.start_clips) / dt:.2f} clips/s, ETA {eta}")
+                f"{(clips - self.start_clips) / dt:.2f} clips/s, ETA {shown}")
 
     def emit(self) -> None:
         self.log.info("%s", self.line())

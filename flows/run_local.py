@@ -60,11 +60,11 @@ def sources_per_block(n: int) -> int:
 
 def stream_local(
     sources: list[str], source_stages: Sequence[Stage], clip_stages: Sequence[Stage], write: Callable[[pa.Table], pa.Table],
-    rows_per_part: int, live: Live | None = None, **_: object,
+    rows_per_part: int, live: Live | None = None, live_models: Live | None = None, **_: object,
 ) -> Iterator[pa.Table]:
     """The scoring stream in this process: the same stages and writer as on Ray, one source
     at a time, a part every `rows_per_part` clip rows. Yields each part's counts; `live` sees
-    each source's rows as they are scored."""
+    each source's rows once analysed, `live_models` once through the clip stages."""
     for s in (*source_stages, *clip_stages):
         s.setup()
     pending: list[pa.Table] = []
@@ -73,10 +73,12 @@ def stream_local(
         t = pa.table({"source": [uri]})
         for s in source_stages:
             t = s(t)
-        for s in clip_stages:
-            t = apply_clip_stage(s, t)
         if live is not None:
             live(t)
+        for s in clip_stages:
+            t = apply_clip_stage(s, t)
+        if live_models is not None and clip_stages:
+            live_models(t)
         pending.append(t)
         n += t.num_rows
         if n >= rows_per_part:

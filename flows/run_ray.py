@@ -256,6 +256,7 @@ def stream_ray(
     sources_per_block: int | None = None,
     max_retries: int = 2,
     live: Live | None = None,
+    live_models: Live | None = None,
 ) -> Iterator[pa.Table]:
     """The scoring run as one streaming Ray Data pipeline; yields each written part's counts.
 
@@ -266,8 +267,11 @@ def stream_ray(
     check_chain([*source_stages, *clip_stages], ["source"])
     if not sources:
         return
-    with _dropping_dead_blocks(), _live_counts(live) as count:  # a dead item's block is dropped; the flow accounts for it
-        yield from _stream(sources, source_stages, clip_stages, write, rows_per_part, sources_per_block, max_retries, count)
+    # A dead item's block is dropped; the flow accounts for it. `live` hears from the analysis
+    # as each source is done, `live_models` from the last model stage (in batches of its size).
+    with _dropping_dead_blocks(), _live_counts(live) as count, _live_counts(live_models) as count_models:
+        yield from _stream(sources, source_stages, clip_stages, write, rows_per_part, sources_per_block, max_retries,
+                           count, count_models)
 
 
 def sources_per_block(n: int) -> int:
@@ -277,7 +281,8 @@ def sources_per_block(n: int) -> int:
     return max(1, min(8, math.ceil(n / (4 * cpus))))
 
 
-def _stream(sources, source_stages, clip_stages, write, rows_per_part, k, max_retries, count=None) -> Iterator[pa.Table]:
+def _stream(sources, source_stages, clip_stages, write, rows_per_part, k, max_retries, count=None,
+            count_models=None) -> Iterator[pa.Table]:
     k = k or sources_per_block(len(sources))
     first = source_stages[0] if source_stages else None
     ds = blocks_of(pa.table({"source": pa.array(sources, pa.string())}), k, max_retries, num_cpus=first.num_cpus if first else 1.0)
@@ -285,14 +290,14 @@ def _stream(sources, source_stages, clip_stages, write, rows_per_part, k, max_re
     # read, the source stages and, without clip stages, the writer into ONE task per block of
     # k sources: a dead worker loses only that block, and no tiny operator of its own takes
     # CPU slots from scoring (a separate read operator measured 1.6x the scoring wall time).
-    last_stage = (*source_stages, *clip_stages)[-1]  # reports each batch it finishes (progress)
-    for stage in source_stages:
+    # The last source stage and the last clip stage report each batch they finish (progress).
+    for i, stage in enumerate(source_stages):
         ds = _add_stage(ds, stage, clip=False, max_retries=max_retries, batch_size=None,
-                        count=count if stage is last_stage else None)
+                        count=count if i == len(source_stages) - 1 else None)
     cpus = ray.cluster_resources().get("CPU", 1.0)
-    for stage in clip_stages:
+    for i, stage in enumerate(clip_stages):
         ds = _add_stage(ds, stage, clip=True, max_retries=max_retries, batch_size=stage.batch_size,
-                        num_cpus=actor_cpus(stage, clip_stages, cpus), count=count if stage is last_stage else None)
+                        num_cpus=actor_cpus(stage, clip_stages, cpus), count=count_models if i == len(clip_stages) - 1 else None)
 
     last = (*source_stages, *clip_stages)[-1]
     fused = not (last.stateful or clip_stages)

@@ -28,6 +28,19 @@ def test_progress_line_counts_and_estimates(monkeypatch):
     assert c.line().startswith("captioning: 0/4 clips (0 failed), 0.00 clips/s, ETA ?")
 
 
+def test_scoring_with_model_stages_counts_their_clips_apart(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(progress_mod.time, "monotonic", lambda: now[0])
+    p = Progress("scoring", total=4, log=logging.getLogger("videomill.test"), model_stages=True)
+    now[0] = 10.0
+    p.add(4, 20, 1)  # every source analysed...
+    assert p.line() == "scoring: 4/4 sources (1 failed), 20 clips (0 through the model stages), 2.00 clips/s, ETA ?"
+    p.add_scored(0, 10, 0)  # ...half the clips through the model stages: 10 more at 1 clip/s
+    assert p.line().endswith("20 clips (10 through the model stages), 2.00 clips/s, ETA 10 s")
+    p.set(4, 20, 1)
+    assert p.line().endswith("20 clips (20 through the model stages), 2.00 clips/s, ETA 0 s")
+
+
 def test_lines_come_on_the_timer_and_once_at_the_end(caplog):
     log = logging.getLogger("videomill.test")
     with caplog.at_level(logging.INFO, logger="videomill.test"):
