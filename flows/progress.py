@@ -123,8 +123,10 @@ class Progress:
             if backlog > 0 and eta is not None:  # analysis done before the model stages are
                 eta = max(eta, backlog / model_rate) if model_rate > 0 else None
         shown = "?" if eta is None else f"{eta:.0f} s"
+        # Before the first batch is done: workers starting, models loading (tens of seconds on Ray).
+        waiting = " (waiting for the first results)" if done < self.total and (done, clips) == (self.start_done, self.start_clips) else ""
         return (f"{self.label}: {done}/{self.total} {self.unit} ({failed} failed){counts}, "
-                f"{(clips - self.start_clips) / dt:.2f} clips/s, ETA {shown}")
+                f"{(clips - self.start_clips) / dt:.2f} clips/s, ETA {shown}{waiting}")
 
     def emit(self) -> None:
         self.log.info("%s", self.line())

@@ -25,7 +25,7 @@ def test_progress_line_counts_and_estimates(monkeypatch):
     # 4 sources scored in 6 s -> the 4 left at 0.667/s take 6 s; 12 new clips / 6 s = 2 clips/s.
     assert p.line() == "scoring: 6/10 sources (2 failed), 17 clips, 2.00 clips/s, ETA 6 s"
     c = Progress("captioning", total=4, log=logging.getLogger("videomill.test"), unit="clips")
-    assert c.line().startswith("captioning: 0/4 clips (0 failed), 0.00 clips/s, ETA ?")
+    assert c.line() == "captioning: 0/4 clips (0 failed), 0.00 clips/s, ETA ? (waiting for the first results)"
 
 
 def test_scoring_with_model_stages_counts_their_clips_apart(monkeypatch):
