@@ -208,7 +208,7 @@ def extract_step(decided: pa.Table, out: str, cfg: RunConfig) -> pa.Table:
         run_logger().info("extraction: removed %d partial clip files a killed run left", removed)
     stage = ExtractClips(cfg.extract, str(layout.clips), stall_timeout_s=cfg.decode.stall_timeout_s)
     table = extract_input(decided)
-    n = pc.sum(pc.list_value_length(table.column("clips"))).as_py() or 0 if table.num_rows else 0
+    n = (pc.sum(pc.list_value_length(table.column("clips"))).as_py() or 0) if table.num_rows else 0
     with Progress("extraction", n, run_logger(), unit="clips") as progress:
         out = get_runner(cfg)([stage], table, live=Live(count_extracted, progress.add))
         progress.set(*count_extracted(out))
