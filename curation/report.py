@@ -113,7 +113,7 @@ def build_report(layout: Layout, sources: pa.Table, clips: pa.Table, scored: pa.
         "model_scoring": {"enabled": cfg.models.enabled, "clip": cfg.models.clip, "clip_pretrained": cfg.models.clip_pretrained,
                           "aesthetic_head": cfg.models.aesthetic_head, "ocr": cfg.models.ocr,
                           "untrained": cfg.models.enabled and cfg.models.clip == "tiny"},
-        "models": model_ids(cfg_dict),
+        "models": {k: v for k, v in model_ids(cfg_dict).items() if not (k.startswith("caption.") and not cfg.caption.enabled)},
         "config": cfg_dict,
         "config_rows": config_rows(cfg_dict),
         "calibration": calibration(layout),
