@@ -25,7 +25,7 @@ test-fast: env
 demo: env
 	$(BIN)/videomill samples $(DEMO)/inputs
 	$(BIN)/videomill run $(DEMO)/inputs --out $(DEMO)/out --profile tiny
-	@echo "manifest: $(DEMO)/out/manifest  clips: $(DEMO)/out/clips"
+	@echo "manifest: $(DEMO)/out/manifest  clips: $(DEMO)/out/clips  report: $(DEMO)/out/report.html"
 
 bench: env
 	$(BIN)/python bench/cpu_stages.py

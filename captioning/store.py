@@ -47,23 +47,30 @@ def to_caption(clips: pa.Table) -> pa.Table:
     return clips.filter(mask)
 
 
+def missing_captions(clips: pa.Table, layout: Layout, cfg: CaptionConfig, have: set[str] | None = None) -> pa.Table:
+    """The clips a run captions that the store does not hold yet."""
+    todo = to_caption(clips)
+    have = set(stored(layout, cfg).column("clip_id").to_pylist()) if have is None else have
+    return todo.filter(pc.invert(pc.is_in(todo.column("clip_id"), pa.array(sorted(have), pa.string()))))
+
+
 def caption_missing(clips: pa.Table, layout: Layout, cfg: CaptionConfig, runner: Runner) -> dict:
     """Caption the accepted clips the store lacks, block by block. -> counts for the log/bench."""
-    todo = to_caption(clips)
     have = set(stored(layout, cfg).column("clip_id").to_pylist())
-    todo = todo.filter(pc.invert(pc.is_in(todo.column("clip_id"), pa.array(sorted(have), pa.string()))))
+    todo = missing_captions(clips, layout, cfg, have)
     d = caption_dir(layout, cfg)
     start = len(list(d.glob("part-*.parquet"))) if d.exists() else 0
     cols = [c for c in todo.column_names if c in CaptionClips.reads + CaptionClips.timing or c.startswith("frames")]
-    gen_tokens = done = 0
+    gen_tokens = done = errors = 0
     for n, i in enumerate(range(0, todo.num_rows, cfg.block_size)):
         block = todo.slice(i, cfg.block_size).select(cols)
         out = runner([CaptionClips(cfg, str(layout.root))], block).select(OUTPUT_SCHEMA.names).cast(OUTPUT_SCHEMA)
         write_table_atomic(out, d / f"part-{start + n:06d}.parquet")
         gen_tokens += pc.sum(out.column(GEN_TOKENS)).as_py() or 0
         done += out.num_rows
-        log.info("captions: block %d, %d clips (%d/%d)", start + n, out.num_rows, done, todo.num_rows)
-    return {"already": len(have), "captioned": done, "generated_tokens": gen_tokens}
+        errors += out.num_rows - out.column("caption_error").null_count
+        log.debug("captions: block %d, %d clips (%d/%d)", start + n, out.num_rows, done, todo.num_rows)
+    return {"already": len(have), "captioned": done, "errors": errors, "generated_tokens": gen_tokens}
 
 
 def join_captions(clips: pa.Table, layout: Layout, cfg: CaptionConfig) -> pa.Table:

@@ -19,6 +19,8 @@ import os
 import shutil
 from pathlib import Path
 
+from curation.stage import warn_once
+
 log = logging.getLogger("videomill")
 
 TINY = "tiny"
@@ -120,7 +122,7 @@ def ensure_tiny_vlm(cache: str | Path | None = None) -> str:
                 shutil.rmtree(path, ignore_errors=True)
                 os.rename(tmp, path)
             shutil.rmtree(tmp, ignore_errors=True)
-    log.warning(WARNING)
+    warn_once(WARNING, log.warning)
     return str(path)
 
 

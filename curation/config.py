@@ -8,6 +8,7 @@ path of the key; the resolved config is written next to the outputs by the flow.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import tomllib
 import typing
@@ -472,16 +473,58 @@ def _tuple_item(hint: Any) -> Any:
     return None
 
 
+def _suggest(key: str, known: list[str], where: str = "") -> str:
+    """' (did you mean WHERE.X?)' for a close misspelling of one of `known`, else ''."""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f" (did you mean {where}{close[0]}?)" if close else ""
+
+
+def _type_name(hint: Any) -> str:
+    return {float: "a number", int: "an integer", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
+def _check_type(hint: Any, value: Any, path: str) -> Any:
+    """`value` as field type `hint` wants it, or ValueError naming the field: a string where a
+    number belongs would otherwise fail deep inside a stage, or compare as a TypeError."""
+    args = typing.get_args(hint)
+    if type(None) in args:  # X | None
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    if hint in (int, bool, str):
+        if isinstance(value, hint) and (hint is bool or not isinstance(value, bool)):
+            return value
+        raise ValueError(f"{path} must be {_type_name(hint)}, got {value!r}")
+    if hint is float:
+        raise ValueError(f"{path} must be a number, got {value!r}")
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{path} must be a list, got {value!r}")
+        item = _tuple_item(hint)
+        return tuple(_check_type(item, v, f"{path}[{i}]") for i, v in enumerate(value)) if item not in (None, Any) else tuple(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{path} must be a table, got {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return {k: _check_type(vt, v, f"{path}.{k}") for k, v in value.items()} if vt is not Any else value
+    return value
+
+
 def build_config(cls: type, data: dict[str, Any], path: str) -> Any:
     """Build dataclass `cls` from a plain dict, recursing into nested configs."""
     if not isinstance(data, dict):
         raise ValueError(f"{path or 'config'}: expected a table, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
     if unknown:
         where = f"{path}." if path else ""
-        raise ValueError(f"unknown config key(s): {', '.join(where + k for k in sorted(unknown))}")
+        keys = ", ".join(where + k + _suggest(k, names, where) for k in unknown)
+        raise ValueError(f"unknown config key{'s' if len(unknown) > 1 else ''}: {keys}")
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
@@ -493,10 +536,8 @@ def build_config(cls: type, data: dict[str, Any], path: str) -> Any:
             if not isinstance(value, (list, tuple)):
                 raise ValueError(f"{sub}: expected a list of tables, got {type(value).__name__}")
             kwargs[name] = tuple(build_config(item, v, f"{sub}[{i}]") for i, v in enumerate(value))
-        elif typing.get_origin(hint) is tuple:
-            kwargs[name] = tuple(value)
         else:
-            kwargs[name] = value
+            kwargs[name] = _check_type(hint, value, sub)
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field missing
@@ -511,15 +552,34 @@ def merge_dicts(base: dict, over: dict) -> dict:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A config file as a dict; ValueError naming the file for what cannot be read or parsed."""
     p = Path(path)
-    text = p.read_text()
-    if p.suffix == ".toml":
-        return tomllib.loads(text)
-    if p.suffix in (".yaml", ".yml"):
-        return yaml.safe_load(text) or {}
-    if p.suffix == ".json":
-        return json.loads(text)
-    raise ValueError(f"config file {p}: unsupported extension {p.suffix!r} (use .toml, .yaml or .json)")
+    if p.suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise ValueError(f"config file {p}: unsupported extension {p.suffix!r} (use .toml, .yaml or .json)")
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ValueError(f"config file {p}: not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"config file {p}: cannot read it ({e})") from None
+    try:
+        if p.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif p.suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text) or {}
+    except (ValueError, yaml.YAMLError) as e:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise ValueError(f"config file {p}: {' '.join(str(e).split())}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {p}: expected a table of sections, got {type(data).__name__}")
+    return data
+
+
+def _profile(name: str) -> dict[str, Any]:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+    return PROFILES[name]
 
 
 def load_config(
@@ -527,10 +587,24 @@ def load_config(
 ) -> RunConfig:
     data = read_config_file(path) if path else {}
     profile = profile or data.get("profile") or "cpu"
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
-    merged = merge_dicts(merge_dicts(PROFILES[profile], data), overrides or {})
+    merged = merge_dicts(merge_dicts(_profile(profile), data), overrides or {})
     merged["profile"] = profile
+    return build_config(RunConfig, merged, "")
+
+
+def load_config_over(
+    base: dict[str, Any], path: str | Path | None = None, profile: str | None = None, overrides: dict[str, Any] | None = None
+) -> RunConfig:
+    """The config of a step on an existing run: `base` (its config.resolved.json) < `profile`
+    (when given) < the file < `overrides`. What the file leaves out stays as the run had it,
+    so `videomill decide OUT --config rules.toml` changes the rules and nothing else."""
+    data = read_config_file(path) if path else {}
+    merged = dict(base)
+    name = profile or data.get("profile") or merged.get("profile") or "cpu"
+    if profile:
+        merged = merge_dicts(merged, _profile(profile))
+    merged = merge_dicts(merge_dicts(merged, data), overrides or {})
+    merged["profile"] = name
     return build_config(RunConfig, merged, "")
 
 

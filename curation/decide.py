@@ -17,6 +17,9 @@ from curation.config import DecideConfig, Rule
 from curation.schema import NEG_TAGS, neg_column
 
 
+DUPLICATE = "duplicate"  # the reject reason of a near-duplicate; its kept clip is in `dup_of`
+
+
 @dataclass(frozen=True)
 class ResolvedRule:
     name: str
@@ -100,10 +103,10 @@ def decide(table: pa.Table, cfg: DecideConfig) -> tuple[pa.Table, list[ResolvedR
                 tags[i].append(tag)
                 if tag not in cfg.keep_probe_tags:
                     reasons[i].append(f"probe:{tag}")
-    if cfg.drop_duplicates and "dup_of" in table.column_names:
+    if cfg.drop_duplicates and "dup_of" in table.column_names:  # one reason; the kept twin is in `dup_of`
         for i, twin in enumerate(table.column("dup_of").to_pylist()):
             if twin is not None:
-                reasons[i].append(f"duplicate_of:{twin}")
+                reasons[i].append(DUPLICATE)
 
     status = ["error" if e else ("rejected" if rs else "accepted") for e, rs in zip(errored, reasons)]
     table = table.append_column("neg_tags", pa.array([[] if e else t for e, t in zip(errored, tags)], pa.list_(pa.string())))

@@ -271,6 +271,19 @@ def remove_temporaries(clips_dir: str | Path) -> int:
     return removed
 
 
+def prune_clips(clips_dir: str | Path, keep: set[str]) -> int:
+    """Delete the clip files in clips_dir whose names are not in `keep` (the accepted clips'
+    files): a clip a new decision rejected, or one whose extraction failed, leaves no file
+    behind, so OUT/clips holds exactly the accepted clips. Temporaries (`.X.tmp-PID`) are
+    remove_temporaries' business. Returns how many were removed."""
+    removed = 0
+    for p in Path(clips_dir).glob("*"):
+        if p.name not in keep and not p.name.startswith(".") and p.is_file():
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 class ExtractClips(Stage):
     """Per source (a few sources per Ray task, flows/run_ray.py): its accepted clips in one
     decode pass. FFmpeg decode and x264 encode use `num_cpus` threads each, so Ray's CPU

@@ -31,7 +31,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from curation.frames import drop_transient
@@ -101,6 +100,8 @@ def write_table_atomic(table: pa.Table, path: Path) -> None:
 
 def read_dataset(directory: Path, schema: pa.Schema | None = None) -> pa.Table:
     """Read a manifest directory; an absent or empty one gives an empty table."""
+    import pyarrow.dataset as pads  # here, not at the top: it imports pandas (seconds), and the CLI's checks import this module
+
     if not directory.exists() or not any(directory.glob("*.parquet")):
         return schema.empty_table() if schema is not None else pa.table({})
     table = pads.dataset(directory, format="parquet", schema=schema).to_table()

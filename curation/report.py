@@ -94,7 +94,10 @@ def build_report(layout: Layout, sources: pa.Table, clips: pa.Table, scored: pa.
         "sources_failed_by_code": _count(sources, "error_code", pc.equal(sources.column("status"), "error")),
         "clip_errors_by_code": _count(clips, "error_code", pc.equal(clips.column("status"), "error")),
         "tags_fired": count_list_values(clips, "neg_tags"),
+        "stages": stages_run(cfg, clips),
         "columns": {c: summarize(float_values(clips, c)) for c in score_cols},
+        "not_computed": not_computed(cfg, clips, score_cols),
+        "gallery": gallery(clips),
         "thresholds": thresholds(cfg, scored if scored.num_rows else clips, score_cols),
         "distributions": {
             "clips": _shape_stats(videos, float_values(videos, "end_s") - float_values(videos, "start_s")),
@@ -104,14 +107,15 @@ def build_report(layout: Layout, sources: pa.Table, clips: pa.Table, scored: pa.
         "shards": shards(layout, clips),
         "thumbs_per_sheet": PER_SHEET,
         "contact_sheets": contact_sheets(clips, cfg),
-        "ranked": ranked(clips),
+        "ranked": ranked(clips, off(cfg).get("aesthetic")),
         "duplicates": duplicates(clips, cfg),
         "probe": probe_section(clips, cfg),
         "model_scoring": {"enabled": cfg.models.enabled, "clip": cfg.models.clip, "clip_pretrained": cfg.models.clip_pretrained,
                           "aesthetic_head": cfg.models.aesthetic_head, "ocr": cfg.models.ocr,
                           "untrained": cfg.models.enabled and cfg.models.clip == "tiny"},
-        "models": model_ids(cfg_dict),
+        "models": {k: v for k, v in model_ids(cfg_dict).items() if not (k.startswith("caption.") and not cfg.caption.enabled)},
         "config": cfg_dict,
+        "config_rows": config_rows(cfg_dict),
         "calibration": calibration(layout),
     }
 
@@ -234,12 +238,15 @@ def captions(clips: pa.Table, cfg: RunConfig | None = None) -> dict:
     """Caption counts, lengths (words, characters, budget tokens) against the token budget,
     gate flags and errors by kind, and a sample of captioned clips (shown with thumbnails).
     Computed in Arrow: only the sampled rows become Python objects."""
+    if cfg is not None and not cfg.caption.enabled:
+        return {"present": False, "count": 0, "off": off(cfg)["caption"]}
     if "caption" not in clips.column_names:
-        return {"present": False, "count": 0}
+        return {"present": False, "count": 0, "off": None}
     rows = clips.filter(pc.is_valid(clips.column("caption")))
     texts = rows.column("caption").cast(pa.string())
     out = {
         "present": True,
+        "off": None,
         "count": rows.num_rows,
         "budget": cfg.caption.max_tokens if cfg is not None else None,
         "length_words": summarize(np.asarray(word_counts(texts), np.float64)),
@@ -317,18 +324,142 @@ def contact_sheets(clips: pa.Table, cfg: RunConfig) -> list[dict]:
     return sheets
 
 
-def ranked(clips: pa.Table) -> dict:
-    """Top and bottom clips by aesthetic score; by motion score until an aesthetic stage exists."""
-    column = "aesthetic_score" if "aesthetic_score" in clips.column_names else "motion_score"
-    note = None if column == "aesthetic_score" else "no aesthetic_score column yet: ranked by motion_score instead"
-    rows = clips.filter(pc.and_(pc.not_equal(clips.column("status"), "error"), pc.is_valid(clips.column(column))))
+def ranked(clips: pa.Table, off_because: str | None = None) -> dict:
+    """Top and bottom clips by aesthetic score. When the run computed none (`off_because`
+    names the setting, or no clip has a value), the section is one line and the gallery of
+    accepted clips shows the pictures."""
+    column = "aesthetic_score"
+    rows = clips.filter(pc.not_equal(clips.column("status"), "error")) if column in clips.column_names else clips.slice(0, 0)
+    rows = rows.filter(pc.is_valid(rows.column(column))) if rows.num_rows else rows
+    if off_because or not rows.num_rows:
+        note = f"not computed in this run ({off_because})" if off_because else "no clip has an aesthetic score"
+        return {"column": column, "note": note, "top": [], "bottom": []}
     k_top = min(PER_SHEET, (rows.num_rows + 1) // 2)  # top and bottom never show the same clip
     k_bottom = min(PER_SHEET, rows.num_rows - k_top)
     # One order for both ends (clip_id breaks ties), so a tie never puts a clip in both.
     order = pc.sort_indices(rows, [(column, "descending"), ("clip_id", "ascending")])
     top = rows.take(order[:k_top]).to_pylist()
     bottom = rows.take(order[rows.num_rows - k_bottom:][::-1]).to_pylist()
-    return {"column": column, "note": note, "top": [_entry(r, column) for r in top], "bottom": [_entry(r, column) for r in bottom]}
+    return {"column": column, "note": None, "top": [_entry(r, column) for r in top], "bottom": [_entry(r, column) for r in bottom]}
+
+
+GALLERY = 16  # accepted clips shown at the top of the report
+
+
+def gallery(clips: pa.Table, k: int = GALLERY) -> dict:
+    """Up to `k` accepted clips, spread evenly over the run (clip_id order: clip ids start with
+    a hash of their source, so the spread crosses sources), whatever models ran."""
+    acc = clips.filter(pc.equal(clips.column("status"), "accepted"))
+    if not acc.num_rows:
+        return {"accepted": 0, "clips": []}
+    order = pc.sort_indices(acc, [("clip_id", "ascending")])
+    step = max(1, acc.num_rows // k)
+    rows = acc.take(order[::step][:k]).to_pylist()
+    column = "aesthetic_score" if any(r.get("aesthetic_score") is not None for r in rows) else "motion_score"
+    return {"accepted": acc.num_rows, "clips": [_entry(r, column) for r in rows]}
+
+
+def off(cfg: RunConfig) -> dict[str, str]:
+    """Stages this run's configuration left out, each with the setting that did it."""
+    m, out = cfg.models, {}
+    if not m.enabled:
+        out["clip"] = out["aesthetic"] = "[models] enabled = false"
+        out["dedup"] = "no embeddings to compare: [models] enabled = false"
+    else:
+        if not m.aesthetic_head:
+            out["aesthetic"] = '[models] aesthetic_head = ""'
+        if not cfg.dedup.enabled:
+            out["dedup"] = "[dedup] enabled = false"
+    if not m.ocr:
+        out["ocr"] = "[models] ocr = false"
+    if not cfg.caption.enabled:
+        out["caption"] = "[caption] enabled = false"
+    if not cfg.probe.path:
+        out["probe"] = "[probe] path is not set"
+    return out
+
+
+# The stage behind each column family (a column's stage off: it has no values, by design).
+_COLUMN_STAGE = (("aesthetic_", "aesthetic"), ("zs_", "clip"), ("dup_", "dedup"), ("ocr_", "ocr"),
+                 ("probe_", "probe"), ("caption_", "caption"))
+
+
+def not_computed(cfg: RunConfig, clips: pa.Table, score_cols: list[str]) -> list[dict]:
+    """Score columns without a single value, grouped by why: the setting that turned their
+    stage off, or "no values" when the stage ran (every clip errored, say)."""
+    why = off(cfg)
+    groups: dict[str, list[str]] = {}
+    for c in score_cols:
+        if clips.num_rows and clips.column(c).null_count < clips.num_rows:
+            continue
+        stage = next((st for prefix, st in _COLUMN_STAGE if c.startswith(prefix)), None)
+        groups.setdefault(why.get(stage, "no values in this run") if stage else "no values in this run", []).append(c)
+    return [{"reason": r, "columns": cols} for r, cols in groups.items()]
+
+
+def stages_run(cfg: RunConfig, clips: pa.Table) -> list[dict]:
+    """What the run did, stage by stage, and what it did not do with the setting that says so:
+    the first thing the report shows."""
+    why, m = off(cfg), cfg.models
+    def row(name: str, key: str | None, on: str) -> dict:
+        reason = why.get(key) if key else None
+        return {"stage": name, "on": reason is None, "detail": on if reason is None else f"off ({reason})"}
+
+    head = f"aesthetic head {m.aesthetic_head}" if m.aesthetic_head else "no aesthetic head"
+    return [
+        row("probe, shots, motion, negative tags", None, "on every source"),
+        row("CLIP: aesthetic, zero-shot tags, embeddings", "clip",
+            f"{m.clip}" + ("" if m.clip == "tiny" else f" ({m.clip_pretrained})") + f", {head}"),
+        row("OCR text score", "ocr", f"PP-OCRv4 on {m.ocr_frames} frames per clip"),
+        row("near-duplicates", "dedup", f"cosine >= {cfg.dedup.threshold:g}"),
+        row("tag probe", "probe", str(cfg.probe.path)),
+        row("decide", None, f"{len(cfg.decide.rules)} rules, {len(cfg.decide.tag_thresholds)} negative tags"
+                            + (f" ({', '.join(cfg.decide.keep_tags)} tag only)" if cfg.decide.keep_tags else "")),
+        row("captions", "caption", f"{cfg.caption.model} ({cfg.caption.mode}, {cfg.caption.backend})"),
+        row("shards", None, "WebDataset, " + ("by training bucket" if cfg.shard.bucketing else "unbucketed")),
+    ]
+
+
+def config_rows(cfg_dict: dict) -> list[dict]:
+    """The configuration as rows (section, key, value), each marked when it differs from the
+    defaults of the run's profile: the settings that made this run what it is, first."""
+    from curation.config import load_config, to_dict
+
+    try:  # as JSON has it (lists, not tuples), in RunConfig's order
+        base = json.loads(json.dumps(to_dict(load_config(profile=cfg_dict.get("profile") or "cpu")), default=str))
+    except ValueError:
+        base = {}
+    rows = []
+    for section in [*base, *(k for k in cfg_dict if k not in base)]:
+        values = cfg_dict.get(section)
+        if not isinstance(values, dict):
+            continue
+        for key, value in _flat(values):
+            default = _lookup(base.get(section, {}), key)
+            rows.append({"section": section, "key": key, "value": _show(value), "changed": default != value})
+    return rows
+
+
+def _flat(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict) and v and all(isinstance(x, dict) for x in v.values()):
+            yield from _flat(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def _lookup(d: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return object()  # never equal: a key the defaults do not have
+        d = d[part]
+    return d
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v, sort_keys=True, default=str)
+    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
 
 MAX_GROUPS = 12  # duplicate groups shown with thumbnails
@@ -336,9 +467,12 @@ MAX_GROUPS = 12  # duplicate groups shown with thumbnails
 
 def duplicates(clips: pa.Table, cfg: RunConfig) -> dict:
     """Near-duplicate groups (curation/dedup.py): each kept clip with the clips rejected as its
-    twins. Grouped in Arrow: only the rows shown become Python objects."""
+    twins. Grouped in Arrow: only the rows shown become Python objects. A run that looked for
+    none says which setting turned them off (`off`)."""
+    if reason := off(cfg).get("dedup"):
+        return {"present": False, "off": reason, "groups": [], "rejected": 0, "groups_total": 0}
     if "dup_of" not in clips.column_names:
-        return {"present": False, "groups": [], "rejected": 0, "groups_total": 0}
+        return {"present": False, "off": None, "groups": [], "rejected": 0, "groups_total": 0}
     dup_of = clips.column("dup_of")
     twins = clips.filter(pc.and_(pc.is_valid(dup_of), pc.not_equal(dup_of, "")))
     groups = twins.group_by("dup_of").aggregate([("clip_id", "list"), ("clip_id", "count")])
@@ -352,7 +486,7 @@ def duplicates(clips: pa.Table, cfg: RunConfig) -> dict:
         entries += [_entry(rows[d], "dup_sim") | {"role": "duplicate"} for d in sorted(dups)[: PER_SHEET - 1]]
         shown.append({"kept": kept, "size": 1 + len(dups), "clips": entries})
     judged = _non_null(clips, "dedup")
-    return {"present": True, "threshold": cfg.dedup.threshold, "enabled": cfg.dedup.enabled, "judged": judged,
+    return {"present": True, "off": None, "threshold": cfg.dedup.threshold, "enabled": cfg.dedup.enabled, "judged": judged,
             "rejected": twins.num_rows, "groups_total": len(pc.unique(twins.column("dup_of"))), "groups": shown}
 
 
@@ -395,5 +529,4 @@ def render_html(report: dict, figures: dict) -> str:
         loader=jinja2.FileSystemLoader(_TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
     )
     env.filters["fmt"] = _fmt
-    config_json = json.dumps(report["config"], indent=2, sort_keys=True, default=str)
-    return env.get_template("report.html.j2").render(r=report, fig=figures, config_json=config_json)
+    return env.get_template("report.html.j2").render(r=report, fig=figures)

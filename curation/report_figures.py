@@ -100,7 +100,7 @@ def render_figures(report: dict, sources: pa.Table, clips: pa.Table, root: Path)
         "funnel": bars(stages, "funnel"),
         "hist": {
             c: histogram(float_values(clips, c), c, _thresh_lines(report["thresholds"].get(c, [])), c.startswith("neg_"))
-            for c in report["columns"]
+            for c, s in report["columns"].items() if s["count"]  # a column without values gets a line, not a plot
         },
         "dist": {
             "clips_duration": histogram(float_values(videos, "end_s") - float_values(videos, "start_s"), "clip duration (s)"),
@@ -122,7 +122,8 @@ def render_figures(report: dict, sources: pa.Table, clips: pa.Table, root: Path)
             words = [len(t.split()) for t in clips.column("caption").to_pylist() if t is not None]
             figs["captions"] = histogram(np.array(words, np.float64), "caption length (words)")
     rows = {r["clip_id"]: r for r in clips.select(["clip_id", "clip_path", "source", "media_type", "start_s", "end_s"]).to_pylist()}
-    shown = [e for s in report["contact_sheets"] for e in s["clips"]] + report["ranked"]["top"] + report["ranked"]["bottom"]
+    shown = report["gallery"]["clips"] + [e for s in report["contact_sheets"] for e in s["clips"]]
+    shown += report["ranked"]["top"] + report["ranked"]["bottom"]
     shown += report["captions"].get("samples", [])
     shown += [e for g in report.get("duplicates", {}).get("groups", []) for e in g["clips"]]
     for e in shown:

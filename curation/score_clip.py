@@ -131,7 +131,10 @@ class ScoreWithClip(Stage):
         head = load_head(cfg, self.embed_dim)
         self.head = head.to(self.device) if head is not None else None  # fp32: 1M params, cheap
         if cfg.clip == "tiny":
-            log.warning("models: profile tiny: CLIP and aesthetic head are random-initialised and UNTRAINED; their scores are meaningless")
+            from curation.model_scoring import TINY_WARNING
+            from curation.stage import warn_once
+
+            warn_once(TINY_WARNING, log.warning)
 
     def preprocess(self, frames: np.ndarray):
         """(N, H, W, 3) uint8 frames of one size -> (N, 3, h, w) model input in the model's

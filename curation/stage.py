@@ -9,9 +9,22 @@ the columns they read and write so a chain is checked before it starts.
 
 from __future__ import annotations
 
-from typing import ClassVar
+import logging
+from typing import Callable, ClassVar
 
 import pyarrow as pa
+
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str, say: Callable[[str], None] | None = None) -> None:
+    """Log `message` as a warning once per process, however many stages or steps want it said:
+    the flow says a run's warnings in the driver (console and Prefect logs), and a stage that
+    says the same in its setup then stays quiet when it runs in that same process (local
+    executor); Ray workers still write it to their own logs."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        (say or logging.getLogger("videomill").warning)(message)
 
 
 class Stage:

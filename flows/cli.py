@@ -18,6 +18,17 @@ def _env_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
+# Loggers whose INFO lines are the run's own; everything else says only warnings (open_clip, for
+# one, logs every model build step on the root logger).
+OUR_LOGGERS = ("videomill", "curation", "captioning", "flows", "training")
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in OUR_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="videomill", description="Turn raw video into training data for video diffusion models.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -82,30 +93,24 @@ def main(argv: list[str] | None = None) -> int:
         return _tags_train(args)
     if args.cmd == "report":  # reads OUT only: no Prefect server, no Ray
         from curation.report import write_report
+        from flows.preflight import existing_run
 
         try:
+            existing_run(args.out)
             report = write_report(args.out)
-        except FileNotFoundError as e:
+        except (ValueError, OSError) as e:
             print(f"videomill: {e}", file=sys.stderr)
             return 2
         print(os.path.join(report["out"], "report.html"))
         return 0
     if args.cmd == "calibrate":  # reads OUT and the labels only: no Prefect server, no Ray
         return _calibrate(args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    _logging()
     if args.cmd == "train":
         return _train(args)
-    from curation.config import load_config
-    from flows.models import check_services, prepare_models
-
-    try:  # fail fast, before Prefect (a ~10 s import) or any server or cluster starts
-        cfg = load_config(args.config, args.profile)
-        if args.cmd in ("run", "fetch"):  # models named, missing ones fetched (or refused offline): one line, exit 2
-            prepare_models(cfg, say=lambda line: print(f"videomill: {line}", file=sys.stderr))
-        if args.cmd == "run":
-            check_services(cfg)
-    except (ValueError, OSError, RuntimeError) as e:  # MissingModel is a ValueError
+    try:  # every configuration-type problem, in seconds, before Prefect (a ~10 s import), Ray or any server
+        _preflight(args)
+    except (ValueError, OSError, RuntimeError) as e:  # ConfigError and MissingModel are ValueErrors
         print(f"videomill: configuration error: {e}", file=sys.stderr)
         return 2
     if args.cmd == "fetch":
@@ -135,7 +140,45 @@ def main(argv: list[str] | None = None) -> int:
         print(f"videomill: failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2))
+    print(f"report: {summary['report']}", file=sys.stderr)
     return 0
+
+
+def _preflight(args: argparse.Namespace) -> None:
+    """What run/fetch/decide/shard check before any work, cheapest first: the configuration,
+    the inputs and OUT, the scores already in OUT, the Prefect API, then the models (named,
+    fetched when missing, refused in one line offline) and the caption server."""
+    from curation.config import RunConfig
+    from flows.models import check_services, prepare_models
+    from flows.preflight import (
+        ONLY_AFTER_SCORING,
+        check_inputs,
+        check_out,
+        check_prefect_api,
+        check_scores,
+        config_for_out,
+        run_config,
+    )
+
+    say = lambda line: print(f"videomill: {line}", file=sys.stderr)  # noqa: E731
+    cfg: RunConfig
+    if args.cmd in ("run", "fetch"):
+        overrides = {"runtime": {"executor": args.executor}} if getattr(args, "executor", None) else None
+        cfg = run_config(args.config, args.profile, overrides)
+    else:
+        layout, cfg = config_for_out(args.out, args.config, args.profile)
+    if args.cmd == "run":
+        check_inputs(args.inputs)
+        layout = check_out(args.out, args.inputs)
+        check_scores(layout, cfg, args.rescore)
+    elif args.cmd in ("decide", "shard"):
+        check_scores(layout, cfg, fix=ONLY_AFTER_SCORING)
+    if args.cmd != "fetch":
+        check_prefect_api()
+    if args.cmd in ("run", "fetch", "decide"):  # decide loads only the caption models
+        prepare_models(cfg, scoring=args.cmd != "decide", say=say)
+    if args.cmd in ("run", "decide"):
+        check_services(cfg)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -211,6 +254,13 @@ def _train(args: argparse.Namespace) -> int:
         entries = run_precompute(load_models(cfg.model), cfg.data, pc)
         print(json.dumps({"cache": cfg.data.cache_dir, "parts": len(entries)}))
         return 0
+    from flows.preflight import ConfigError, check_prefect_api
+
+    try:
+        check_prefect_api()
+    except ConfigError as e:
+        print(f"videomill: cannot train: {e}", file=sys.stderr)
+        return 2
     from flows.train import PreflightError, preflight, summary_lines, train_flow, with_overrides
 
     try:  # seconds, before Prefect and Ray start: the data and the model exist and fit

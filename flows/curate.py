@@ -10,9 +10,7 @@ shards, report), retried as wholes; a retried or rerun scoring step skips comple
 
 from __future__ import annotations
 
-import json
-import logging
-import time
+import functools
 from typing import Callable, Iterator, Sequence
 
 import pyarrow as pa
@@ -21,20 +19,20 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE as NO_CACHE
 
-from curation.config import TINY_MODEL, RunConfig, load_config, merge_dicts, to_dict
+from curation.config import TINY_MODEL, RunConfig, to_dict
 from curation.decide import decide
 from curation.embeddings import embeddings_dir
 from curation.global_scores import add_global_scores
 from curation.model_scoring import TINY_WARNING, model_metadata
-from curation.extract_clips import EXTRACT_INPUT, ExtractClips, remove_temporaries
-from curation.inputs import expand_inputs
+from curation.extract_clips import EXTRACT_INPUT, ExtractClips, prune_clips, remove_temporaries
 from curation.manifest import (
     Layout,
     WriteParts,
+    committed_parts,
     conform,
     lookup,
-    fingerprint,
     read_dataset,
+    read_parts,
     read_scores,
     read_sources,
     settle,
@@ -46,20 +44,29 @@ from curation.manifest import (
 from curation.media import media_type, source_id
 from curation.report import count_list_values, write_report
 from curation.report import funnel as funnel_counts
-from curation.schema import SOURCE_ROW, analyzed_clip_schema, clip_schema
-from curation.stage import Stage
+from curation.schema import SOURCE_ROW, analyzed_clip_schema, clip_schema, source_schema
+from curation.stage import Stage, warn_once
 from curation.write_shards import write_shards
 from flows.logs import run_logger
+from flows.progress import Live, Progress, count_captioned, count_extracted, count_model_scored, count_scored
+from flows.preflight import (  # noqa: F401 - ConfigError, scoring_fingerprint: this module's API too
+    ONLY_AFTER_SCORING,
+    ConfigError,
+    check_inputs,
+    check_out,
+    check_scores,
+    config_for_out,
+    existing_run,
+    run_config,
+    scores_conflict,
+    scoring_fingerprint,
+)
 from flows.run_local import run_local, stream_local
 from flows.stages import check_clip_stages, clip_stages, source_stages
 
 Runner = Callable[[Sequence[Stage], pa.Table], pa.Table]
 # Ray's retries of a block whose worker died, before the flow retries its sources one by one.
 WORKER_RETRIES = 2
-
-
-class ConfigError(ValueError):
-    """Bad configuration or arguments: the run stops before doing any work."""
 
 
 def get_runner(cfg: RunConfig) -> Runner:
@@ -81,69 +88,16 @@ def get_streamer(cfg: RunConfig) -> tuple[Callable[..., Iterator[pa.Table]], Cal
     return stream_ray, sources_per_block
 
 
-# Config sections that never change a score: decisions, shards and where things run; and
-# captions, made after decide and keyed by their own hash (OUT/captions/<caption_key>/);
-# dedup and probe too: global steps before decide, recomputed from the stored embeddings.
-_NOT_SCORING = ("profile", "decide", "shard", "runtime", "caption", "dedup", "probe")
-
-
-def scoring_fingerprint(cfg: RunConfig) -> str:
-    """Hash of everything a stored score depends on: every scoring config section (model
-    ids included) and the code `version` of every stage of the stream."""
-    d = to_dict(cfg)
-    clip = clip_stages(cfg)
-    stages = {type(st).__qualname__: str(getattr(st, "version", "1")) for st in (*source_stages(cfg, clip), *clip)}
-    return fingerprint({"config": {k: v for k, v in d.items() if k not in _NOT_SCORING}, "stages": stages})
-
-
 def check_fingerprint(layout: Layout, cfg: RunConfig, rescore: bool) -> None:
-    """Refuse to mix scores made under different settings in one OUT (unless --rescore)."""
-    fp = scoring_fingerprint(cfg)
-    f = layout.fingerprint_file
-    old = f.read_text().strip() if f.exists() else None
-    if old is not None and old != fp:
-        if not rescore:
-            raise ConfigError(
-                f"{layout.root} holds scores made with different scoring settings or scorer versions "
-                "(decode/split/motion/tags/frames/extract or a model stage); use a new --out, or --rescore to discard them"
-            )
+    """Refuse to mix scores made under different settings in one OUT (unless --rescore, which
+    discards the old ones); then record this run's scoring fingerprint."""
+    if scores_conflict(layout, cfg):
+        check_scores(layout, cfg, rescore)
         for d in (layout.sources, layout.scores, layout.clip_manifest, layout.clips, embeddings_dir(layout)):
             for p in d.glob("*"):
                 if p.is_file():
                     p.unlink()
-    write_bytes_atomic(f, (fp + "\n").encode())
-
-
-class Progress:
-    """The run's live progress line: sources done/total, clips, clips/s, ETA.
-
-    Logged through the run logger (the CLI's stderr, and the Prefect run's logs) at most
-    every `every_s` seconds while parts are written, and once at the end."""
-
-    def __init__(self, total: int, done: int, log: logging.Logger | logging.LoggerAdapter, every_s: float = 5.0):
-        self.total, self.done, self.start_done = total, done, done
-        self.clips = self.errors = 0
-        self.log, self.every_s = log, every_s
-        self.t0 = self.last = time.monotonic()
-
-    def update(self, stats: pa.Table) -> None:
-        self.done += pc.sum(stats.column("sources")).as_py() or 0
-        self.clips += pc.sum(stats.column("clips")).as_py() or 0
-        self.errors += pc.sum(stats.column("errors")).as_py() or 0
-        if time.monotonic() - self.last >= self.every_s:
-            self.emit()
-
-    def line(self) -> str:
-        dt = max(time.monotonic() - self.t0, 1e-9)
-        rate = (self.done - self.start_done) / dt
-        left = self.total - self.done
-        eta = "0 s" if left <= 0 else (f"{left / rate:.0f} s" if rate > 0 else "?")
-        return (f"progress: {self.done}/{self.total} sources ({self.errors} failed), {self.clips} clips, "
-                f"{self.clips / dt:.2f} clips/s, ETA {eta}")
-
-    def emit(self) -> None:
-        self.last = time.monotonic()
-        self.log.info("%s", self.line())
+    write_bytes_atomic(layout.fingerprint_file, (scoring_fingerprint(cfg) + "\n").encode())
 
 
 def worker_died_rows(sources: list[str], tries: int) -> pa.Table:
@@ -176,27 +130,39 @@ def score_sources(
     done = settle(layout)
     todo = [s for s in sources if s not in done]
     log.info("%d sources already done, %d to score", len(sources) - len(todo), len(todo))
-    progress = Progress(len(sources), len(sources) - len(todo), log)
     stream, block_size = get_streamer(cfg)
     writer = WriteParts(layout.root)
     rows, k = cfg.runtime.partition_size, block_size(len(todo))
-    for stats in stream(todo, stages, clip, writer, rows_per_part=rows, sources_per_block=k, max_retries=WORKER_RETRIES):
-        progress.update(stats)
-    done = settle(layout)
-    missing = [s for s in todo if s not in done]
-    if missing and k > 1:  # their blocks were dropped after Ray's retries: each alone in a block, once more
-        log.warning("%d sources lost their worker; retrying each in a block of its own", len(missing))
-        for stats in stream(missing, stages, clip, writer, rows_per_part=rows, sources_per_block=1, max_retries=WORKER_RETRIES):
-            progress.update(stats)
+    already = source_counts(layout, done & set(sources))
+    with Progress("scoring", len(sources), log, model_stages=bool(clip), **already) as progress:
+        live = {"live": Live(count_scored, progress.add), "live_models": Live(count_model_scored, progress.add_scored)}
+        for _ in stream(todo, stages, clip, writer, rows_per_part=rows, sources_per_block=k, max_retries=WORKER_RETRIES, **live):
+            pass
         done = settle(layout)
-        missing = [s for s in missing if s not in done]
-    if missing:
-        log.error("%d sources killed their worker on every try: error rows (worker_died)", len(missing))
-        progress.update(pa.table({"sources": [len(missing)], "clips": [0], "errors": [len(missing)]}))
-        write_part(layout, worker_died_rows(missing, (2 if k > 1 else 1) * (WORKER_RETRIES + 1)))
-        settle(layout)
-    progress.emit()
-    return {"sources": len(sources), "scored": len(todo), "clips": progress.clips, "worker_died": len(missing)}
+        missing = [s for s in todo if s not in done]
+        if missing and k > 1:  # their blocks were dropped after Ray's retries: each alone in a block, once more
+            log.warning("%d sources lost their worker; retrying each in a block of its own", len(missing))
+            for _ in stream(missing, stages, clip, writer, rows_per_part=rows, sources_per_block=1, max_retries=WORKER_RETRIES, **live):
+                pass
+            done = settle(layout)
+            missing = [s for s in missing if s not in done]
+        if missing:
+            log.error("%d sources killed their worker on every try: error rows (worker_died)", len(missing))
+            write_part(layout, worker_died_rows(missing, (2 if k > 1 else 1) * (WORKER_RETRIES + 1)))
+            done = settle(layout)
+        final = source_counts(layout, done & set(sources))  # the manifest's truth (a retried batch counted twice)
+        progress.set(**final)
+    return {"sources": len(sources), "scored": len(todo), "clips": final["clips"] - already["clips"], "worker_died": len(missing)}
+
+
+def source_counts(layout: Layout, sources: set[str]) -> dict[str, int]:
+    """Of `sources` in OUT's manifest: how many, their clips, how many failed (progress counts)."""
+    if not sources:
+        return {"done": 0, "clips": 0, "failed": 0}
+    t = read_parts(layout.sources, committed_parts(layout), source_schema(), columns=["source", "status", "num_clips"])
+    t = t.filter(pc.is_in(t.column("source"), pa.array(sorted(sources), pa.string())))
+    return {"done": t.num_rows, "clips": int(pc.sum(t.column("num_clips")).as_py() or 0),
+            "failed": int(pc.sum(pc.equal(t.column("status"), "error")).as_py() or 0)}
 
 
 @task(name="score", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -211,8 +177,6 @@ def decide_step(out: str, cfg: RunConfig) -> pa.Table:
     scored = read_scores(layout).sort_by("clip_id")
     # Global steps before decide (near-duplicates, tag probe): from the stored embeddings.
     scored, _ = add_global_scores(layout, scored, cfg)
-    if cfg.models.enabled and cfg.models.clip == TINY_MODEL:
-        run_logger().warning(TINY_WARNING)
     decided, resolved = decide(scored, cfg.decide)
     for r in resolved:
         run_logger().info("rule %s on %s: keep within [%s, %s]", r.name, r.column, r.min, r.max)
@@ -243,7 +207,12 @@ def extract_step(decided: pa.Table, out: str, cfg: RunConfig) -> pa.Table:
     if removed := remove_temporaries(layout.clips):
         run_logger().info("extraction: removed %d partial clip files a killed run left", removed)
     stage = ExtractClips(cfg.extract, str(layout.clips), stall_timeout_s=cfg.decode.stall_timeout_s)
-    return get_runner(cfg)([stage], extract_input(decided))
+    table = extract_input(decided)
+    n = (pc.sum(pc.list_value_length(table.column("clips"))).as_py() or 0) if table.num_rows else 0
+    with Progress("extraction", n, run_logger(), unit="clips") as progress:
+        out = get_runner(cfg)([stage], table, live=Live(count_extracted, progress.add))
+        progress.set(*count_extracted(out))
+    return out
 
 
 def join_extraction(decided: pa.Table, extracted: pa.Table, out: str) -> pa.Table:
@@ -275,14 +244,33 @@ def join_extraction(decided: pa.Table, extracted: pa.Table, out: str) -> pa.Tabl
 def caption_step(clips: pa.Table, out: str, cfg: RunConfig) -> pa.Table:
     """Dense captions for the accepted clips (captioning/): the missing ones, block by block,
     on an actor pool; then every stored caption joined in, duplicates flagged across the run."""
-    from captioning.store import caption_missing, join_captions
+    from captioning.store import caption_missing, join_captions, missing_captions
 
     layout = Layout.at(out)
     if not cfg.caption.enabled:
         return clips
-    counts = caption_missing(clips, layout, cfg.caption, get_runner(cfg))
-    run_logger().info("captions: %s", counts)
+    log = run_logger()
+    n = missing_captions(clips, layout, cfg.caption).num_rows
+    with Progress("captioning", n, log, unit="clips") as progress:
+        runner = functools.partial(get_runner(cfg), live=Live(count_captioned, progress.add))
+        counts = caption_missing(clips, layout, cfg.caption, runner)
+        progress.set(counts["captioned"], counts["captioned"] - counts["errors"], counts["errors"])
+    log.info("captions: %s", counts)
     return join_captions(clips, layout, cfg.caption)
+
+
+def warn_untrained(cfg: RunConfig) -> None:
+    """A run's UNTRAINED warnings, said once, here in the driver at the start (console and the
+    Prefect run's logs): the stages that load those models run in Ray workers, whose logs stay
+    in Ray's log files (and in-process, warn_once keeps them from saying it twice)."""
+    from captioning.tiny import WARNING as TINY_CAPTION_WARNING
+    from captioning.tiny import is_tiny
+
+    say = run_logger().warning
+    if cfg.models.enabled and cfg.models.clip == TINY_MODEL:
+        warn_once(TINY_WARNING, say)
+    if cfg.caption.enabled and is_tiny(cfg.caption.model):
+        warn_once(TINY_CAPTION_WARNING, say)
 
 
 def check_models(cfg: RunConfig, scoring: bool = True) -> None:
@@ -342,13 +330,12 @@ def curate(
         overrides["runtime"]["ray_address"] = ray_address
     if executor:
         overrides["runtime"]["executor"] = executor
-    try:
-        cfg = load_config(config, profile, overrides)
-        sources = expand_inputs(list(inputs))
-    except (ValueError, FileNotFoundError) as e:
-        raise ConfigError(str(e)) from None
+    cfg = run_config(config, profile, overrides)
+    sources = check_inputs(list(inputs))
+    layout = check_out(out, inputs)
+    check_scores(layout, cfg, rescore)
     check_models(cfg)
-    layout = Layout.at(out)
+    warn_untrained(cfg)
     layout.make()
     check_fingerprint(layout, cfg, rescore)
     write_json_atomic(layout.resolved_config, to_dict(cfg))
@@ -371,7 +358,15 @@ def _decide_and_extract(layout: Layout, cfg: RunConfig) -> dict:
     clips = shard_step(clips, out, cfg)
     clips = clips.replace_schema_metadata({**(clips.schema.metadata or {}), **model_metadata(cfg)})
     write_table_atomic(clips, layout.clip_manifest / "clips.parquet")
+    if removed := prune_clips(layout.clips, accepted_files(clips)):
+        run_logger().info("clips: removed %d file(s) of clips that are no longer accepted", removed)
     return _summarize(layout, clips)
+
+
+def accepted_files(clips: pa.Table) -> set[str]:
+    """File names (in OUT/clips) of the accepted clips."""
+    acc = clips.filter(pc.and_(pc.equal(clips.column("status"), "accepted"), pc.is_valid(clips.column("clip_path"))))
+    return {p.rsplit("/", 1)[-1] for p in acc.column("clip_path").to_pylist()}
 
 
 def _summarize(layout: Layout, clips: pa.Table) -> dict:
@@ -382,30 +377,15 @@ def _summarize(layout: Layout, clips: pa.Table) -> dict:
     return summary
 
 
-def config_for_out(out: str, config: str | None, profile: str | None, overrides: dict | None = None) -> tuple[Layout, RunConfig]:
-    """The config of a step on an existing OUT: the file/profile given, else OUT's own."""
-    layout = Layout.at(out)
-    if not layout.sources.exists():
-        raise ConfigError(f"{layout.root} has no manifest; run `videomill run` first")
-    try:
-        if config is None and profile is None and layout.resolved_config.exists():
-            data = json.loads(layout.resolved_config.read_text())
-            cfg = load_config(profile=data.pop("profile"), overrides=merge_dicts(data, overrides or {}))
-        else:
-            cfg = load_config(config, profile, overrides)
-    except (ValueError, FileNotFoundError) as e:
-        raise ConfigError(str(e)) from None
-    return layout, cfg
-
-
 @flow(name="decide", log_prints=True)
 def redecide(out: str, config: str | None = None, profile: str | None = None, executor: str | None = None) -> dict:
     """Re-apply thresholds to OUT's stored scores (no decoding), then extract newly accepted
     clips, reshard and report. Without --config/--profile it uses OUT's resolved config."""
     overrides = {"runtime": {"executor": executor}} if executor else None
     layout, cfg = config_for_out(out, config, profile, overrides)
+    check_scores(layout, cfg, fix=ONLY_AFTER_SCORING)
     check_models(cfg, scoring=False)  # decide reads stored scores and embeddings: captions only
-    check_fingerprint(layout, cfg, rescore=False)
+    warn_untrained(cfg)
     write_json_atomic(layout.resolved_config, to_dict(cfg))
     with _compute(cfg) as dashboard:
         summary = _decide_and_extract(layout, cfg)
@@ -417,6 +397,8 @@ def redecide(out: str, config: str | None = None, profile: str | None = None, ex
 def shard(out: str, config: str | None = None, profile: str | None = None) -> dict:
     """(Re)write OUT's WebDataset shards from its manifest, e.g. after changing [shard]."""
     layout, cfg = config_for_out(out, config, profile)
+    check_scores(layout, cfg, fix=ONLY_AFTER_SCORING)
+    write_json_atomic(layout.resolved_config, to_dict(cfg))
     clips = read_dataset(layout.clip_manifest, clip_schema())
     clips = shard_step(clips, str(layout.root), cfg)
     write_table_atomic(clips, layout.clip_manifest / "clips.parquet")
@@ -426,8 +408,7 @@ def shard(out: str, config: str | None = None, profile: str | None = None) -> di
 @flow(name="report", log_prints=True)
 def report(out: str) -> str:
     """Write OUT/report.html and OUT/report.json from OUT's manifest."""
-    if not Layout.at(out).sources.exists():
-        raise ConfigError(f"{Layout.at(out).root} has no manifest; run `videomill run` first")
+    existing_run(out)
     return report_step(out)
 
 

@@ -9,13 +9,19 @@ import pyarrow.compute as pc
 
 from curation.schema import check_chain
 from curation.stage import Stage
+from flows.progress import Live
 
 
-def run_local(stages: Sequence[Stage], table: pa.Table) -> pa.Table:
+def run_local(stages: Sequence[Stage], table: pa.Table, live: Live | None = None) -> pa.Table:
+    """`stages` over `table` in this process; `live` sees each output batch of the last stage."""
     check_chain(stages, table.column_names)
-    for stage in stages:
+    for n, stage in enumerate(stages):
         stage.setup()
-        parts = [stage(table.slice(i, stage.batch_size)) for i in range(0, table.num_rows, stage.batch_size)]
+        parts = []
+        for i in range(0, table.num_rows, stage.batch_size):
+            parts.append(stage(table.slice(i, stage.batch_size)))
+            if live is not None and n == len(stages) - 1:
+                live(parts[-1])
         table = pa.concat_tables(parts) if parts else stage(table.slice(0, 0))
     return table
 
@@ -54,10 +60,11 @@ def sources_per_block(n: int) -> int:
 
 def stream_local(
     sources: list[str], source_stages: Sequence[Stage], clip_stages: Sequence[Stage], write: Callable[[pa.Table], pa.Table],
-    rows_per_part: int, **_: object,
+    rows_per_part: int, live: Live | None = None, live_models: Live | None = None, **_: object,
 ) -> Iterator[pa.Table]:
     """The scoring stream in this process: the same stages and writer as on Ray, one source
-    at a time, a part every `rows_per_part` clip rows. Yields each part's counts."""
+    at a time, a part every `rows_per_part` clip rows. Yields each part's counts; `live` sees
+    each source's rows once analysed, `live_models` once through the clip stages."""
     for s in (*source_stages, *clip_stages):
         s.setup()
     pending: list[pa.Table] = []
@@ -66,8 +73,12 @@ def stream_local(
         t = pa.table({"source": [uri]})
         for s in source_stages:
             t = s(t)
+        if live is not None:
+            live(t)
         for s in clip_stages:
             t = apply_clip_stage(s, t)
+        if live_models is not None and clip_stages:
+            live_models(t)
         pending.append(t)
         n += t.num_rows
         if n >= rows_per_part:

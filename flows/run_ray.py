@@ -20,6 +20,8 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
+import threading
 import warnings
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
@@ -30,22 +32,30 @@ import ray
 from curation.schema import check_chain
 from curation.stage import Stage
 from flows.logs import run_logger
+from flows.progress import Live
 from flows.run_local import apply_clip_stage
 
 
 class _StageActor:
-    """Actor-pool adapter: builds the stage once per actor, then serves batches."""
+    """Actor-pool adapter: builds the stage once per actor, then serves batches; `count`
+    (the step's last stage only) reports each output batch for the progress line."""
 
-    def __init__(self, stage: Stage):
-        self.stage = stage
+    def __init__(self, stage: Stage, count: "_RemoteCount | None" = None):
+        self.stage, self.count = stage, count
         self.stage.setup()
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def apply(self, batch: pa.Table) -> pa.Table:
         return self.stage(batch)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out = self.apply(batch)
+        if self.count is not None:
+            self.count(out)
+        return out
 
 
 class _ClipStageActor(_StageActor):
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def apply(self, batch: pa.Table) -> pa.Table:
         return apply_clip_stage(self.stage, batch)
 
 
@@ -53,22 +63,82 @@ def _actor_class(stage: Stage, clip: bool = False) -> type:
     return type(type(stage).__name__, (_ClipStageActor if clip else _StageActor,), {})
 
 
-def _task_fn(stage: Stage):
+def _task_fn(stage: Stage, count: "_RemoteCount | None" = None):
     ready = []
 
     def fn(batch: pa.Table) -> pa.Table:
         if not ready:  # once per worker process that unpickles this function
             stage.setup()
             ready.append(True)
-        return stage(batch)
+        out = stage(batch)
+        if count is not None:
+            count(out)
+        return out
 
     fn.__name__ = fn.__qualname__ = type(stage).__name__
     return fn
 
 
-def run_ray(stages: Sequence[Stage], table: pa.Table, max_retries: int = 2) -> pa.Table:
+@ray.remote(num_cpus=0)
+class _Counter:
+    """Where the workers' progress counts gather until the driver takes them."""
+
+    def __init__(self):
+        self.counts = [0, 0, 0]
+
+    def add(self, *counts: int) -> None:
+        self.counts = [a + b for a, b in zip(self.counts, counts)]
+
+    def take(self) -> list[int]:
+        out, self.counts = self.counts, [0, 0, 0]
+        return out
+
+
+class _RemoteCount:
+    """Called by a worker on a stage's output batch: its counts go to the `_Counter` actor
+    (fire and forget: a lost count costs a progress line its precision, nothing else)."""
+
+    def __init__(self, count: Callable[[pa.Table], tuple[int, int, int]], counter: "ray.actor.ActorHandle"):
+        self.count, self.counter = count, counter
+
+    def __call__(self, batch: pa.Table) -> None:
+        counts = self.count(batch)
+        if any(counts):
+            self.counter.add.remote(*counts)
+
+
+@contextmanager
+def _live_counts(live: Live | None, every_s: float = 1.0) -> Iterator[_RemoteCount | None]:
+    """For the workers: a `_RemoteCount` feeding a counter actor; here: a thread moving what
+    the actor gathered into `live.add` every `every_s` seconds, and once more at the end."""
+    if live is None:
+        yield None
+        return
+    counter = _Counter.remote()
+    stop = threading.Event()
+
+    def move() -> None:
+        live.add(*ray.get(counter.take.remote()))
+
+    def poll() -> None:
+        while not stop.wait(every_s):
+            move()
+
+    thread = threading.Thread(target=poll, name="progress-counts", daemon=True)
+    thread.start()
+    try:
+        yield _RemoteCount(live.count, counter)
+    finally:
+        stop.set()
+        thread.join()
+        move()
+        ray.kill(counter)
+
+
+def run_ray(stages: Sequence[Stage], table: pa.Table, max_retries: int = 2, live: Live | None = None) -> pa.Table:
     """`stages` over the rows of `table` on the cluster (extraction: a row per source;
     captioning: a row per clip), a few rows per task; the output rows, in no set order.
+    `live` sees each output batch of the last stage, as it is done.
 
     A block whose worker died `max_retries` + 1 times (segfault, OOM kill) is dropped, not
     fatal: its rows are missing from the output and the caller accounts for them (e.g.
@@ -82,12 +152,13 @@ def run_ray(stages: Sequence[Stage], table: pa.Table, max_retries: int = 2) -> p
     # actor pool it is a small task of its own.
     first = stages[0]
     read_cpus = 0.25 if first.stateful else first.num_cpus
-    with _dropping_dead_blocks():  # (a Dataset copies the DataContext when it is made)
+    with _dropping_dead_blocks(), _live_counts(live) as count:  # (a Dataset copies the DataContext when it is made)
         ds = blocks_of(table, sources_per_block(table.num_rows), max_retries, num_cpus=read_cpus)
         for i, stage in enumerate(stages):
             # The first task stage takes the read's whole block, so Ray fuses the two.
             whole = i == 0 and not stage.stateful
-            ds = _add_stage(ds, stage, clip=False, max_retries=max_retries, batch_size=None if whole else stage.batch_size)
+            ds = _add_stage(ds, stage, clip=False, max_retries=max_retries, batch_size=None if whole else stage.batch_size,
+                            count=count if i == len(stages) - 1 else None)
         tables = [t for t in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0) if t.num_rows]
     return pa.concat_tables(tables) if tables else run_empty(stages, table)
 
@@ -150,8 +221,10 @@ def blocks_of(table: pa.Table, k: int, max_retries: int = 2, num_cpus: float = 1
                                         ray_remote_args={"max_retries": max_retries})
 
 
-def _add_stage(ds, stage: Stage, clip: bool, max_retries: int, batch_size: int | None, num_cpus: float | None = None):
-    """One stage as a map_batches operator; `batch_size` None: whole blocks."""
+def _add_stage(ds, stage: Stage, clip: bool, max_retries: int, batch_size: int | None, num_cpus: float | None = None,
+               count: _RemoteCount | None = None):
+    """One stage as a map_batches operator; `batch_size` None: whole blocks; `count` reports
+    each output batch (progress)."""
     num_cpus = stage.num_cpus if num_cpus is None else num_cpus
     common: dict = dict(batch_format="pyarrow", batch_size=batch_size, num_cpus=num_cpus)
     if stage.num_gpus:
@@ -161,8 +234,8 @@ def _add_stage(ds, stage: Stage, clip: bool, max_retries: int, batch_size: int |
         n = pool_size(stage)
         # GPUs: hold them all for the run; CPU models: scale between 1 and n with the work.
         pool = ray.data.ActorPoolStrategy(size=n) if stage.num_gpus else ray.data.ActorPoolStrategy(min_size=1, max_size=n)
-        return ds.map_batches(_actor_class(stage, clip), fn_constructor_args=(stage,), compute=pool, **common)
-    return _with_retries(ds, _task_fn(stage), max_retries, **common)
+        return ds.map_batches(_actor_class(stage, clip), fn_constructor_args=(stage, count), compute=pool, **common)
+    return _with_retries(ds, _task_fn(stage, count), max_retries, **common)
 
 
 def _with_retries(ds, fn, max_retries: int, **kwargs):
@@ -182,6 +255,8 @@ def stream_ray(
     rows_per_part: int,
     sources_per_block: int | None = None,
     max_retries: int = 2,
+    live: Live | None = None,
+    live_models: Live | None = None,
 ) -> Iterator[pa.Table]:
     """The scoring run as one streaming Ray Data pipeline; yields each written part's counts.
 
@@ -192,8 +267,11 @@ def stream_ray(
     check_chain([*source_stages, *clip_stages], ["source"])
     if not sources:
         return
-    with _dropping_dead_blocks():  # a dead item's block is dropped; the flow accounts for it
-        yield from _stream(sources, source_stages, clip_stages, write, rows_per_part, sources_per_block, max_retries)
+    # A dead item's block is dropped; the flow accounts for it. `live` hears from the analysis
+    # as each source is done, `live_models` from the last model stage (in batches of its size).
+    with _dropping_dead_blocks(), _live_counts(live) as count, _live_counts(live_models) as count_models:
+        yield from _stream(sources, source_stages, clip_stages, write, rows_per_part, sources_per_block, max_retries,
+                           count, count_models)
 
 
 def sources_per_block(n: int) -> int:
@@ -203,7 +281,8 @@ def sources_per_block(n: int) -> int:
     return max(1, min(8, math.ceil(n / (4 * cpus))))
 
 
-def _stream(sources, source_stages, clip_stages, write, rows_per_part, k, max_retries) -> Iterator[pa.Table]:
+def _stream(sources, source_stages, clip_stages, write, rows_per_part, k, max_retries, count=None,
+            count_models=None) -> Iterator[pa.Table]:
     k = k or sources_per_block(len(sources))
     first = source_stages[0] if source_stages else None
     ds = blocks_of(pa.table({"source": pa.array(sources, pa.string())}), k, max_retries, num_cpus=first.num_cpus if first else 1.0)
@@ -211,12 +290,14 @@ def _stream(sources, source_stages, clip_stages, write, rows_per_part, k, max_re
     # read, the source stages and, without clip stages, the writer into ONE task per block of
     # k sources: a dead worker loses only that block, and no tiny operator of its own takes
     # CPU slots from scoring (a separate read operator measured 1.6x the scoring wall time).
-    for stage in source_stages:
-        ds = _add_stage(ds, stage, clip=False, max_retries=max_retries, batch_size=None)
+    # The last source stage and the last clip stage report each batch they finish (progress).
+    for i, stage in enumerate(source_stages):
+        ds = _add_stage(ds, stage, clip=False, max_retries=max_retries, batch_size=None,
+                        count=count if i == len(source_stages) - 1 else None)
     cpus = ray.cluster_resources().get("CPU", 1.0)
-    for stage in clip_stages:
+    for i, stage in enumerate(clip_stages):
         ds = _add_stage(ds, stage, clip=True, max_retries=max_retries, batch_size=stage.batch_size,
-                        num_cpus=actor_cpus(stage, clip_stages, cpus))
+                        num_cpus=actor_cpus(stage, clip_stages, cpus), count=count_models if i == len(clip_stages) - 1 else None)
 
     last = (*source_stages, *clip_stages)[-1]
     fused = not (last.stateful or clip_stages)
@@ -280,6 +361,31 @@ def pool_size(stage: Stage, resources: dict | None = None) -> int:
     return max(1, int(res.get("CPU", 1) / max(stage.num_cpus, 1e-3) + 1e-9))
 
 
+@ray.remote(num_cpus=0, max_restarts=1)
+class _NeverRuns:
+    def __init__(self, arg):
+        pass
+
+
+def _spend_actor_restart_warning() -> None:
+    """Ray Data hands every actor of a pool its operator's state as object refs, and Ray core
+    logs an ERROR, once per process, for any actor with restarts and a ref argument
+    ("... has constructor arguments in the object store and max_restarts > 0", Ray issue
+    57733). It does not apply here (Ray Data holds those refs for the operator's whole life)
+    and would be the one ERROR line of every run, so it is spent here, with stderr pointed at
+    /dev/null for the one synchronous call that logs it: an actor that is never scheduled."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        actor = _NeverRuns.options(resources={"videomill_never": 1}).remote(ray.put(None))
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    ray.kill(actor)
+
+
 @contextmanager
 def ray_session(address: str | None, num_cpus: int | None = None, dashboard: bool = True) -> Iterator[str | None]:
     """Attach to `address` (or RAY_ADDRESS), or start a local Ray bound to 127.0.0.1.
@@ -296,6 +402,7 @@ def ray_session(address: str | None, num_cpus: int | None = None, dashboard: boo
         kwargs.update(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1")
 
     ctx = ray.init(**kwargs)
+    _spend_actor_restart_warning()
     url = getattr(ctx, "dashboard_url", None) or None
     if url:
         url = url if url.startswith("http") else f"http://{url}"

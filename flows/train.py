@@ -103,23 +103,40 @@ def _stderr(line: str) -> None:
 
 
 class Progress:
-    """Follows RUN/steps.jsonl (written by rank 0 each step) and shows the progress line every
-    run.log_every steps: step, loss, samples/s, ETA."""
+    """Follows RUN/events.jsonl and RUN/steps.jsonl (rank 0 writes both) and shows what the
+    run is doing: each event while the workers start (models loading, the first batch), a
+    line every `wait_every_s` seconds while nothing new comes before the first step, then the
+    progress line of every run.log_every-th step from step 1: step, loss, samples/s, ETA."""
 
-    def __init__(self, cfg: TrainConfig, show: Callable[[str], None] = _stderr):
+    def __init__(self, cfg: TrainConfig, show: Callable[[str], None] = _stderr, wait_every_s: float = 15.0):
+        from training.loop import EVENTS
+
         self.path = Path(cfg.run.out) / "steps.jsonl"
-        self.offset = self.path.stat().st_size if self.path.exists() else 0  # earlier runs' lines are not ours
+        self.events = Path(cfg.run.out) / EVENTS
+        # Earlier runs' lines are not ours.
+        self.offset = self.path.stat().st_size if self.path.exists() else 0
+        self.event_offset = self.events.stat().st_size if self.events.exists() else 0
         self.cfg, self.show = cfg, show
         self.first: dict | None = None
         self.window: list[dict] = []
+        self.t0 = self.last_said = time.monotonic()
+        self.wait_every_s = wait_every_s
 
     def poll(self) -> None:
         from training.loop import progress_line
 
+        events, self.event_offset = _read_steps(self.events, self.event_offset)
+        for e in events:
+            self._say(f"workers: {e['event']}")
         recs, self.offset = _read_steps(self.path, self.offset)
+        if not recs and self.first is None and time.monotonic() - self.last_said >= self.wait_every_s:
+            self._say(f"waiting for the workers ({time.monotonic() - self.t0:.0f} s; Ray Train starts "
+                      f"{self.cfg.distributed.num_workers} worker process(es), then each loads the models)")
         for r in recs:
             if self.first is None or r["step"] <= self.first["step"]:  # start, or a restart replaying steps
                 self.first, self.window = r, [r]
+                if r["step"] % self.cfg.run.log_every == 0 or r["step"] in (1, self.cfg.run.max_steps):
+                    self._say(progress_line(r["step"], self.cfg.run.max_steps, r["loss"], float("nan"), None))
                 continue
             self.window.append(r)
             if r["step"] % self.cfg.run.log_every and r["step"] != self.cfg.run.max_steps:
@@ -127,9 +144,13 @@ class Progress:
             span = r["time"] - self.window[0]["time"]
             rate = sum(x["samples"] for x in self.window[1:]) / span if span > 0 else float("nan")
             per_step = (r["time"] - self.first["time"]) / (r["step"] - self.first["step"])
-            self.show(progress_line(r["step"], self.cfg.run.max_steps, r["loss"], rate,
+            self._say(progress_line(r["step"], self.cfg.run.max_steps, r["loss"], rate,
                                     per_step * (self.cfg.run.max_steps - r["step"])))
             self.window = [r]
+
+    def _say(self, line: str) -> None:
+        self.last_said = time.monotonic()
+        self.show(line)
 
 
 def summarize(cfg: TrainConfig) -> dict:
@@ -199,6 +220,7 @@ def fit(cfg: TrainConfig, *, crash_once_at: int | None = None,
     if show is None:
         return dict(trainer.fit().metrics or {})
     progress = Progress(cfg, show)
+    warn_if_untrained(cfg, show)
     show(f"starting {d.num_workers} Ray Train worker(s) ({'GPU' if use_gpu else 'CPU'}); progress every "
          f"{cfg.run.log_every} step(s) of {cfg.run.max_steps}, run directory {cfg.run.out}")
     done: dict = {}
@@ -218,6 +240,15 @@ def fit(cfg: TrainConfig, *, crash_once_at: int | None = None,
     if "error" in done:
         raise done["error"]
     return dict(done["result"].metrics or {})
+
+
+def warn_if_untrained(cfg: TrainConfig, show: Callable[[str], None]) -> None:
+    """Tiny models say so on the console, once (the workers' own warnings stay in Ray's logs)."""
+    from curation.stage import warn_once
+    from training.models import TINY_MARKER, tiny_warning
+
+    if (Path(cfg.model.pretrained) / TINY_MARKER).exists():
+        warn_once(tiny_warning(cfg.model.pretrained), lambda m: show(f"WARNING: {m}"))
 
 
 def with_overrides(cfg: TrainConfig, num_workers: int | None, gpus_per_worker: float | None) -> TrainConfig:

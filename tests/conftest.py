@@ -6,7 +6,9 @@ is started once per session and only by the tests that ask for it.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import tempfile
 
 import pytest
@@ -22,6 +24,22 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+@pytest.fixture(autouse=True)
+def logging_streams_outlive_the_test():
+    """A logging handler made during a test keeps the sys.stderr of that moment: Prefect's
+    console handler, made when Prefect is first imported (in-process CLI tests import it under
+    capsys), then writes to a stream pytest has closed, and every later test that logs through
+    Prefect fails or prints '--- Logging error ---', depending on which test ran first. After
+    each test, handlers left on a closed stream are pointed at the current sys.stderr."""
+    yield
+    loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger))]
+    for handler in {h for lg in loggers for h in lg.handlers}:
+        if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+            handler.stream = sys.stderr  # (setStream would flush the closed one first)
+            if hasattr(handler, "console"):  # Prefect's handler prints through a rich Console
+                handler.console.file = sys.stderr
 
 
 @pytest.fixture(scope="session")

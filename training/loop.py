@@ -218,9 +218,21 @@ class _Metrics:
 
 
 def progress_line(step: int, max_steps: int, loss: float, samples_per_s: float, eta_s: float | None) -> str:
-    """The one progress line the CLI shows: step, loss, samples/s, ETA."""
+    """The one progress line the CLI shows: step, loss, samples/s, ETA ("?" where unknown yet)."""
     eta = "?" if eta_s is None or eta_s != eta_s else time.strftime("%H:%M:%S", time.gmtime(max(0.0, eta_s)))
-    return f"step {step}/{max_steps}  loss {loss:.4g}  {samples_per_s:.3g} samples/s  ETA {eta}"
+    rate = "?" if samples_per_s != samples_per_s else f"{samples_per_s:.3g}"
+    return f"step {step}/{max_steps}  loss {loss:.4g}  {rate} samples/s  ETA {eta}"
+
+
+EVENTS = "events.jsonl"  # RUN/events.jsonl: what rank 0 is doing before its first step
+
+
+def _event(out: Path, rank: int, text: str) -> None:
+    """Rank 0 says what the run is doing (RUN/events.jsonl, one JSON line each): the driver
+    shows it while the workers start, load the models and read the first batch."""
+    if rank == 0:
+        with open(out / EVENTS, "a") as f:
+            f.write(json.dumps({"time": time.time(), "event": text}) + "\n")
 
 
 def _validate(state: TrainState, step: int, out: Path, rank: int) -> None:
@@ -263,12 +275,16 @@ def train(cfg: TrainConfig, *, report: Callable[[dict], None] | None = None, sto
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.resolved.json").write_text(json.dumps(config_dict(cfg), indent=2))
+    _event(out, rank, f"{world} worker(s) up on {device.type}; loading the models ({cfg.model.pretrained})")
+    t0 = time.perf_counter()
     torch.manual_seed(cfg.run.seed)  # same initial LoRA/full weights on every rank
     models = load_models(cfg.model, device)
     check_model_fit(cfg, dict(models.transformer.config))
     state = build_state(cfg, models, world=world, device=device)
     generator = torch.Generator(device="cpu").manual_seed(cfg.run.seed * 1_000_003 + rank)
     loader = TrainLoader(cfg.data, rank=rank, world_size=world, pin_memory=device.type == "cuda")
+    trainable = sum(p.numel() for p in state.params)
+    _event(out, rank, f"models ready in {time.perf_counter() - t0:.0f} s ({trainable:,} trainable parameters)")
 
     step = 0
     latest = latest_checkpoint(ckpt_root)
@@ -280,6 +296,8 @@ def train(cfg: TrainConfig, *, report: Callable[[dict], None] | None = None, sto
         loader.load_state_dict(resumed.data_position[str(rank)])
         if rank == 0:
             log.info("resumed from %s at step %d", latest, step)
+        _event(out, rank, f"resumed from {latest.name} at step {step}")
+    _event(out, rank, f"reading the first batch from {cfg.data.cache_dir or cfg.data.shards}")
 
     metrics = _Metrics(out, rank)
     state.module.train()

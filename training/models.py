@@ -236,12 +236,16 @@ def _check_matches(cfg: ModelConfig, transformer, vae, scheduler) -> None:
         raise ValueError(f"{cfg.pretrained}: the objective is v-prediction, scheduler has {scheduler.config.prediction_type}")
 
 
+def tiny_warning(path: str) -> str:
+    return (f"!!! {path} holds TINY RANDOMLY INITIALISED models with UNTRAINED weights: fine for tests and "
+            "smoke runs, useless for real training or samples !!!")
+
+
 def _warn_tiny(path: str) -> None:
-    log.warning(
-        "!!! %s holds TINY RANDOMLY INITIALISED models with UNTRAINED weights: fine for tests and "
-        "smoke runs, useless for real training or samples !!!",
-        path,
-    )
+    """Once per process and folder: loaded again (a restart, an export), it is the same warning."""
+    from curation.stage import warn_once
+
+    warn_once(tiny_warning(path), log.warning)
 
 
 # Tiny models. Sizes are the smallest that run every CogVideoX code path on CPU: rotary
@@ -328,5 +332,4 @@ def build_tiny(out: str | Path, *, variant: str = "t2v", version: str = "1.5", s
     (out / TINY_MARKER).write_text(json.dumps(marker, indent=2))
     files = {str(f.relative_to(out)): f.stat().st_size for f in sorted(out.rglob("*")) if f.is_file()}
     (out / TINY_COMPLETE).write_text(json.dumps({"files": files}, indent=2))  # last: the directory is complete
-    _warn_tiny(str(out))
-    return out
+    return out  # (the warning comes when the models are loaded: built in a temporary folder, this path may not last)

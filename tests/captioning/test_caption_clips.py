@@ -226,7 +226,7 @@ def test_resume_generates_nothing_and_a_new_config_recaptions(clips_root, tiny_v
     parts = {p: p.stat().st_mtime_ns for p in caption_dir(layout, cfg).glob("*.parquet")}
     assert len(parts) == 2  # written per block of 3
     again = caption_missing(clips, layout, cfg, run_local)
-    assert again == {"already": 4, "captioned": 0, "generated_tokens": 0}
+    assert again == {"already": 4, "captioned": 0, "errors": 0, "generated_tokens": 0}
     assert {p: p.stat().st_mtime_ns for p in caption_dir(layout, cfg).glob("*.parquet")} == parts
     joined = join_captions(clips, layout, cfg)
     assert joined.column("caption_key").to_pylist() == [caption_dir(layout, cfg).name] * 4

@@ -24,6 +24,33 @@ def test_unknown_keys_fail_with_their_path(tmp_path):
         load_config(overrides={"decide": {"rules": [{"colum": "x"}]}})
 
 
+def test_close_misspellings_get_a_suggestion():
+    with pytest.raises(ValueError, match=r"^unknown config key: split\.min_clip_sec \(did you mean split\.min_clip_s\?\)$"):
+        load_config(overrides={"split": {"min_clip_sec": 1}})
+    with pytest.raises(ValueError, match=r"^unknown config key: dedupe \(did you mean dedup\?\)$"):
+        load_config(overrides={"dedupe": {}})
+    with pytest.raises(ValueError) as e:
+        load_config(overrides={"split": {"zzz": 1}})
+    assert "did you mean" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"split": {"min_clip_s": "two"}}, "split.min_clip_s must be a number, got 'two'"),
+        ({"runtime": {"partition_size": 6.5}}, "runtime.partition_size must be an integer, got 6.5"),
+        ({"caption": {"enabled": "no"}}, "caption.enabled must be true or false, got 'no'"),
+        ({"decide": {"keep_tags": "over_edited"}}, "decide.keep_tags must be a list, got 'over_edited'"),
+        ({"decide": {"tag_thresholds": {"lecture": "high"}}}, "decide.tag_thresholds.lecture must be a number, got 'high'"),
+        ({"decide": {"rules": [{"column": "motion_score", "min": "0.1"}]}}, "decide.rules[0].min must be a number, got '0.1'"),
+    ],
+)
+def test_values_of_the_wrong_type_name_the_field(override, message):
+    with pytest.raises(ValueError) as e:
+        load_config(overrides=override)
+    assert str(e.value) == message
+
+
 @pytest.mark.parametrize(
     "override, field",
     [

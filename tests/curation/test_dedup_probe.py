@@ -92,7 +92,7 @@ def test_decide_on_model_columns():
     assert reasons["slide"] == ["neg:text_dominated"]  # the OCR signal fires the tag (default at 0.2)
     assert reasons["subs"] == ["probe:watermark"]  # a line of subtitles does not
     assert reasons["ugly"] == ["neg:lecture", "aesthetic_low"]  # a probe tag named like one of the six is that tag
-    assert reasons["nomodel"] == ["duplicate_of:subs"]  # null aesthetic passes; the duplicate names its twin
+    assert reasons["nomodel"] == ["duplicate"]  # null aesthetic passes; one reason, the twin in dup_of
     kept, _ = decide(t, load_config(overrides={"decide": {"keep_probe_tags": ["watermark"], "drop_duplicates": False}}).decide)
     assert kept.column("status").to_pylist()[1:] == ["accepted", "rejected", "accepted"]
     pct = load_config(overrides={"decide": {"rules": [{"column": "aesthetic_p10", "min_pct": 50}]}}).decide

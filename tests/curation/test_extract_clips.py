@@ -92,3 +92,13 @@ def test_unreadable_source_gives_error_rows(tmp_path):
 @pytest.mark.parametrize("fps, target, want", [(29.91, None, 30000 / 1001), (23.95, None, 24000 / 1001), (25.06, None, 25.0), (17.3, None, 17.3), (30.0, 8.0, 8.0)])
 def test_output_fps(fps, target, want):
     assert output_fps(fps, target) == want
+
+
+def test_prune_keeps_exactly_the_accepted_clips_files(tmp_path):
+    from curation.extract_clips import prune_clips
+
+    for name in ("a.mp4", "b.mp4", "c.jpg", ".d.mp4.tmp-12"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    assert prune_clips(tmp_path, {"a.mp4", "c.jpg"}) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".d.mp4.tmp-12", "a.mp4", "c.jpg", "sub"]

@@ -28,9 +28,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def run_out(tmp_path_factory, prefect_server) -> Path:
-    from flows.curate import curate
-
+def report_inputs(tmp_path_factory) -> Path:
     src = tmp_path_factory.mktemp("report_in")
     n, size = 60, (480, 270)  # 2.4 s at 25 fps: one clip each (min_clip_s is 2 s); smaller is low_quality
     write_video(src / "pan.mp4", moving(n, size, (3.0, 0.0), seed=1), 25)
@@ -40,9 +38,30 @@ def run_out(tmp_path_factory, prefect_server) -> Path:
     cv2.imwrite(str(src / "photo.jpg"), cv2.cvtColor(texture(270, 480, 4), cv2.COLOR_RGB2BGR))
     (src / "empty.mp4").write_bytes(b"")
     (src / "notes.mp4").write_text("not a video\n" * 20)
+    return src
+
+
+@pytest.fixture(scope="module")
+def run_out(report_inputs, tmp_path_factory, prefect_server) -> Path:
+    from flows.curate import curate
+
+    src = report_inputs
     out = tmp_path_factory.mktemp("report_out")
     curate(inputs=[str(src)], out=str(out), profile="tiny", executor="local")
     write_report(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cpu_run_out(report_inputs, tmp_path_factory, prefect_server) -> Path:
+    """The same inputs on the cpu profile with CLIP and captions off (what runs offline on a
+    fresh clone): OCR, motion and the heuristics, nothing else."""
+    from flows.curate import curate
+
+    cfg = tmp_path_factory.mktemp("cpu_cfg") / "cpu.toml"
+    cfg.write_text("[models]\nenabled = false\n[caption]\nenabled = false\n")
+    out = tmp_path_factory.mktemp("report_cpu_out")
+    curate(inputs=[str(report_inputs)], out=str(out), config=str(cfg), executor="local")
     return out
 
 
@@ -216,3 +235,25 @@ def test_html_renders_in_chromium(run_out, tmp_path):
     assert any(t == "table" and a.get("id") == "funnel-table" for t, a in parser.tags)
     for k, v in report["funnel"].items():  # the numbers the browser shows are report.json's
         assert f'<tr><td>{k}</td><td class="n">{v}</td></tr>' in dom.stdout, (k, v)
+
+
+def test_report_of_a_run_without_clip_or_captions_says_what_it_did_not_do(cpu_run_out):
+    """No all-null statistics, no empty plots, no empty contact sheets: one line per stage left
+    out, naming its setting; pictures of the accepted clips all the same; a readable config."""
+    report = json.loads((cpu_run_out / "report.json").read_text())
+    html = (cpu_run_out / "report.html").read_text()
+    empty = [c for c, st in report["columns"].items() if not st["count"]]
+    assert "aesthetic_score" in empty and "dup_sim" in empty
+    for col in empty:
+        assert f"<th>{col}</th>" not in html and f'alt="histogram of {col}"' not in html, col
+    assert {g["reason"] for g in report["not_computed"]} == {"[models] enabled = false", "no embeddings to compare: [models] enabled = false"}
+    assert "Not computed: aesthetic_score, aesthetic_min, aesthetic_p10" in html
+    gallery = html[html.index('id="accepted"'):html.index('id="scores"')]
+    assert gallery.count("data:image/jpeg;base64,") == report["funnel"]["accepted"] >= 2
+    assert "not computed in this run ([models] enabled = false)" in html  # top/bottom by aesthetic: one line
+    assert "Not looked for (no embeddings to compare: [models] enabled = false)" in html  # near-duplicates
+    assert "Captioning off ([caption] enabled = false)" in html and "No captions in this manifest" not in html
+    assert html.index('id="run"') < html.index('id="funnel"')  # what ran comes first
+    assert "<pre>" not in html and '<details id="configuration">' in html
+    changed = {(r["section"], r["key"]) for r in report["config_rows"] if r["changed"]}
+    assert changed == {("models", "enabled"), ("caption", "enabled"), ("runtime", "executor")}  # the file's, and executor="local"

@@ -110,7 +110,7 @@ def test_caption_section_matches_plain_python():
         for key in ("length_words", "length_chars", "errors", "errors_by_reason", "models", "prompt_versions"):
             assert got[key] == want[key], (n, key)
         assert [s["clip_id"] for s in got["samples"]] == want["samples"]
-    assert captions(clips_table(5)) == {"present": False, "count": 0}
+    assert captions(clips_table(5)) == {"present": False, "count": 0, "off": None}
 
 
 def test_duplicate_groups_match_plain_python():
@@ -129,3 +129,67 @@ def test_duplicate_groups_match_plain_python():
     for g, (kept, dups) in zip(got["groups"], ordered):
         assert [e["clip_id"] for e in g["clips"]] == [kept] + sorted(dups)[: PER_SHEET - 1]
     assert duplicates(clips_table(5), cfg)["present"] is False
+
+
+# What the report says about stages a run left out: one line naming the setting, never an
+# empty table, an empty plot or an empty contact sheet.
+
+def _off_cfg():
+    return load_config(profile="cpu", overrides={"models": {"enabled": False}, "caption": {"enabled": False}})
+
+
+def test_columns_a_disabled_stage_never_filled_are_named_with_the_setting():
+    from curation.report import not_computed
+
+    t = clips_table(20).append_column("zs_lecture", pa.nulls(20, pa.float64())).append_column("dup_sim", pa.nulls(20, pa.float64()))
+    t = t.append_column("motion_score", pa.nulls(20, pa.float64()))
+    t = t.set_column(t.schema.get_field_index("aesthetic_score"), "aesthetic_score", pa.nulls(20, pa.float64()))
+    groups = not_computed(_off_cfg(), t, ["aesthetic_score", "zs_lecture", "dup_sim", "motion_score"])
+    assert groups == [
+        {"reason": "[models] enabled = false", "columns": ["aesthetic_score", "zs_lecture"]},
+        {"reason": "no embeddings to compare: [models] enabled = false", "columns": ["dup_sim"]},
+        {"reason": "no values in this run", "columns": ["motion_score"]},  # its stage ran: say so, do not blame a setting
+    ]
+    assert not_computed(load_config(profile="cpu"), clips_table(20), ["aesthetic_score"]) == []
+
+
+def test_sections_of_disabled_stages_collapse_to_one_line():
+    from curation.report import off, stages_run
+
+    cfg, t = _off_cfg(), clips_table(30)
+    assert ranked(t, off(cfg).get("aesthetic")) == {
+        "column": "aesthetic_score", "note": "not computed in this run ([models] enabled = false)", "top": [], "bottom": []}
+    assert duplicates(t, cfg)["off"] == "no embeddings to compare: [models] enabled = false"
+    assert captions(t, cfg) == {"present": False, "count": 0, "off": "[caption] enabled = false"}
+    no_dedup = load_config(profile="cpu", overrides={"dedup": {"enabled": False}})
+    assert duplicates(t, no_dedup)["off"] == "[dedup] enabled = false"
+    rows = {r["stage"]: r for r in stages_run(cfg, t)}
+    assert rows["captions"] == {"stage": "captions", "on": False, "detail": "off ([caption] enabled = false)"}
+    assert not rows["CLIP: aesthetic, zero-shot tags, embeddings"]["on"] and rows["OCR text score"]["on"]
+
+
+def test_gallery_shows_accepted_clips_spread_over_the_run_whatever_models_ran():
+    from curation.report import GALLERY, gallery
+
+    t = clips_table(300).set_column(4, "aesthetic_score", pa.nulls(300, pa.float64()))
+    t = t.append_column("motion_score", pa.array(np.linspace(0, 1, 300)))
+    g = gallery(t)
+    accepted = [r for r in t.to_pylist() if r["status"] == "accepted"]
+    assert g["accepted"] == len(accepted) and len(g["clips"]) == GALLERY
+    assert {e["status"] for e in g["clips"]} == {"accepted"} and {e["column"] for e in g["clips"]} == {"motion_score"}
+    assert len({e["source"] for e in g["clips"]}) >= GALLERY // 2  # spread, not the first source's clips
+    assert gallery(t.filter(pc.equal(t.column("status"), "error"))) == {"accepted": 0, "clips": []}
+
+
+def test_config_rows_mark_what_differs_from_the_profile():
+    import json
+
+    from curation.config import to_dict
+    from curation.report import config_rows
+
+    rows = config_rows(json.loads(json.dumps(to_dict(_off_cfg()), default=str)))
+    changed = {(r["section"], r["key"]) for r in rows if r["changed"]}
+    assert changed == {("models", "enabled"), ("caption", "enabled")}
+    assert rows[0]["section"] == "decode"  # RunConfig's order, not the JSON's alphabetical one
+    rules = next(r for r in rows if (r["section"], r["key"]) == ("decide", "rules"))
+    assert rules["value"].startswith('[{"column": "motion_score"')

@@ -93,6 +93,7 @@ def test_rerun_resumes_and_gives_the_same_manifest(curated):
     root, _, out, _ = curated
     layout = Layout.at(out)
     before_sources, before_clips = _sources(out), _clips(out)
+    before_funnel = json.loads((out / "report.json").read_text())["funnel"]
     parts = {p: p.stat().st_mtime_ns for p in layout.sources.glob("*.parquet")}
     # Lose one extracted clip: the rerun must put it back and rescore nothing.
     victim = out / before_clips[0]["clip_path"]
@@ -102,6 +103,8 @@ def test_rerun_resumes_and_gives_the_same_manifest(curated):
     assert victim.exists()
     assert _sources(out) == before_sources
     assert _clips(out) == before_clips
+    funnel = json.loads((out / "report.json").read_text())["funnel"]
+    assert funnel == before_funnel and funnel["sources_failed"] == 4  # counts stay true after a resume
 
 
 def test_redecide_with_percentiles_rescores_nothing(curated, tmp_path):
@@ -110,16 +113,31 @@ def test_redecide_with_percentiles_rescores_nothing(curated, tmp_path):
     scores = {p: p.stat().st_mtime_ns for p in layout.scores.glob("*.parquet")}
     cfg = tmp_path / "pct.toml"
     cfg.write_text('[[decide.rules]]\ncolumn = "motion_score"\nname = "motion_bottom_half"\nmin_pct = 50\n')
+    defaults = tmp_path / "defaults.toml"  # the default rules, to put back (OUT now remembers the new ones)
+    defaults.write_text('[[decide.rules]]\ncolumn = "motion_score"\nname = "motion_too_low"\nmin = 0.005\n'
+                        '[[decide.rules]]\ncolumn = "motion_score"\nname = "motion_too_high"\nmax = 1.5\n')
     try:
-        summary = redecide(out=str(out), config=str(cfg), profile="tiny")
+        # No --profile: decide starts from the settings OUT was made with (tiny), the file on top.
+        summary = redecide(out=str(out), config=str(cfg))
         clips = _clips(out)
         videos = [c for c in clips if c["media_type"] == "video"]
         low = [c for c in videos if "motion_bottom_half" in c["reject_reasons"]]
         assert 0 < len(low) < len(videos)
         assert summary["rejected_by_reason"]["motion_bottom_half"] == len(low)
         assert {p: p.stat().st_mtime_ns for p in layout.scores.glob("*.parquet")} == scores
+        assert _clip_files(out) == _accepted_files(clips)  # the newly rejected clips' files are gone
+        assert json.loads((out / "config.resolved.json").read_text())["profile"] == "tiny"
     finally:
-        redecide(out=str(out), profile="tiny")  # restore the default verdicts for other tests
+        redecide(out=str(out), config=str(defaults))  # restore the default verdicts for other tests
+    assert _clip_files(out) == _accepted_files(_clips(out))  # and extracted again once accepted again
+
+
+def _clip_files(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / "clips").iterdir() if not p.name.startswith("."))
+
+
+def _accepted_files(clips: list[dict]) -> list[str]:
+    return sorted(Path(c["clip_path"]).name for c in clips if c["status"] == "accepted")
 
 
 def test_changed_scoring_settings_refuse_to_mix(curated, tmp_path):
@@ -141,7 +159,8 @@ def test_cli_exit_codes(corpus, tmp_path):
     cmd = [sys.executable, "-m", "flows.cli", "run", str(root), "--out", str(tmp_path / "o")]
     r = subprocess.run([*cmd, "--config", str(bad)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[-1] == "videomill: configuration error: unknown config key(s): split.min_clip"
+    assert r.stderr.strip().splitlines() == [
+        "videomill: configuration error: unknown config key: split.min_clip (did you mean split.min_clip_s?)"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     r = subprocess.run([*cmd, "--profile", "tiny", "--executor", "local"], capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]

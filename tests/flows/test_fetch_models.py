@@ -170,6 +170,7 @@ def _videomill(*args, env_extra=None, timeout=300):
 
 def test_cli_offline_run_with_missing_models_stops_in_one_line_before_any_service(tmp_path):
     (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.mp4").write_bytes(b"")  # a file named in a folder: an input (the run would make it an error row)
     cfg = tmp_path / "c.toml"
     cfg.write_text("[models]\nenabled = true\n")
     env = {"HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch"), "HF_HUB_OFFLINE": "0"}

@@ -144,6 +144,12 @@ def test_readme_quick_start_from_the_repo_root(shards, ray_local, tmp_path, monk
     assert main(["train", "training/configs/train-tiny.toml"]) == 0
     out, err = capsys.readouterr()
     assert re.search(r"^step 10/10  loss [\d.]+  [\d.]+ samples/s  ETA 00:00:00$", err, re.M), err[-3000:]
+    # log_every = 1: every step from step 1; what the workers do before it; the warning once.
+    steps = [int(m) for m in re.findall(r"^step (\d+)/10 ", err, re.M)]
+    assert steps == list(range(1, 11)), err[-3000:]
+    assert re.search(r"^step 1/10  loss [\d.]+  \? samples/s  ETA \?$", err, re.M), err[-3000:]
+    assert "workers: 2 worker(s) up on cpu; loading the models" in err and "workers: models ready in" in err
+    assert err.count("UNTRAINED") == 1, err[-3000:]
     run = root / "demo" / "train"
     assert out.splitlines() == [
         out.splitlines()[0],
@@ -155,3 +161,9 @@ def test_readme_quick_start_from_the_repo_root(shards, ray_local, tmp_path, monk
     assert re.fullmatch(r"trained 10/10 steps; last loss [\d.]+", out.splitlines()[0])
     assert re.fullmatch(r"samples skipped: (none|([a-z_]+ \d+(, )?)+)", out.splitlines()[1])
     assert any((run / "tensorboard").iterdir())
+    # README: the tiny base folder for load_pipeline, as the quick start leaves it.
+    from training.export import load_pipeline
+
+    pipe = load_pipeline(tmp_path / "home" / ".cache" / "videomill" / "tiny" / "t2v-1.0",
+                         run / "checkpoints" / "checkpoint-00000010", dtype="fp32")
+    assert type(pipe).__name__ == "CogVideoXPipeline"
