@@ -188,9 +188,31 @@ def hf_model(key: str, name: str, tokenizer_only: bool = False) -> Model:
     return Model(key, name, "hf", repo=name, allow=TOKENIZER_FILES if tokenizer_only else None)
 
 
-def missing_line(models: list[Model]) -> str:
+def unreachable(models: list[Model], timeout_s: float = 5.0) -> str | None:
+    """Why the hosts `models` download from do not answer (one line), or None when they do.
+
+    One short request per host before any download: huggingface_hub retries an unreachable
+    hub for minutes before it gives up, which a user without network should not wait for."""
+    import httpx
+    from huggingface_hub import constants
+
+    hosts = set()
+    for m in models:
+        if m.kind in ("hf", "hf-file"):
+            hosts.add(constants.ENDPOINT)
+        elif m.kind == "url":
+            hosts.add("/".join(m.url.split("/")[:3]))
+    for host in sorted(hosts):
+        try:
+            httpx.head(host, timeout=timeout_s)
+        except httpx.HTTPError as e:
+            return f"{host} does not answer ({type(e).__name__})"
+    return None
+
+
+def missing_line(models: list[Model], why: str | None = None) -> str:
     """One line naming every model in `models` with the command that fetches each."""
     parts = [f"{m.key} {m.label()} (`{m.command()}`)" for m in models]
-    why = "offline (HF_HUB_OFFLINE=1)" if offline() else "not fetched"
+    why = why or ("offline (HF_HUB_OFFLINE=1)" if offline() else "not fetched")
     return f"{len(models)} model(s) missing, {why}: " + "; ".join(parts) + \
         ". With network access, `videomill fetch` (same --profile/--config) fetches them all"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 
 from curation.config import RunConfig
-from curation.hub import MissingModel, Model, human_size, missing_line, offline
+from curation.hub import MissingModel, Model, human_size, missing_line, offline, unreachable
 
 log = logging.getLogger("videomill")
 _READY: set[tuple] = set()  # model sets already prepared in this process: listed once
@@ -45,6 +45,8 @@ def prepare_models(cfg: RunConfig, scoring: bool = True, captions: bool = True, 
     missing = [m for m, p in have.items() if p is None]
     if missing and offline():
         raise MissingModel(missing_line(missing))
+    if missing and (why := unreachable(missing)):
+        raise MissingModel(missing_line(missing, why))
     if key not in _READY:
         for m in wanted:
             where = f"cached ({have[m]})" if have[m] else f"to fetch, {human_size(m.size())}"

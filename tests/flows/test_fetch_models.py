@@ -112,6 +112,7 @@ def test_online_missing_models_are_fetched_once_each_and_sizes_are_said_first(em
     monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_tree", lambda self, repo, recursive=True: [
         Entry("model.safetensors", 1_015_000_000), Entry("config.json", 2_000), Entry("tokenizer/spiece.model", 791_656)])
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("flows.models.unreachable", lambda models: None)  # the hosts "answer"
     said: list[str] = []
     paths = prepare_models(full_cfg(), say=said.append)
     assert len(paths) == 4 and all(Path(p).exists() for p in paths)
@@ -185,3 +186,24 @@ def test_cli_offline_run_with_missing_models_stops_in_one_line_before_any_servic
 def test_cli_fetch_with_nothing_to_fetch(tmp_path):
     p = _videomill("fetch", "--profile", "tiny")
     assert p.returncode == 0 and "every model of this configuration is in the local caches" in p.stdout
+
+
+def test_online_but_the_hub_does_not_answer_is_one_line_in_seconds(empty_caches, monkeypatch):
+    """No network and no HF_HUB_OFFLINE: huggingface_hub would retry for minutes; one short
+    request per host says so first (a closed local port stands in for the hub)."""
+    import socket
+
+    import huggingface_hub.constants as hc
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(hc, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    cfg = full_cfg()
+    cfg = dataclasses.replace(cfg, models=dataclasses.replace(cfg.models, enabled=False))
+    with pytest.raises(MissingModel) as e:
+        prepare_models(cfg)
+    msg = str(e.value)
+    assert "\n" not in msg and f"127.0.0.1:{port} does not answer (ConnectError)" in msg
+    assert "hf download HuggingFaceTB/SmolVLM2-500M-Video-Instruct" in msg
