@@ -17,6 +17,7 @@ import pyarrow as pa
 import pytest
 
 from curation import clip_models as cm
+from curation import synthetic
 from curation.config import load_config
 from curation.frames import pack_frames
 from curation.score_clip import AESTHETIC_COLUMNS, EMBEDDING, ScoreWithClip, pick_frames, zs_column, ZS_TAGS
@@ -192,6 +193,7 @@ def test_cli_run_stops_at_start_up_on_a_missing_model(tmp_path, monkeypatch, cap
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     (tmp_path / "in").mkdir()
+    synthetic.write_video(tmp_path / "in" / "a.mp4", synthetic.moving(8, (64, 48)), 8)  # inputs pass their check
     cfg = tmp_path / "clip.toml"
     cfg.write_text("[models]\nenabled = true\n")  # the cpu profile's real ViT-B/32, not cached here
     rc = main(["run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--profile", "cpu", "--config", str(cfg)])
