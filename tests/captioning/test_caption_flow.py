@@ -160,10 +160,12 @@ def test_frames_summary_over_a_server_recaptions_without_rescoring(curated, open
 def test_a_missing_caption_model_fails_at_start_in_one_line(tmp_path, prefect_server):
     from flows.curate import ConfigError, curate
 
+    (tmp_path / "in").mkdir()
+    synthetic.write_video(tmp_path / "in" / "a.mp4", synthetic.moving(8, (64, 48)), 8)  # inputs pass their check
     cfg = tmp_path / "c.toml"
     cfg.write_text('[caption]\nmodel = "no-such-org/no-such-vlm"\n')
     with pytest.raises(ConfigError, match=r"^1 model\(s\) missing, offline .*: caption.model no-such-org/no-such-vlm "
                                           r"\(`hf download no-such-org/no-such-vlm`\)") as e:
-        curate(inputs=[str(tmp_path)], out=str(tmp_path / "o"), config=str(cfg), profile="tiny")
+        curate(inputs=[str(tmp_path / "in")], out=str(tmp_path / "o"), config=str(cfg), profile="tiny")
     assert "\n" not in str(e.value)
     assert not (tmp_path / "o").exists()
