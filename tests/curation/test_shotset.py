@@ -38,7 +38,7 @@ def test_both_parts_hold_every_kind():
     negs = Counter(v["part"] for v in LABELS.values() if v["kind"] == "negative")
     for part in ("dev", "held"):
         assert all(kinds[(part, k)] >= 4 for k in shotset.HARD + shotset.GRADUAL), kinds
-        assert negs[part] == 6
+        assert negs[part] >= 6
 
 
 LAB = {"kind": "edited", "part": "dev", "frames": 300,
