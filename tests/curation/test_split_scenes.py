@@ -10,7 +10,7 @@ import pytest
 from curation import synthetic
 from curation.config import SplitConfig, load_config
 from curation.decode import iter_frames
-from curation.split_scenes import CutDetector, Windower
+from curation.split_scenes import ShotDetector, Windower
 
 # (size, shot lengths in frames, speed in px/frame): cut positions, shot lengths and motion
 # speeds all vary, down to shots of 9 frames and static shots.
@@ -25,9 +25,9 @@ CUT_CASES = [
 
 
 def detected_cuts(path) -> list[int]:
-    """Frames where CutDetector starts a new shot, over the decode pass's own thumbnails."""
+    """Frames where the split starts a new shot, over the decode pass's own thumbnails."""
     cfg = load_config()
-    detector = CutDetector(cfg.split)
+    detector = ShotDetector(cfg.split)
     frames = iter_frames(
         str(path),
         thumb_width=cfg.decode.cut_thumb_width,
@@ -36,7 +36,8 @@ def detected_cuts(path) -> list[int]:
         tags_short_side=cfg.tags.short_side,
         tags_fps=cfg.tags.sample_fps,
     )
-    return [f.index for f in frames if detector.update(f.index, f.thumb)]
+    found = [t for f in frames for t in detector.push(f.index, f.thumb)]
+    return [t.end for t in found + detector.finish()]
 
 
 def true_cuts(lengths) -> list[int]:
