@@ -65,7 +65,9 @@ class SplitConfig:
     gradual_change: float = 6.0  # rms grid change between the frames around a dissolve, at least
     gradual_fit: float = 0.25  # rms misfit of the linear mix / that change, at most (dissolves: <= 0.23)
     gradual_dip: float = 0.5  # the fine-texture dip, as a fraction of what mixing predicts (dissolves: 0.69-1.09)...
-    gradual_dip_max: float = 1.25  # ...at most this: blur (whip pans, crash zooms) loses more texture than mixing
+    # ...at most this (blur loses more texture than mixing; an encoder smooths mixed detail
+    # more: synthetic dissolves measured up to 1.45)
+    gradual_dip_max: float = 1.6
     # ...and following the mixing curve: rms texture misfit / the predicted dip's depth, at most
     # (dissolves on the development part: <= 0.21; spans of shake and of fades: >= 0.46)
     gradual_texture_fit: float = 0.35

@@ -126,14 +126,15 @@ def structure_change(a: _Frame, b: _Frame) -> float:
 
 
 def _transient(h, i: int, d: float, cfg: SplitConfig) -> bool:
-    """A flash, a glitch: a frame of the three before frame i comes back (within
-    `transient_return` of i's change) in i or the LOOKAHEAD after it. A cut changes the
-    picture for good; a flash may span two frames and either may be the one tested."""
-    for j in range(max(0, i - 3), i):
-        for k in range(i, min(len(h), i + LOOKAHEAD + 1)):
-            if (j, k) != (i - 1, i) and change(h[j], h[k]) <= cfg.transient_return * d:
-                return True
-    return False
+    """A flash, a glitch: the picture of one of the three frames before frame i is back (within
+    `transient_return` of i's change) at the last two of the LOOKAHEAD frames after it, so the
+    change did not last. (A flash may span two frames and either may be the one tested; a
+    cut followed by a frame of stale pictures, as broken streams show, does not come back.)"""
+    ks = [k for k in (i + LOOKAHEAD - 1, i + LOOKAHEAD) if k < len(h)]
+    if not ks:
+        return False
+    lim = cfg.transient_return * d
+    return all(any(change(h[j], h[k]) <= lim for j in range(max(0, i - 3), i)) for k in ks)
 
 
 def same_scene(a: _Frame, b: _Frame, cfg: SplitConfig) -> bool:
@@ -259,8 +260,7 @@ class ShotDetector:
         d = self.rows.last(n)[:, _D]
         if d[i] < cfg.cut_threshold:
             return
-        near = np.concatenate([d[max(1, i - _NEAR) : i], d[i + 1 : i + _NEAR + 1]])
-        iso = d[i] / max(float(near.max()) if near.size else 0.0, 0.5)
+        iso = d[i] / max(self._level(d, i), 0.5)
         if iso < cfg.cut_isolation_strong:
             return
         before, f = h[i - 1], h[i]
@@ -270,6 +270,22 @@ class ShotDetector:
         if _transient(h, i, float(d[i]), cfg):
             return
         self._found.append(Transition(f.index, f.index, "cut"))
+
+    def _level(self, d: np.ndarray, i: int) -> float:
+        """The largest change within _NEAR frames of frame i, flashes and glitch frames left
+        out (a frame that changes and whose next frame or the one after is back: its change
+        and the change back are no measure of the shot's motion)."""
+        h, cfg = self.frames, self.cfg
+        lo, hi = max(1, i - _NEAR), min(len(h), i + _NEAR + 1)
+        skip: set[int] = set()
+        for k in range(lo, hi):
+            if k == i or k in skip or d[k] < cfg.cut_threshold:
+                continue
+            for w in (1, 2):  # a flash of one frame or of two
+                if k + w < len(h) and k + w != i and change(h[k - 1], h[k + w]) <= cfg.transient_return * d[k]:
+                    skip.update(range(k, k + w + 1))
+                    break
+        return max((float(d[k]) for k in range(lo, hi) if k != i and k not in skip), default=0.0)
 
     # -- fades through black -------------------------------------------------------------
 
