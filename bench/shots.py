@@ -5,9 +5,10 @@
 SET is built by bench/shotset.py (default build/shotset; built when missing), labels are
 tests/data/shots_labels.json. Every system runs from its own package on the same files:
 
-  videomill        the split of the analysis pass (curation/split_scenes.py) on the decode
-                   pass's own thumbnails, cpu profile; its clips come from the real stage
-                   (curation/analyze.py: SplitAndScore)
+  videomill        the split of the analysis pass (curation/split_scenes.py: Splitter) on the
+                   decode pass's own thumbnails, cpu profile; its clips are the Splitter's
+                   windows, which the analysis stage writes as they are (a test checks the
+                   stage's clips on this set: tests/curation/test_shots_benchmark.py)
   videomill-gpu    the same on the gpu profile: TransNetV2 beside it (curation/shot_model.py),
                    run here on the CPU (the same results; frames/s is not the GPU's)
   adaptive         PySceneDetect AdaptiveDetector, defaults (`scenedetect.detect`, its default backend)
@@ -52,13 +53,10 @@ if str(_REPO) not in sys.path:
 
 import av  # noqa: E402
 import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
 
 from bench import shotset  # noqa: E402
-from curation.analyze import SplitAndScore, group_sources  # noqa: E402
 from curation.config import SplitConfig, load_config  # noqa: E402
 from curation.decode import iter_frames  # noqa: E402
-from curation.probe import ProbeSources  # noqa: E402
 from curation.split_scenes import Splitter, Windower  # noqa: E402
 
 TOLERANCE = 2  # frames, hard cuts (the issue's and PySceneDetect's usual setting)
@@ -94,30 +92,16 @@ def run_videomill(path: str, profile: str = "cpu") -> Detection:
         _SHOT_MODEL = _SHOT_MODEL or shot_model.load(cfg.split.model_device)
         model = _SHOT_MODEL
     sp = Splitter(cfg.split, model)
-    n, t = 0, 0.0
+    n, times, wins = 0, [], []
     for fr in iter_frames(path, thumb_width=cfg.decode.cut_thumb_width, work_short_side=cfg.decode.work_short_side,
                           motion_fps=cfg.motion.sample_fps, tags_short_side=cfg.tags.short_side,
                           tags_fps=max(cfg.tags.sample_fps, 1.0 / cfg.split.min_clip_s), threads=os.cpu_count()):
-        sp.push(fr.index, fr.t, fr.thumb)
-        n, t = n + 1, fr.t
-    sp.finish(n, t + 1 / 25)
+        wins += sp.push(fr.index, fr.t, fr.thumb)
+        n += 1
+        times.append(fr.t)
+    wins += sp.finish(n, times[-1] + float(np.median(np.diff(times))) if n > 1 else 1 / 25)
     ts = sp.transitions
-    return Detection([x.end for x in ts], [(x.first, x.end) for x in ts if x.first < x.end], n)
-
-
-_STAGES: dict[str, SplitAndScore] = {}
-
-
-def videomill_clips(path: str, profile: str = "cpu") -> list[tuple[int, int]]:
-    """The clip windows the real analysis stage writes for `path`."""
-    cfg = load_config(profile=profile, overrides={"decode": {"threads": 1}})
-    if profile not in _STAGES:
-        _STAGES[profile] = SplitAndScore(cfg, frames=False)
-        _STAGES[profile].setup()
-    (row,) = group_sources(_STAGES[profile](ProbeSources(cfg)(pa.table({"source": [path]}))))
-    if row["status"] != "ok":
-        raise RuntimeError(f"{path}: {row['status']}: {row.get('error')}")
-    return [(c["start_frame"], c["end_frame"]) for c in row["clips"]]
+    return Detection([x.end for x in ts], [(x.first, x.end) for x in ts if x.first < x.end], n, clips=[(w.start, w.end) for w in wins])
 
 
 def run_pyscenedetect(path: str, which: str) -> Detection:
@@ -347,7 +331,7 @@ def detect_all(root: Path, names: list[str], systems: list[str], cache: Path | N
     return out
 
 
-def evaluate(root: Path, labels: dict, dets: dict[str, dict[str, Detection]], cfg: SplitConfig, clips_of_ours: dict[str, dict]) -> dict[str, dict[str, Score]]:
+def evaluate(root: Path, labels: dict, dets: dict[str, dict[str, Detection]], cfg: SplitConfig) -> dict[str, dict[str, Score]]:
     """system -> part -> Score."""
     res: dict[str, dict[str, Score]] = {}
     for s, per in dets.items():
@@ -356,7 +340,7 @@ def evaluate(root: Path, labels: dict, dets: dict[str, dict[str, Detection]], cf
             lab = labels[name]
             if d.frames and d.frames != lab["frames"]:
                 print(f"note: {s} decoded {d.frames} frames of {name}, labels say {lab['frames']}", file=sys.stderr)
-            clips = clips_of_ours[s][name] if s in OURS else windows(d, lab["frames"], _rate(str(root / name)), cfg)
+            clips = d.clips if d.clips is not None else windows(d, lab["frames"], _rate(str(root / name)), cfg)
             sc = score_video(name, lab, d, clips)
             parts[lab["part"]].add(sc)
             parts["all"].add(sc)
@@ -401,8 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config()
     t0 = time.perf_counter()
     dets = detect_all(root, names, systems, Path(args.cache) if args.cache else None, args.fresh)
-    ours = {s: {n: videomill_clips(str(root / n), "gpu" if s.endswith("gpu") else "cpu") for n in names} for s in OURS & set(systems)}
-    res = evaluate(root, labels, dets, cfg.split, ours)
+    res = evaluate(root, labels, dets, cfg.split)
     frames = sum(labels[n]["frames"] for n in names)
     trs = [t for n in names for t in labels[n]["transitions"]]
     print(f"shot benchmark: {len(names)} videos, {frames} frames ({frames / 25 / 60:.1f} min at 25 fps), {len(trs)} transitions "

@@ -84,6 +84,9 @@ class SplitConfig:
     # when our checks do not contradict them (flashes, a scene that comes back).
     model: str = "auto"
     model_threshold: float = 0.5
+    # A cut the model finds and we do not must still stand this many times above the changes
+    # around it (mid whip pan and mid crash zoom, where it fired on the development part: 1.0)
+    model_cut_isolation: float = 1.3
     model_device: str = "auto"  # auto: cuda when there is one
     # GPU share of each analysis actor when the model runs on Ray GPUs (16 per GPU; each holds
     # a CUDA context, ~0.5 GB); 0: the model runs where the analysis task runs, without a GPU.
@@ -101,7 +104,7 @@ class SplitConfig:
     def __post_init__(self) -> None:
         _positive(self, "cut_threshold", "cut_isolation", "cut_isolation_strong", "cut_structure", "cut_structure_strong", "transient_return", "min_clip_s",
                   "max_clip_s", "gradual_change", "gradual_fit", "gradual_dip", "gradual_dip_max", "gradual_texture_fit", "gradual_max_frames", "fade_dark",
-                  "fade_step", "fade_same_scene")
+                  "fade_step", "fade_same_scene", "model_cut_isolation")
         if self.gradual_margin < 0:
             raise ValueError("split.gradual_margin must be >= 0")
         if self.model not in ("auto", "off", "transnetv2"):

@@ -437,8 +437,11 @@ class ShotDetector:
         p, q = h[t.first - 1 - i0], h[t.end - i0]
         if t.first == t.end:
             i = t.end - i0
-            d = float(self.rows.last(len(h))[i, _D])
-            return d >= self.cfg.cut_threshold and structure_change(p, q) >= self.cfg.cut_structure and not _transient(h, i, d, self.cfg)
+            d = self.rows.last(len(h))[:, _D]
+            # The picture must change more there than on the frames around (TransNetV2 fires
+            # mid whip pan and mid crash zoom, where every frame changes as much).
+            return (d[i] >= self.cfg.cut_threshold and d[i] >= self.cfg.model_cut_isolation * self._level(d, i)
+                    and structure_change(p, q) >= self.cfg.cut_structure and not _transient(h, i, float(d[i]), self.cfg))
         return not same_scene(p, q, self.cfg)
 
     def _release(self, settled: int) -> list[Transition]:
