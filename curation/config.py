@@ -53,7 +53,8 @@ class SplitConfig:
     # into fast dark motion measured 1.8x and 0.26; strong shake at most 1.5x)
     cut_isolation_strong: float = 1.6
     # ...with the luma structure changed (1 - rank correlation of 20x12 luma: cuts on the
-    # development part measured 0.11-1.6, exposure steps 0.005-0.046, clipping included)...
+    # development part measured 0.11-1.6, exposure steps 0.005-0.046, clipping included) by at
+    # least this more than between the frames 2 either side (cuts: >= 0.089 more)...
     cut_structure: float = 0.075
     cut_structure_strong: float = 0.25
     # ...and the picture not back within 3 frames: a flash or glitch when the frame before is

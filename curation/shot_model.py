@@ -12,9 +12,9 @@ frame: each 50 new frames (plus 25 of lookahead) give the next 50 scores, so a s
 at most 75 frames after its frame, well inside the split's decision lag.
 
 Frames come from the decode pass's own Y/U/V thumbnails (converted and area-scaled to 48x27),
-not from a second scaling of each decoded picture: measured on the shot benchmark's
-development part, TransNetV2 on these frames agrees with it on frames scaled from the full
-picture (see bench/shots.py, system `transnetv2-thumbs`).
+not from a second scaling of each decoded picture: on the shot benchmark's development part
+TransNetV2 on these frames scored as on frames bicubic-scaled from the full picture, as its
+own runner asks ffmpeg for (P 88.7, R 85.5, F1 87.0, 10 false alarms on the negatives, both).
 """
 
 from __future__ import annotations

@@ -2,38 +2,49 @@
 
 Why not PySceneDetect or TransNetV2 as they are: both decode the video themselves, and the
 analysis pass is decode-bound, so a second decode would halve it; and on the labelled
-benchmark (bench/shots.py) both miss what a training clip must not hold (PySceneDetect nearly
-every dissolve; TransNetV2 cuts between similar framings) and fire on hard motion. The
-detector here reads the Y/U/V thumbnails the pass already holds (curation/decode.py) and
-costs tens of microseconds a frame; curation/shot_model.py adds TransNetV2 where it pays.
+benchmark (bench/shots.py, bench/RESULTS.md) both leave transition frames in clips
+(PySceneDetect misses most dissolves, TransNetV2 cuts between similar framings of one scene)
+and fire on hard motion. The detector here reads the Y/U/V thumbnails the pass already holds
+(curation/decode.py) and costs ~55 us of CPU a frame (~40 for the detector it replaced).
 
 Hard cuts. A cut changes the whole picture once: the frame's change from the one before
 (mean |Y/U/V delta| of 3x3-smoothed thumbnails) stands `cut_isolation` times above every
-other change within three frames either side (motion, shake, whip pans and zooms change the
-picture over several frames: measured on the benchmark's development part, no change outside
-a transition stands 1.5x above its neighbours, while cuts, similar framings included, stand
-1.8x-100x). Two more checks: the structure changes (1 - the correlation of 16x8 luma block
-means, which ignores gain and offset: exposure steps and fades stay near 0, cuts measure
-0.07-1.1); and the picture does not come back within three frames (flashes, glitch frames:
-the frame before is then as close to one of the next three as to the changed one).
+other change within three frames either side, flash and glitch frames left out (motion,
+shake, whip pans and zooms change the picture over several frames: on the benchmark's
+development part no change outside a transition stood 1.5x above its neighbours, cuts,
+similar framings included, 1.8x-100x). Two more checks: the structure changes (1 - the rank
+correlation of the 20x12 luma, which no exposure, gain or gamma change moves: exposure steps
+measured 0.005-0.046 with clipping, cuts 0.11-1.6), by more than it changes between the frames
+around (noise and flicker move the ranks on every frame: cuts stood >= 0.089 above them); and
+the picture is not back at the end of the three frames after (flashes, glitch frames).
 
 Gradual transitions. A dissolve's frames are mixes of the shot before and the shot after.
 Motion alone can look like a mix on coarse grids, so the test is the fine texture: mixing two
-unrelated pictures lowers the fine-detail energy (thumbnail minus its 3x3 blur) to
-(1-a)^2 E_A + a^2 E_B, a dip in the middle that steady motion, pans and zooms do not make
-(measured on the development part: dissolves 0.69-1.09 of the predicted dip, in-shot spans
-that fit the mix on the grid at most 0.25). Each new frame ends candidate spans of every
-length up to `gradual_max_frames`; spans whose ends differ as shots do are fitted (frames
-inside = linear ramp between the frame before and the frame after, on a 4x4 grid of block
-means) and the best-fitting one wins. Fades through black are the same with black as one
-side: the picture's contrast ramps down to dark (or up from it); frames that stay black
-between a fade-out and a fade-in belong to the transition, so a held black never opens a
-clip. A dip to dark whose two sides are the same scene (a hand over the lens) is no boundary.
+unrelated pictures lowers its energy (thumbnail minus its 3x3 blur) to (1-a)^2 E_A + a^2 E_B,
+a dip following that curve, which steady motion, pans and zooms do not make (development part:
+dissolves 0.69-1.09 of the predicted dip, in-shot spans whose grids fit a mix at most 0.25;
+shake and blur dip but off the curve). Spans of every length up to `gradual_max_frames`
+ending at each frame are tested (a batch of end frames at a time: numpy's per-call cost is
+what a frame pays): the ends must differ as shots do, each frame's 4x4 grid must be the
+linear ramp between them; the best-fitting of overlapping spans wins and its ends are refined
+from where each frame's mixing coefficient starts and stops ramping. Fades: the picture's
+energy (rms luma above black) dips to dark with frames on the way down and up; frames that
+stay black between a fade-out and a fade-in belong to the transition, so a held black never
+opens a clip. A dip to dark whose two sides are one scene once aligned for the camera's move
+(a hand over the lens, someone passing close to it) is no boundary.
 
-Clips never hold a transition frame: the windows drop each gradual transition's frames plus
-a margin (`gradual_margin`: its estimated ends can be a few frames short). Every cut counts,
-however close to another; the short piece between is dropped by the windows (`min_clip_s`).
-A change of frame size mid-stream is a cut.
+Clips never hold a transition frame: frames reach the windows only once no later decision
+can change them, and each dissolve's frames go with a margin (`gradual_margin`: its fitted
+ends can be a few frames off). Every cut counts, however close to another; the short piece
+between is dropped by the windows (`min_clip_s`). A change of frame size mid-stream is a cut.
+
+TransNetV2 (curation/shot_model.py) is a second opinion on the gpu profile only
+(`split.model`): on two CPU cores it scores ~20-120 frames/s where this pass decodes
+~1000-3000, and scoring only 100-frame windows around candidates would still cost more than
+decoding the whole shot. Its boundaries join ours only where our measurements agree (a cut
+must change the structure, stand 1.3x above the changes around it and not come back; a
+gradual one's sides must be different scenes): unchecked, its only additions on the
+development part were mid whip pan and mid crash zoom.
 """
 
 from __future__ import annotations
@@ -264,12 +275,21 @@ class ShotDetector:
         if iso < cfg.cut_isolation_strong:
             return
         before, f = h[i - 1], h[i]
-        sc = structure_change(before, f)
-        if sc < cfg.cut_structure or (iso < cfg.cut_isolation and sc < cfg.cut_structure_strong):
+        sc, above = self._structure(i)
+        if above < cfg.cut_structure or (iso < cfg.cut_isolation and sc < cfg.cut_structure_strong):
             return
         if _transient(h, i, float(d[i]), cfg):
             return
         self._found.append(Transition(f.index, f.index, "cut"))
+
+    def _structure(self, i: int) -> tuple[float, float]:
+        """Frame i's structure change, and how much more it is than the changes of the frames
+        around (noise, flicker and fast motion move the rank order a little on every frame; a
+        cut once)."""
+        h = self.frames
+        near = [structure_change(h[k - 1], h[k]) for k in range(max(1, i - 2), min(len(h), i + 3)) if k != i]
+        sc = structure_change(h[i - 1], h[i])
+        return sc, sc - max(near, default=0.0)
 
     def _level(self, d: np.ndarray, i: int) -> float:
         """The largest change within _NEAR frames of frame i, flashes and glitch frames left
@@ -441,7 +461,7 @@ class ShotDetector:
             # The picture must change more there than on the frames around (TransNetV2 fires
             # mid whip pan and mid crash zoom, where every frame changes as much).
             return (d[i] >= self.cfg.cut_threshold and d[i] >= self.cfg.model_cut_isolation * self._level(d, i)
-                    and structure_change(p, q) >= self.cfg.cut_structure and not _transient(h, i, float(d[i]), self.cfg))
+                    and self._structure(i)[1] >= self.cfg.cut_structure and not _transient(h, i, float(d[i]), self.cfg))
         return not same_scene(p, q, self.cfg)
 
     def _release(self, settled: int) -> list[Transition]:
