@@ -30,7 +30,7 @@ from curation.config import PROFILES, load_config  # noqa: E402
 from curation.decode import iter_frames  # noqa: E402
 from curation.probe import ProbeSources, probe_source  # noqa: E402
 from curation.score_motion import MotionScorer  # noqa: E402
-from curation.split_scenes import CutDetector  # noqa: E402
+from curation.split_scenes import ShotDetector  # noqa: E402
 from curation.tag_negatives import measure_frame  # noqa: E402
 
 _NEVER = 1e-6  # a sample rate so low that only the first frame is sampled
@@ -82,9 +82,10 @@ def breakdown(uri: str, profile: str, repeat: int) -> None:
     motion = MotionScorer(cfg.motion)
 
     def cuts() -> None:
-        d = CutDetector(cfg.split)
+        d = ShotDetector(cfg.split)
         for f in full:
-            d.update(f.index, f.thumb)
+            d.push(f.index, f.thumb)
+        d.finish()
 
     # Scored per window as the stage does (windows of at most max_clip_s).
     span = cfg.split.max_clip_s

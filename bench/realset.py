@@ -126,10 +126,10 @@ def pan(img: np.ndarray, speed: float, zoom: float = 1.5, n: int = N) -> Callabl
     return lambda k: (x0 + step * k, h / 2, zoom)
 
 
-def handheld(img: np.ndarray, seed: int, amp: float = 6.0) -> Callable[[float], tuple[float, float, float]]:
+def handheld(img: np.ndarray, seed: int, amp: float = 6.0, n: int = N) -> Callable[[float], tuple[float, float, float]]:
     """Handheld shake: a smoothed random walk of a few output px, a slow drift, slight zoom breathing."""
     rng = np.random.default_rng(seed)
-    walk = np.cumsum(rng.normal(0, 1, (N, 2)), axis=0)
+    walk = np.cumsum(rng.normal(0, 1, (n, 2)), axis=0)
     kernel = np.hanning(9) / np.hanning(9).sum()
     smooth = np.stack([np.convolve(walk[:, i], kernel, mode="same") for i in range(2)], axis=1)
     smooth *= amp / max(1e-6, np.abs(smooth).max())

@@ -7,7 +7,7 @@
       reorder buffer and the timeline): ratio of frames/s, 1.0 = free;
   (b) shot detection per frame on the decode pass's thumbnails: hard cuts only (the detector
       before gradual transitions, reconstructed by disabling them) vs hard cuts + gradual
-      transitions (twin comparison + mix fit): microseconds per frame and the ratio.
+      transitions (dissolves: mix fit and texture dip; fades): microseconds per frame and the ratio.
 Each figure is the best CPU time (all threads) of --repeat runs; methods take turns.
 """
 
@@ -28,7 +28,7 @@ import av  # noqa: E402
 from curation.config import load_config  # noqa: E402
 from curation.decode import decoded_frames, iter_frames  # noqa: E402
 from curation.hostile import fade  # noqa: E402
-from curation.split_scenes import CutDetector  # noqa: E402
+from curation.split_scenes import ShotDetector  # noqa: E402
 from curation.synthetic import moving, with_cuts, write_video  # noqa: E402
 
 
@@ -74,12 +74,12 @@ def main() -> None:
                                                 motion_fps=0.1, tags_short_side=64, tags_fps=0.1)]
 
         def detect(gradual: bool) -> None:
-            det = CutDetector(cfg.split)
-            if not gradual:
-                det._gradual.update = lambda index, thumb: None  # the detector as it was: hard cuts only
+            det = ShotDetector(cfg.split)
+            if not gradual:  # hard cuts only: the dissolve and fade tests switched off
+                det._test_dissolve = det._test_fade = lambda final=False: None
             for i, th in enumerate(thumbs):
-                det.update(i, th)
-                det.transition()
+                det.push(i, th)
+            det.finish()
 
         t_cut = t_both = float("inf")
         for _ in range(args.repeat):

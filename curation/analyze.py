@@ -25,7 +25,7 @@ from curation.frames import pack_frames
 from curation.images import read_image  # noqa: F401 - curation/report_figures.py imports it from here
 from curation.schema import SOURCE_ROW, analyzed_clip_schema, source_schema, to_table
 from curation.score_motion import MotionScorer
-from curation.split_scenes import CutDetector, Window, Windower
+from curation.split_scenes import Splitter, Window
 from curation.stage import Stage, item_error
 from curation.tag_negatives import FrameJumps, FrameMeasures, flicker, measure_frame, tag_scores
 
@@ -131,16 +131,16 @@ def _finish_tags(clips: list[dict], cfg: RunConfig, bits_per_pixel: float | None
         c["bits_per_pixel"] = bits_per_pixel
 
 
-def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer, frames: bool = True, threads: int | None = None) -> tuple[dict, list[dict]]:
+def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer, frames: bool = True, threads: int | None = None,
+                  shot_model=None) -> tuple[dict, list[dict]]:
     """Returns (source field updates, clip rows). Raises MediaError for a broken video.
 
-    With `frames`, each clip row carries its model-stage frames (`cfg.frames`)."""
-    detector = CutDetector(cfg.split)
-    windower = Windower(cfg.split)
+    With `frames`, each clip row carries its model-stage frames (`cfg.frames`); with
+    `shot_model` (curation/shot_model.py), the split takes its second opinion."""
+    splitter = Splitter(cfg.split, shot_model)
     jumps = FrameJumps()
     scorer = _ClipScorer(cfg, motion, row, jumps)
     times: list[float] = []
-    cuts = 0
     stats = DecodeStats()
     for fr in iter_frames(
         row["source"],
@@ -161,17 +161,14 @@ def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer, frames: bool 
             row["rotation"] = fr.rotation
             if fr.rotation in (90, 270):
                 row["width"], row["height"] = row["height"], row["width"]
-        is_cut = detector.update(fr.index, fr.thumb)
         jumps.update(fr.thumb)
-        closed = windower.push(fr.index, fr.t, is_cut)
-        if (gradual := detector.transition()) is not None:  # frames [first, end) are dropped
-            closed += windower.drop(*gradual)
-            is_cut = True
-        cuts += is_cut
+        # Windows close some frames behind the newest (the split decides with a lag): the
+        # scorer holds samples from the first frame an open or coming window may need.
+        closed = splitter.push(fr.index, fr.t, fr.thumb, fr.step)
         for w in closed:
             scorer.close(w)
-        if closed or is_cut:  # the open window moved: drop samples before it
-            scorer.prune(windower.start)
+        if closed or fr.index % 64 == 0:
+            scorer.prune(splitter.start)
         scorer.add(fr.index, fr.t, fr.gray, fr.rgb, fr.model_rgb, fr.size)
         times.append(fr.t)
     if not times:
@@ -180,8 +177,11 @@ def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer, frames: bool 
     intervals = np.diff(times)
     frame_dur = float(np.median(intervals)) if len(intervals) else stats.frame_s
     duration = times[-1] - times[0] + frame_dur
-    for w in windower.finish(len(times), times[-1] + frame_dur):
+    for w in splitter.finish(len(times), times[-1] + frame_dur):
         scorer.close(w)
+    # Shot boundaries have a shot on both sides: black leading or trailing the video is
+    # dropped from the clips but starts or ends no shot.
+    cuts = sum(0 < t.first and t.end < len(times) for t in splitter.transitions)
     fps = len(times) / duration
     vfr = bool(len(intervals) > 1 and np.std(intervals) > 0.1 * np.mean(intervals))
     bpp = None
@@ -248,6 +248,9 @@ class SplitAndScore(Stage):
 
     `frames=False` leaves the model-stage frame columns null (no model stage will read them,
     and sampling them costs a colour conversion per sampled frame).
+
+    With the shot model on (`split.model`, TransNetV2 on the gpu profile) the stage holds it:
+    it runs on an actor pool, each actor with `split.model_gpus` of a GPU when it has one.
     """
 
     reads = _PROBED
@@ -258,10 +261,20 @@ class SplitAndScore(Stage):
         self.cfg = cfg
         self.frames = frames
         self._motion: MotionScorer | None = None
+        self._shot_model = None
+        self.shot_model = cfg.split.model_for(cfg.profile) != "off"
+        if self.shot_model:  # instance values shadow the class defaults: the runners read them
+            self.stateful = True
+            if cfg.split.model_device != "cpu":
+                self.num_gpus = cfg.split.model_gpus
 
     def setup(self) -> None:
         cv2.setNumThreads(1)  # parallelism comes from running many sources at once
         self._motion = MotionScorer(self.cfg.motion)
+        if self.shot_model and self._shot_model is None:
+            from curation import shot_model
+
+            self._shot_model = shot_model.load(self.cfg.split.model_device)
 
     def analyze(self, row: dict) -> tuple[dict, list[dict]]:
         """(source row, its clip rows) for one probed source row."""
@@ -274,7 +287,7 @@ class SplitAndScore(Stage):
             else:
                 # FFmpeg threads follow the stage's CPUs (Ray's accounting), unless [decode] sets them.
                 threads = self.cfg.decode.threads or self.threads
-                updates, clips = analyze_video(row, self.cfg, self._motion, self.frames, threads)
+                updates, clips = analyze_video(row, self.cfg, self._motion, self.frames, threads, self._shot_model)
         except (av.error.FFmpegError, cv2.error, OSError) as e:
             row.update(status="error", **item_error(e, default_code="decode"))
             return row, []

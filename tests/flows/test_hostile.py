@@ -110,6 +110,11 @@ def test_each_input_gets_its_right_result(hostile_run, field):
             wrong.append((name, row["error_code"], row["error"]))
         elif field == "clips" and "clips" in want and got_spans != want["clips"]:
             wrong.append((name, got_spans, want["clips"]))
+        elif field == "clips" and "clips_within" in want and not (
+            len(got_spans) == len(want["clips_within"])
+            and all(lo <= a < b <= hi and (hi - lo) - (b - a) <= want["lose_at_most"] for (a, b), (lo, hi) in zip(got_spans, want["clips_within"]))
+        ):
+            wrong.append((name, got_spans, want["clips_within"]))
         elif field == "clips" and "min_clips" in want and len(got_spans) < want["min_clips"]:
             wrong.append((name, got_spans))
         elif field == "size" and "width" in want and (row["width"], row["height"], row["rotation"] or 0) != (
