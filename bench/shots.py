@@ -96,7 +96,7 @@ def run_videomill(path: str, profile: str = "cpu") -> Detection:
     for fr in iter_frames(path, thumb_width=cfg.decode.cut_thumb_width, work_short_side=cfg.decode.work_short_side,
                           motion_fps=cfg.motion.sample_fps, tags_short_side=cfg.tags.short_side,
                           tags_fps=max(cfg.tags.sample_fps, 1.0 / cfg.split.min_clip_s), threads=os.cpu_count()):
-        wins += sp.push(fr.index, fr.t, fr.thumb)
+        wins += sp.push(fr.index, fr.t, fr.thumb, fr.step)
         n += 1
         times.append(fr.t)
     wins += sp.finish(n, times[-1] + float(np.median(np.diff(times))) if n > 1 else 1 / 25)
