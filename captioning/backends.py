@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from captioning.frames import Sampled
+from captioning.judge import Step
 from captioning.tiny import TINY, ensure_tiny_vlm
 from curation.config import merge_dicts
 from curation.hub import MissingModel, Model, hf_model
@@ -56,6 +57,7 @@ class Request:
     kind: str
     media: Sampled | None = None
     text_model: bool = False  # fusion/shortening: the summary LLM when one is configured
+    logprobs: int = 0  # > 0: the reply carries this many candidates per generated token (Reply.steps)
 
     @property
     def frames(self) -> np.ndarray | None:
@@ -68,6 +70,7 @@ class Reply:
     tokens: int = 0  # generated tokens
     hit_limit: bool = False  # stopped at max_new_tokens, not at end-of-sequence
     error: str | None = None
+    steps: list[Step] | None = None  # per generated token: its end offset in `text` and top candidates
 
 
 # Captions need no chat-template reasoning mode (Qwen3-style `enable_thinking`); templates
@@ -170,19 +173,42 @@ class TransformersBackend:
         torch.manual_seed(s.seed)
         gen = dict(max_new_tokens=s.max_new_tokens, repetition_penalty=s.repetition_penalty)
         gen |= dict(do_sample=True, temperature=s.temperature, top_p=s.top_p) if s.temperature > 0 else dict(do_sample=False)
+        k = max(r.logprobs for r in reqs)
+        if k:  # the raw logits of every step (before sampling's processors): the model's own probabilities
+            gen |= dict(output_logits=True, return_dict_in_generate=True)
         with torch.inference_mode():
             out = model.generate(**inputs, **gen)
-        new = out[:, inputs["input_ids"].shape[1] :].cpu()
+        seqs = out.sequences if k else out
+        new = seqs[:, inputs["input_ids"].shape[1] :].cpu()
         tok = proc.tokenizer if hasattr(proc, "tokenizer") else proc
         eos = model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, list) else [eos])
         pad = model.generation_config.pad_token_id
         replies = []
-        for row in new.tolist():
-            ended = next((k for k, t in enumerate(row) if t in eos), None)
+        for b, row in enumerate(new.tolist()):
+            ended = next((j for j, t in enumerate(row) if t in eos), None)
             n = ended if ended is not None else sum(t != pad for t in row)
-            replies.append(Reply(tok.decode(row[:n], skip_special_tokens=True), tokens=n, hit_limit=ended is None))
+            rep = Reply(tok.decode(row[:n], skip_special_tokens=True), tokens=n, hit_limit=ended is None)
+            if k:
+                rep.steps = _steps(tok, row[:n], [step[b] for step in out.logits[:n]], k)
+            replies.append(rep)
         return replies
+
+
+def _steps(tok, ids: list[int], logits: list, k: int) -> list[Step]:
+    """Per generated token: where it ends in the decoded reply, and its `k` most likely
+    candidates (plus the chosen one) with log-probabilities (log-softmax of the raw logits)."""
+    import torch
+
+    steps = []
+    for i, (chosen, lg) in enumerate(zip(ids, logits)):
+        lp = torch.log_softmax(lg.float(), dim=-1)
+        top = torch.topk(lp, k)
+        cand = dict(zip(top.indices.tolist(), top.values.tolist()))
+        cand.setdefault(chosen, float(lp[chosen]))
+        end = len(tok.decode(ids[: i + 1], skip_special_tokens=True))
+        steps.append(Step(end, tuple((tok.decode([t]), v) for t, v in cand.items())))
+    return steps
 
 
 def jpeg_b64(frame: np.ndarray, quality: int = 90) -> str:
@@ -288,16 +314,24 @@ class OpenAIBackend:
             try:
                 msgs = [{"role": "system", "content": self.system}] if self.system else []
                 msgs.append({"role": "user", "content": self.content(r)})
+                extra = {"logprobs": True, "top_logprobs": r.logprobs} if r.logprobs else {}
                 resp = await client.chat.completions.create(
                     model=self.summary_model if r.text_model else self.model, messages=msgs,
                     max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
-                    extra_body=self.body(r, s),
+                    extra_body=self.body(r, s), **extra,
                 )
             except (APIError, ValueError) as e:  # after the client's retries (or a frame that will not encode): caption_error
                 return Reply(None, error=f"model call failed: {type(e).__name__}: {e}")
             choice = resp.choices[0]
             tokens = resp.usage.completion_tokens if resp.usage else 0
-            return Reply(choice.message.content or "", tokens=tokens, hit_limit=choice.finish_reason == "length")
+            rep = Reply(choice.message.content or "", tokens=tokens, hit_limit=choice.finish_reason == "length")
+            if r.logprobs and choice.logprobs and choice.logprobs.content:  # servers without logprobs: none
+                end, rep.steps = 0, []
+                for t in choice.logprobs.content:
+                    end += len(t.token)
+                    top = {c.token: c.logprob for c in (t.top_logprobs or [])} | {t.token: t.logprob}
+                    rep.steps.append(Step(end, tuple(top.items())))
+            return rep
 
     async def _all(self, requests: list[Request], s: Sampling) -> list[Reply]:
         from openai import AsyncOpenAI

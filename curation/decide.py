@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from curation.config import DecideConfig, Rule
-from curation.schema import NEG_TAGS, neg_column
+from curation.config import DecideConfig, JudgeConfig, Rule
+from curation.schema import NEG_TAGS, judge_column, neg_column
 
 
 @dataclass(frozen=True)
@@ -52,14 +52,17 @@ def resolve_rules(table: pa.Table, rules: tuple[Rule, ...]) -> list[ResolvedRule
     return out
 
 
-def decide(table: pa.Table, cfg: DecideConfig) -> tuple[pa.Table, list[ResolvedRule]]:
+def decide(table: pa.Table, cfg: DecideConfig, judge: JudgeConfig | None = None) -> tuple[pa.Table, list[ResolvedRule]]:
     """Set `neg_tags`, `status` and `reject_reasons` on a table of scored clips.
 
     A clip with an `error` keeps status `error`; the others are `accepted` when no fired tag
     (outside `keep_tags`), no rule, no probe tag (outside `keep_probe_tags`) and no duplicate
     verdict (`dup_of`, with `drop_duplicates`) rejects them. A negative tag fires when its
     heuristic score, any of its `tag_signals` (OCR, CLIP zero-shot) or the tag probe says so;
-    probe tags outside the six are listed in `neg_tags` too and reject as `probe:<tag>`."""
+    probe tags outside the six are listed in `neg_tags` too and reject as `probe:<tag>`. With
+    `judge` enabled, a VLM-judged tag fires when its `vlm_<name>` score reaches the question's
+    threshold: listed in `neg_tags` as `vlm_<name>`, rejecting as `vlm_<name>` unless kept (a
+    clip not judged yet, null, passes: the judge runs on the clips this decision accepts)."""
     n = table.num_rows
     errored = _errored(table)
     table = table.drop_columns([c for c in ("neg_tags", "status", "reject_reasons") if c in table.column_names])
@@ -100,6 +103,15 @@ def decide(table: pa.Table, cfg: DecideConfig) -> tuple[pa.Table, list[ResolvedR
                 tags[i].append(tag)
                 if tag not in cfg.keep_probe_tags:
                     reasons[i].append(f"probe:{tag}")
+    if judge is not None and judge.enabled:
+        for q in judge.questions:
+            col = judge_column(q.name)
+            if col not in table.column_names:
+                continue
+            for i in np.flatnonzero(np.nan_to_num(_values(table, col), nan=-1.0) >= q.threshold):
+                tags[i].append(col)
+                if q.name not in judge.keep:
+                    reasons[i].append(col)
     if cfg.drop_duplicates and "dup_of" in table.column_names:
         for i, twin in enumerate(table.column("dup_of").to_pylist()):
             if twin is not None:

@@ -193,6 +193,29 @@ CLIP_COLUMNS.update(
         Column("probe_scores", pa.map_(pa.string(), pa.float64()), "The tag probe's probability per tag; null without a probe."),
     )
 )
+# VLM-judged tags (captioning/judge.py): the caption model's answer to one yes/no question per
+# tag, on clips the cheap filters accepted. The names are fixed here (the schema is code); the
+# questions' wording and thresholds are configuration ([judge], curation/config.py).
+JUDGE_TAGS: tuple[str, ...] = (
+    # CogVideoX's six negative tags, asked of the VLM
+    "over_edited", "incoherent_motion", "low_quality", "lecture", "text_dominated", "noisy_screen",
+    # Cosmos-Curate's artefact criteria
+    "slideshow", "synthetic", "visual_filter", "post_production_text", "video_in_video", "photographic_artifacts",
+    "distorted_view", "low_resolution", "blurred_region", "abrupt_camera_motion", "fast_zoom", "unnatural_speed",
+)
+
+
+def judge_column(tag: str) -> str:
+    return f"vlm_{tag}"
+
+
+JUDGE_COLUMNS = _cols(
+    *(Column(judge_column(t), pa.float64(), f"VLM-judged `{t}` in [0,1]: P(yes) from the answer token's log-probabilities "
+             "(1/0 from the answer where the backend gives none); null when not judged.") for t in JUDGE_TAGS),
+    Column("judge_error", pa.string(), "Why a judged clip has no VLM tag scores (malformed answer twice, model call failed); null otherwise."),
+)
+CLIP_COLUMNS.update(JUDGE_COLUMNS)
+
 # Columns the global steps before decide own (recomputed from the stored embeddings, never re-scored).
 GLOBAL_COLUMNS = ("dedup", "dup_of", "dup_sim", "probe_tags", "probe_scores")
 
@@ -200,7 +223,8 @@ GLOBAL_COLUMNS = ("dedup", "dup_of", "dup_sim", "probe_tags", "probe_scores")
 DECISION_COLUMNS = ("neg_tags", "status", "reject_reasons", "clip_path")
 # Columns the shard writer owns (curation/write_shards.py); scoring leaves them out too.
 SHARD_COLUMNS = ("bucket", "shard")
-SCORE_COLUMNS = tuple(c for c in CLIP_COLUMNS if c not in DECISION_COLUMNS + SHARD_COLUMNS + tuple(CAPTION_COLUMNS) + GLOBAL_COLUMNS)
+SCORE_COLUMNS = tuple(c for c in CLIP_COLUMNS
+                      if c not in DECISION_COLUMNS + SHARD_COLUMNS + tuple(CAPTION_COLUMNS) + tuple(JUDGE_COLUMNS) + GLOBAL_COLUMNS)
 
 
 def _schema(columns: dict[str, Column], names: Iterable[str]) -> pa.Schema:
