@@ -14,9 +14,15 @@ Per batch of clips:
    pass; still over -> cut at the last sentence boundary that fits (`cut_at_sentence`); no
    boundary fits -> `caption_error`. Every caption written is within the budget.
 
-Output rows: `clip_id` plus the caption columns of curation/schema.py (`duplicate` is flagged
-later, across the whole run, by captioning/store.py) and `caption_gen_tokens` (generated
-tokens, all calls, for throughput figures; not written to the manifest).
+With `[judge]` on, step 2 is preceded by the VLM-judged tags (captioning/judge.py): the same
+model answers the configured yes/no questions about each clip first; a clip on which a tag
+fires (its threshold, not in `judge.keep`) is not captioned (`caption_error` says so): decide
+will reject it, and its caption would be paid for nothing. Judge answers a row already carries
+(`vlm_*` columns, from an earlier run) are not asked again.
+
+Output rows: `clip_id` plus the caption and judge columns of curation/schema.py (`duplicate`
+is flagged later, across the whole run, by captioning/store.py) and `caption_gen_tokens`
+(generated tokens, all calls, for throughput figures; not written to the manifest).
 """
 
 from __future__ import annotations
@@ -28,21 +34,24 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from captioning import judge as J
 from captioning import text as T
 from captioning.backends import OpenAIBackend, Request, Sampling, TransformersBackend, resolve_model
 from captioning.frames import Sampled, pick, read_clip
 from captioning.prompts import PROMPT_VERSION, get_prompts
 from captioning.tiny import TINY
-from curation.config import CaptionConfig
+from curation.config import CaptionConfig, JudgeConfig
 from curation.frames import FRAMES, unpack_frames
 from curation.manifest import fingerprint
 from curation.media import MediaError
-from curation.schema import CAPTION_COLUMNS, CLIP_COLUMNS
+from curation.schema import CAPTION_COLUMNS, CLIP_COLUMNS, JUDGE_COLUMNS, JUDGE_TAGS, judge_column
 from curation.stage import Stage
 
 GEN_TOKENS = "caption_gen_tokens"
 OUTPUT_SCHEMA = pa.schema([pa.field("clip_id", pa.string())]
-                          + [pa.field(c, CLIP_COLUMNS[c].type) for c in CAPTION_COLUMNS] + [pa.field(GEN_TOKENS, pa.int64())])
+                          + [pa.field(c, CLIP_COLUMNS[c].type) for c in (*CAPTION_COLUMNS, *JUDGE_COLUMNS)]
+                          + [pa.field(GEN_TOKENS, pa.int64())])
+JUDGED_OUT = "not captioned: rejected by the VLM judge"  # caption_error prefix (captioning/store.py reads it)
 
 
 # What a caption depends on beyond the config: how frames reach the model and which gates it
@@ -52,16 +61,21 @@ OUTPUT_SCHEMA = pa.schema([pa.field("clip_id", pa.string())]
 CAPTION_VERSION = 2
 
 
-def settings(cfg: CaptionConfig) -> dict:
-    """What a caption depends on: models, prompt version, sampling, frame policy, budget."""
+def settings(cfg: CaptionConfig, judge: JudgeConfig | None = None) -> dict:
+    """What a caption depends on: models, prompt version, sampling, frame policy, budget; with
+    the judge on, its questions and answer settings (not its thresholds: decide applies those)."""
     keys = ("mode", "model", "summary_model", "budget_tokenizer", "max_tokens", "max_new_tokens", "temperature", "top_p",
             "retry_temperature", "repetition_penalty", "seed", "frame_source", "fps", "max_frames", "max_pixels", "summary_frames")
-    return {"prompt_version": PROMPT_VERSION, "caption_version": CAPTION_VERSION, **{k: getattr(cfg, k) for k in keys}}
+    out = {"prompt_version": PROMPT_VERSION, "caption_version": CAPTION_VERSION, **{k: getattr(cfg, k) for k in keys}}
+    if judge is not None and judge.enabled:
+        out["judge"] = {"questions": [[q.name, q.question] for q in judge.questions],
+                        "max_new_tokens": judge.max_new_tokens, "logprobs": judge.logprobs}
+    return out
 
 
-def caption_key(cfg: CaptionConfig) -> str:
+def caption_key(cfg: CaptionConfig, judge: JudgeConfig | None = None) -> str:
     """The resume key: a hash of `settings` (the backend is left out: same model, same captions)."""
-    return fingerprint(settings(cfg))
+    return fingerprint(settings(cfg, judge))
 
 
 def model_label(cfg: CaptionConfig) -> str:
@@ -72,6 +86,8 @@ def model_label(cfg: CaptionConfig) -> str:
 class _Clip:
     clip_id: str
     media: Sampled | None = None
+    vlm: dict[str, float] | None = None  # judged tag -> P(yes)
+    judge_error: str | None = None
     text: str | None = None
     short: str | None = None
     flags: list[str] = field(default_factory=list)
@@ -116,15 +132,17 @@ class CaptionClips(Stage):
 
     reads = ("clip_id", "clip_path", "media_type")
     timing = ("start_s", "fps", "num_frames")  # where pipeline frames sit in the clip
-    writes = tuple(CAPTION_COLUMNS) + (GEN_TOKENS,)
+    writes = tuple(CAPTION_COLUMNS) + tuple(JUDGE_COLUMNS) + (GEN_TOKENS,)
     stateful = True
 
-    def __init__(self, cfg: CaptionConfig, root: str):
+    def __init__(self, cfg: CaptionConfig, root: str, judge: JudgeConfig | None = None):
         self.cfg, self.root = cfg, root
+        self.judge = judge if judge is not None and judge.enabled else None
         self.batch_size = cfg.batch_size
         self.num_gpus = cfg.num_gpus if cfg.backend == "transformers" else 0.0
         self.prompts = get_prompts(PROMPT_VERSION)
-        self.key, self.sampling_json = caption_key(cfg), json.dumps(settings(cfg), sort_keys=True)
+        self.key = caption_key(cfg, self.judge)
+        self.sampling_json = json.dumps(settings(cfg, self.judge), sort_keys=True)
 
     def setup(self) -> None:
         c = self.cfg
@@ -211,6 +229,49 @@ class CaptionClips(Stage):
         clip.text, clip.fired = got.text, got.fired
         clip.flags += got.flags
 
+    # ---- the judge
+    def _judge(self, clips: list[_Clip], batch: pa.Table) -> None:
+        """Set `vlm` (or `judge_error`) of each clip: one JSON answer to every question; a
+        malformed answer is asked once more with other sampling. Answers the row already
+        carries (vlm_* columns from the store) are kept, not asked again."""
+        qs = {q.name: q.question for q in self.judge.questions}
+        stored = {judge_column(k): batch.column(judge_column(k)).to_pylist() for k in qs if judge_column(k) in batch.column_names}
+        row = {c.clip_id: i for i, c in enumerate(clips)}
+        todo = []
+        for c in clips:
+            got = {k: stored[judge_column(k)][row[c.clip_id]] for k in qs if judge_column(k) in stored}
+            if len(got) == len(qs) and all(v is not None for v in got.values()):
+                c.vlm = got
+            else:
+                todo.append(c)
+        prompt, c = J.prompt(qs), self.cfg
+        for attempt in range(2):
+            if not todo:
+                break
+            # Greedy first (the most likely answer); the retry samples. No repetition penalty: a
+            # JSON of yes/no answers repeats its tokens by design, and a penalty would bend P(yes).
+            s = Sampling(max_new_tokens=self.judge.max_new_tokens, temperature=c.retry_temperature if attempt else 0.0,
+                         top_p=c.top_p, repetition_penalty=1.0, seed=c.seed + attempt * 1_000_003)
+            reqs = [Request(prompt, self._visual(cl, prompt).kind, cl.media, logprobs=self.judge.logprobs) for cl in todo]
+            again = []
+            for cl, rep in zip(todo, self.backend.generate(reqs, s)):
+                cl.gen_tokens += rep.tokens
+                try:
+                    if rep.error:
+                        raise J.Malformed(rep.error)
+                    cl.vlm, cl.judge_error = J.probabilities(rep.text, J.parse(rep.text, list(qs)), rep.steps), None
+                except J.Malformed as e:
+                    cl.judge_error = f"judge answer unusable twice: {e}" if attempt else None
+                    again.append(cl)
+            todo = again
+
+    def _judged_out(self, clip: _Clip) -> list[str]:
+        """The judged tags that reject this clip (decide applies the same thresholds)."""
+        if not clip.vlm:
+            return []
+        return [judge_column(q.name) for q in self.judge.questions
+                if q.name not in self.judge.keep and clip.vlm.get(q.name, 0.0) >= q.threshold]
+
     # ---- the stage
     def __call__(self, batch: pa.Table) -> pa.Table:
         ids = batch.column("clip_id").to_pylist()
@@ -218,6 +279,12 @@ class CaptionClips(Stage):
         for i, clip in enumerate(clips):
             self._frames(batch, i, clip)
         live = [c for c in clips if c.error is None]
+        if self.judge is not None and live:
+            self._judge(live, batch.filter(pa.array([c.error is None for c in clips])))
+            for c in live:
+                if fired := self._judged_out(c):
+                    c.error = f"{JUDGED_OUT} ({', '.join(fired)})"
+            live = [c for c in live if c.error is None]
         if live:
             self._draft(live, retry=False)
         failing = [c for c in live if c.error is None and c.fired]
@@ -270,6 +337,7 @@ class CaptionClips(Stage):
                 "caption_model": model_label(self.cfg), "caption_prompt_version": PROMPT_VERSION,
                 "caption_sampling": self.sampling_json, "caption_key": self.key,
                 "caption_tokens": self.count(text) if ok else None, "caption_flags": clip.flags,
-                "caption_error": clip.error, GEN_TOKENS: clip.gen_tokens,
+                "caption_error": clip.error, GEN_TOKENS: clip.gen_tokens, "judge_error": clip.judge_error,
+                **{judge_column(k): (clip.vlm or {}).get(k) for k in JUDGE_TAGS},
             })
         return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
