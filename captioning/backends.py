@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from captioning.frames import Sampled
-from captioning.judge import Step
+from captioning.judge import Step, schema
 from captioning.tiny import TINY, ensure_tiny_vlm
 from curation.config import merge_dicts
 from curation.hub import MissingModel, Model, hf_model
@@ -57,6 +57,9 @@ class Request:
     kind: str
     media: Sampled | None = None
     text_model: bool = False  # fusion/shortening: the summary LLM when one is configured
+    # The VLM judge (captioning/judge.py): the keys of a yes/no JSON answer, which the backend
+    # constrains generation to where it can (transformers: always; vLLM: guided decoding).
+    answer: tuple[str, ...] = ()
     logprobs: int = 0  # > 0: the reply carries this many candidates per generated token (Reply.steps)
 
     @property
@@ -71,6 +74,7 @@ class Reply:
     hit_limit: bool = False  # stopped at max_new_tokens, not at end-of-sequence
     error: str | None = None
     steps: list[Step] | None = None  # per generated token: its end offset in `text` and top candidates
+    yes_prob: dict[str, float] | None = None  # a constrained answer: P(yes) per key, read where the model chose
 
 
 # Captions need no chat-template reasoning mode (Qwen3-style `enable_thinking`); templates
@@ -173,42 +177,77 @@ class TransformersBackend:
         torch.manual_seed(s.seed)
         gen = dict(max_new_tokens=s.max_new_tokens, repetition_penalty=s.repetition_penalty)
         gen |= dict(do_sample=True, temperature=s.temperature, top_p=s.top_p) if s.temperature > 0 else dict(do_sample=False)
-        k = max(r.logprobs for r in reqs)
-        if k:  # the raw logits of every step (before sampling's processors): the model's own probabilities
-            gen |= dict(output_logits=True, return_dict_in_generate=True)
-        with torch.inference_mode():
-            out = model.generate(**inputs, **gen)
-        seqs = out.sequences if k else out
-        new = seqs[:, inputs["input_ids"].shape[1] :].cpu()
         tok = proc.tokenizer if hasattr(proc, "tokenizer") else proc
         eos = model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, list) else [eos])
+        constraint = None
+        if reqs[0].answer:
+            if any(r.answer != reqs[0].answer for r in reqs):
+                raise ValueError("one generation batch holds judge answers with different keys")
+            program = self._program(reqs[0].answer, tok, min(eos))
+            constraint = _AnswerConstraint(program, len(reqs))
+            # Greedy and exactly as long as the template: the answer is the model's choice at each
+            # value; min_new_tokens 0 in case the model's generation config forces longer output.
+            gen = dict(max_new_tokens=program.max_tokens, min_new_tokens=0, do_sample=False, repetition_penalty=1.0,
+                       logits_processor=_processors([constraint]))
+        with torch.inference_mode():
+            out = model.generate(**inputs, **gen)
+        new = out[:, inputs["input_ids"].shape[1] :].cpu()
         pad = model.generation_config.pad_token_id
         replies = []
         for b, row in enumerate(new.tolist()):
             ended = next((j for j, t in enumerate(row) if t in eos), None)
             n = ended if ended is not None else sum(t != pad for t in row)
             rep = Reply(tok.decode(row[:n], skip_special_tokens=True), tokens=n, hit_limit=ended is None)
-            if k:
-                rep.steps = _steps(tok, row[:n], [step[b] for step in out.logits[:n]], k)
+            if constraint is not None:
+                rep.yes_prob = constraint.yes_prob[b]
             replies.append(rep)
         return replies
 
+    def _program(self, keys: tuple[str, ...], tok, eos: int):
+        from captioning.judge import AnswerProgram
 
-def _steps(tok, ids: list[int], logits: list, k: int) -> list[Step]:
-    """Per generated token: where it ends in the decoded reply, and its `k` most likely
-    candidates (plus the chosen one) with log-probabilities (log-softmax of the raw logits)."""
-    import torch
+        cache = self.__dict__.setdefault("_programs", {})
+        if (keys, id(tok)) not in cache:
+            cache[keys, id(tok)] = AnswerProgram.build(keys, tok, eos)
+        return cache[keys, id(tok)]
 
-    steps = []
-    for i, (chosen, lg) in enumerate(zip(ids, logits)):
-        lp = torch.log_softmax(lg.float(), dim=-1)
-        top = torch.topk(lp, k)
-        cand = dict(zip(top.indices.tolist(), top.values.tolist()))
-        cand.setdefault(chosen, float(lp[chosen]))
-        end = len(tok.decode(ids[: i + 1], skip_special_tokens=True))
-        steps.append(Step(end, tuple((tok.decode([t]), v) for t, v in cand.items())))
-    return steps
+
+def _processors(items: list):
+    from transformers import LogitsProcessorList
+
+    return LogitsProcessorList(items)
+
+
+class _AnswerConstraint:
+    """A logits processor running one `AnswerProgram` cursor per batch row: every token outside
+    the cursor's allowed ones is masked, and at each fork P(yes) is read from the scores it
+    receives. With the judge's sampling (greedy, no repetition penalty) transformers adds no
+    processor before it, so those scores are the model's logits (tests/captioning checks P(yes)
+    against a forward pass of the model on the same prefix)."""
+
+    def __init__(self, program, batch: int):
+        self.cursors = [program.cursor() for _ in range(batch)]
+        self.yes_prob: list[dict[str, float]] = [{} for _ in range(batch)]
+        self.started = False
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        from captioning.judge import p_yes
+
+        if self.started:  # the token each row generated since the last call
+            for c, t in zip(self.cursors, input_ids[:, -1].tolist()):
+                c.advance(t)
+        self.started = True
+        mask = torch.full_like(scores, float("-inf"))
+        for b, c in enumerate(self.cursors):
+            allowed = c.allowed()
+            if c.at_fork:
+                y, n = scores[b, allowed[0]].float().item(), scores[b, allowed[1]].float().item()
+                self.yes_prob[b][c.program.keys[c.key]] = p_yes(y, n)
+            mask[b, list(allowed)] = 0.0
+        return scores + mask
 
 
 def jpeg_b64(frame: np.ndarray, quality: int = 90) -> str:
@@ -315,6 +354,9 @@ class OpenAIBackend:
                 msgs = [{"role": "system", "content": self.system}] if self.system else []
                 msgs.append({"role": "user", "content": self.content(r)})
                 extra = {"logprobs": True, "top_logprobs": r.logprobs} if r.logprobs else {}
+                if r.answer and self.server == "vllm":  # guided decoding: every answer valid JSON
+                    extra["response_format"] = {"type": "json_schema",
+                                                "json_schema": {"name": "judge", "schema": schema(r.answer), "strict": True}}
                 resp = await client.chat.completions.create(
                     model=self.summary_model if r.text_model else self.model, messages=msgs,
                     max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
