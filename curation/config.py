@@ -371,10 +371,17 @@ class CaptionConfig:
     max_frames: int = 16
     max_pixels: int = 336 * 336  # per frame; larger frames are scaled down (video VLMs slow down or OOM)
     summary_frames: int = 4  # K frames captioned densely in frames+summary mode
+    # How a long clip is seen. "spread": one caption from frames spread over the whole clip
+    # (`fps`, at most `max_frames`). "windows" (Cosmos-Curate's captioning): the clip in windows of
+    # `window_frames` frames, a remainder of at least half a window its own window (a shorter one
+    # joins the last), each window sampled at `fps` (at most `max_frames`) and captioned on its own.
+    policy: str = "spread"
+    window_frames: int = 256
     duplicate_min_clips: int = 3  # the same caption text on this many clips is flagged `duplicate`
     block_size: int = 256  # clips captioned and written per block (the unit of resume)
     batch_size: int = 8  # clips per stage batch (and generation batch)
     num_gpus: float = 0.0  # per caption actor; > 0 runs bf16 + SDPA on the GPU
+    actors: int | None = None  # caption actors (each loads the model once per run); None: GPUs / num_gpus, or CPUs
     dtype: str = "auto"  # "auto": bf16 on GPU, fp32 on CPU
     openai: CaptionOpenAIConfig = field(default_factory=CaptionOpenAIConfig)
 
@@ -385,6 +392,12 @@ class CaptionConfig:
             raise ValueError(f"caption.mode must be 'video' or 'frames+summary', got {self.mode!r}")
         if self.backend not in ("transformers", "openai"):
             raise ValueError(f"caption.backend must be 'transformers' or 'openai', got {self.backend!r}")
+        if self.actors is not None and (not isinstance(self.actors, int) or self.actors < 1):
+            raise ValueError(f"caption.actors must be a positive integer or null, got {self.actors!r}")
+        if self.policy not in ("spread", "windows"):
+            raise ValueError(f"caption.policy must be 'spread' or 'windows', got {self.policy!r}")
+        if self.window_frames < 2:
+            raise ValueError(f"caption.window_frames must be >= 2, got {self.window_frames}")
         if self.frame_source not in ("auto", "pipeline", "clip"):
             raise ValueError(f"caption.frame_source must be auto, pipeline or clip, got {self.frame_source!r}")
         if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
@@ -456,11 +469,15 @@ class JudgeConfig:
     enabled: bool = False
     questions: tuple[JudgeQuestion, ...] = field(default_factory=_default_questions)
     keep: tuple[str, ...] = ()  # judged tags that tag a clip without rejecting it
-    max_new_tokens: int = 400  # the JSON answer to every question
-    logprobs: int = 5  # candidates per answer token read for P(yes); 0: the answer as 1/0
+    # The JSON answer's length limit where a server writes it unconstrained (the transformers
+    # backend writes exactly the template: captioning/judge.py).
+    max_new_tokens: int = 400
+    logprobs: int = 5  # openai backend: candidates per answer token read for P(yes); 0: the answer as 1/0
 
     def __post_init__(self) -> None:
         _positive(self, "max_new_tokens")
+        if self.enabled and not self.questions:
+            raise ValueError("judge.questions: the judge is on but asks nothing")
         names = [q.name for q in self.questions]
         if len(set(names)) != len(names):
             raise ValueError("judge.questions: a tag is asked twice")

@@ -168,6 +168,13 @@ CAPTION_COLUMNS = _cols(
            "language, empty, shortened, cut_at_sentence, retried, duplicate."),
     Column("caption_error", pa.string(), "Why the clip has no caption (model call failed, gates failed twice, "
            "over budget); null otherwise."),
+    Column("caption_start_s", pa.float64(), "Where the frames `caption` describes begin, in seconds from the clip's "
+           "first frame: 0 for `caption.policy = spread` (the whole clip), the first window's start for `windows`; "
+           "null for an image or no caption."),
+    Column("caption_end_s", pa.float64(), "Where the frames `caption` describes end (seconds from the clip's first frame)."),
+    Column("caption_windows", pa.list_(pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("caption", pa.string())])),
+           "`caption.policy = windows`: one caption per window of the clip (Cosmos-Curate's 256 frames; a remainder "
+           "of at least half a window is its own window), with its span in seconds; `caption` is the first. Null for `spread`."),
 )
 CLIP_COLUMNS.update(CAPTION_COLUMNS)
 
@@ -210,9 +217,12 @@ def judge_column(tag: str) -> str:
 
 
 JUDGE_COLUMNS = _cols(
-    *(Column(judge_column(t), pa.float64(), f"VLM-judged `{t}` in [0,1]: P(yes) from the answer token's log-probabilities "
-             "(1/0 from the answer where the backend gives none); null when not judged.") for t in JUDGE_TAGS),
+    *(Column(judge_column(t), pa.float64(), f"VLM-judged `{t}` in [0,1]: P(yes) / (P(yes) + P(no)) at the answer's "
+             "position (1/0 from the answer where the backend gives no probabilities; with `caption.policy = windows`, "
+             "the largest over the clip's windows); null when not judged.") for t in JUDGE_TAGS),
     Column("judge_error", pa.string(), "Why a judged clip has no VLM tag scores (malformed answer twice, model call failed); null otherwise."),
+    Column("judge_key", pa.string(), "Hash of the judge's model, questions, answer format and frame policy: its resume key "
+           "(OUT/judge/<judge_key>/; thresholds are not in it); null when not judged."),
 )
 CLIP_COLUMNS.update(JUDGE_COLUMNS)
 
