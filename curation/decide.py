@@ -103,15 +103,9 @@ def decide(table: pa.Table, cfg: DecideConfig, judge: JudgeConfig | None = None)
                 tags[i].append(tag)
                 if tag not in cfg.keep_probe_tags:
                     reasons[i].append(f"probe:{tag}")
-    if judge is not None and judge.enabled:
-        for q in judge.questions:
-            col = judge_column(q.name)
-            if col not in table.column_names:
-                continue
-            for i in np.flatnonzero(np.nan_to_num(_values(table, col), nan=-1.0) >= q.threshold):
-                tags[i].append(col)
-                if q.name not in judge.keep:
-                    reasons[i].append(col)
+    for i, (t, r) in enumerate(judge_verdicts(table, judge)):
+        tags[i] += t
+        reasons[i] += r
     if cfg.drop_duplicates and "dup_of" in table.column_names:
         for i, twin in enumerate(table.column("dup_of").to_pylist()):
             if twin is not None:
@@ -122,3 +116,44 @@ def decide(table: pa.Table, cfg: DecideConfig, judge: JudgeConfig | None = None)
     table = table.append_column("status", pa.array(status, pa.string()))
     table = table.append_column("reject_reasons", pa.array([[] if e else r for e, r in zip(errored, reasons)], pa.list_(pa.string())))
     return table, resolved
+
+
+def judge_verdicts(table: pa.Table, judge: JudgeConfig | None) -> list[tuple[list[str], list[str]]]:
+    """Per row, the VLM-judged tags that fire (`vlm_<name>` >= the question's threshold) and
+    those of them that reject (not in `judge.keep`). Null (not judged) fires nothing."""
+    out: list[tuple[list[str], list[str]]] = [([], []) for _ in range(table.num_rows)]
+    if judge is None or not judge.enabled:
+        return out
+    for q in judge.questions:
+        col = judge_column(q.name)
+        if col not in table.column_names:
+            continue
+        for i in np.flatnonzero(np.nan_to_num(_values(table, col), nan=-1.0) >= q.threshold):
+            out[i][0].append(col)
+            if q.name not in judge.keep:
+                out[i][1].append(col)
+    return out
+
+
+def apply_judge(table: pa.Table, judge: JudgeConfig | None) -> pa.Table:
+    """A decided table with its judge answers (`vlm_*`) applied: the tags that fire added to
+    `neg_tags`, the rejecting ones to `reject_reasons`, an accepted clip they reject now
+    `rejected`. Equal to `decide` with the judge on the same table (the judge moves no other
+    verdict: percentiles are over every clip without an error, whatever its status), so the
+    flow can decide before the judge has answered and apply its answers after."""
+    verdicts = judge_verdicts(table, judge)
+    if not any(t for t, _ in verdicts):
+        return table
+    errored = _errored(table)
+    tags, status, reasons = (table.column(c).to_pylist() for c in ("neg_tags", "status", "reject_reasons"))
+    for i, (t, r) in enumerate(verdicts):
+        if errored[i]:
+            continue
+        tags[i] = list(tags[i] or []) + [x for x in t if x not in (tags[i] or [])]
+        reasons[i] = list(reasons[i] or []) + [x for x in r if x not in (reasons[i] or [])]
+        if reasons[i] and status[i] == "accepted":
+            status[i] = "rejected"
+    for name, values in (("neg_tags", pa.array(tags, pa.list_(pa.string()))), ("status", pa.array(status, pa.string())),
+                         ("reject_reasons", pa.array(reasons, pa.list_(pa.string())))):
+        table = table.set_column(table.schema.get_field_index(name), name, values)
+    return table
