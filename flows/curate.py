@@ -82,9 +82,10 @@ def get_streamer(cfg: RunConfig) -> tuple[Callable[..., Iterator[pa.Table]], Cal
 
 
 # Config sections that never change a score: decisions, shards and where things run; and
-# captions, made after decide and keyed by their own hash (OUT/captions/<caption_key>/);
+# captions, made after decide and keyed by their own hash (OUT/captions/<caption_key>/).
 # dedup and probe too: global steps before decide, recomputed from the stored embeddings.
-_NOT_SCORING = ("profile", "decide", "shard", "runtime", "caption", "dedup", "probe")
+# The judge too: VLM answers after decide, in their own store (OUT/judge/<judge_key>/).
+_NOT_SCORING = ("profile", "decide", "shard", "runtime", "caption", "judge", "dedup", "probe")
 
 
 def scoring_fingerprint(cfg: RunConfig) -> str:
@@ -238,10 +239,17 @@ def extract_input(decided: pa.Table) -> pa.Table:
 
 @task(name="extract-clips", retries=1, cache_policy=NO_CACHE)
 def extract_step(decided: pa.Table, out: str, cfg: RunConfig) -> pa.Table:
-    """Write accepted clips, one task per source on the cluster; (clip_id, clip_path, error) each."""
+    """Write accepted clips, one task per source on the cluster; (clip_id, clip_path, error) each.
+    With captions on, the same stream judges and captions them as they come (flows/captions.py)."""
     layout = Layout.at(out)
     if removed := remove_temporaries(layout.clips):
         run_logger().info("extraction: removed %d partial clip files a killed run left", removed)
+    if cfg.caption.enabled:
+        from flows.captions import extract_and_caption
+
+        extracted, counts = extract_and_caption(decided, layout, cfg, max_retries=WORKER_RETRIES)
+        run_logger().info("captions: %s", counts)
+        return extracted
     stage = ExtractClips(cfg.extract, str(layout.clips), stall_timeout_s=cfg.decode.stall_timeout_s)
     return get_runner(cfg)([stage], extract_input(decided))
 
@@ -273,16 +281,13 @@ def join_extraction(decided: pa.Table, extracted: pa.Table, out: str) -> pa.Tabl
 
 @task(name="caption", retries=1, cache_policy=NO_CACHE)
 def caption_step(clips: pa.Table, out: str, cfg: RunConfig) -> pa.Table:
-    """Dense captions for the accepted clips (captioning/): the missing ones, block by block,
-    on an actor pool; then every stored caption joined in, duplicates flagged across the run."""
-    from captioning.store import caption_missing, join_captions
-
-    layout = Layout.at(out)
+    """Captions (made by extract_step's stream) joined into the clips; with the judge on, its
+    answers applied first: the clips they newly reject leave OUT/clips (flows/captions.py)."""
     if not cfg.caption.enabled:
         return clips
-    counts = caption_missing(clips, layout, cfg.caption, get_runner(cfg))
-    run_logger().info("captions: %s", counts)
-    return join_captions(clips, layout, cfg.caption)
+    from flows.captions import finish_captions
+
+    return finish_captions(clips, Layout.at(out), cfg)
 
 
 def check_models(cfg: RunConfig, scoring: bool = True) -> None:
@@ -364,8 +369,10 @@ def curate(
 
 def _decide_and_extract(layout: Layout, cfg: RunConfig) -> dict:
     """The global tail of a run: decide, extract, shard, manifest, summary, report."""
+    from flows.captions import with_stored_judge
+
     out = str(layout.root)
-    decided = decide_step(out, cfg)
+    decided = with_stored_judge(decide_step(out, cfg), layout, cfg)  # stored judge answers: their verdicts before extraction
     extracted = extract_step.with_options(timeout_seconds=cfg.runtime.task_timeout_s)(decided, out, cfg)
     clips = caption_step(join_extraction(decided, extracted, out), out, cfg)
     clips = shard_step(clips, out, cfg)

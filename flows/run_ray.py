@@ -159,8 +159,9 @@ def _add_stage(ds, stage: Stage, clip: bool, max_retries: int, batch_size: int |
     if stage.stateful or clip:
         # Model stages: a pool of actors, each loading its model once for the whole run.
         n = pool_size(stage)
-        # GPUs: hold them all for the run; CPU models: scale between 1 and n with the work.
-        pool = ray.data.ActorPoolStrategy(size=n) if stage.num_gpus else ray.data.ActorPoolStrategy(min_size=1, max_size=n)
+        # GPUs (or a set number of actors): hold them all for the run; CPU models: scale between 1 and n with the work.
+        fixed = stage.num_gpus or getattr(stage, "actors", None)
+        pool = ray.data.ActorPoolStrategy(size=n) if fixed else ray.data.ActorPoolStrategy(min_size=1, max_size=n)
         return ds.map_batches(_actor_class(stage, clip), fn_constructor_args=(stage,), compute=pool, **common)
     return _with_retries(ds, _task_fn(stage), max_retries, **common)
 
@@ -235,6 +236,39 @@ def _stream(sources, source_stages, clip_stages, write, rows_per_part, k, max_re
     yield from ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
 
 
+def stream_table(
+    stages: Sequence[Stage], table: pa.Table, write: Callable[[pa.Table], pa.Table], rows_per_part: int,
+    max_retries: int = 2, rows_per_block: int | None = None,
+) -> Iterator[pa.Table]:
+    """`stages` over the rows of `table` as ONE streaming pipeline ending in `write`, called
+    on every `rows_per_part` rows as they come out (a part, the unit of resume); yields what it
+    returns. The caption stream (flows/captions.py): sources -> extraction and frame preparation
+    (tasks on CPU workers, fused) -> the caption actor pool, created once for the run, each
+    actor loading its model once -> the writer. Blocks whose worker died `max_retries` + 1 times
+    are dropped, not fatal: their rows are missing from what is yielded. A stateful stage adds
+    its columns to the rows it is given (`apply_clip_stage`); a task stage returns its rows."""
+    check_chain(stages, table.column_names)
+    if not table.num_rows:
+        return
+    with _dropping_dead_blocks():
+        first = stages[0]
+        k = rows_per_block or sources_per_block(table.num_rows)
+        ds = blocks_of(table, k, max_retries, num_cpus=0.25 if first.stateful else first.num_cpus)
+        cpus = ray.cluster_resources().get("CPU", 1.0)
+        models = [s for s in stages if s.stateful]
+        for i, stage in enumerate(stages):
+            whole = not stage.stateful  # task stages take whole blocks, so Ray fuses them with the read
+            # A model stage keeps its rows and adds its columns to them (apply_clip_stage).
+            ds = _add_stage(ds, stage, clip=stage.stateful, max_retries=max_retries, batch_size=None if whole else stage.batch_size,
+                            num_cpus=actor_cpus(stage, models, cpus) if stage.stateful else None)
+        def write_part(batch: pa.Table) -> pa.Table:
+            return write(batch)
+
+        write_part.__name__ = write_part.__qualname__ = "WriteParts"
+        ds = _with_retries(ds, write_part, max_retries, batch_format="pyarrow", batch_size=rows_per_part, num_cpus=0.25)
+        yield from ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
+
+
 def map_tasks(fn: Callable, items: Sequence, num_cpus: float = 1.0) -> list:
     """[fn(x) for x in items] as Ray tasks spread over the cluster (e.g. one shard each);
     results in order. Plain tasks, not Ray Data: each item is one independent file."""
@@ -266,7 +300,7 @@ def actor_cpus(stage: Stage, clip_stages: Sequence[Stage], cluster_cpus: float) 
     stages keep their declared CPUs: their bound is the GPU."""
     if stage.num_gpus:
         return stage.num_cpus
-    cpu_pools = sum(1 for s in clip_stages if not s.num_gpus)
+    cpu_pools = sum(getattr(s, "actors", None) or 1 for s in clip_stages if not s.num_gpus)  # a set pool holds all its actors
     share = max(0.05, (cluster_cpus - _TASK_CPUS) / max(cpu_pools, 1))
     return min(stage.num_cpus, share)
 
@@ -274,6 +308,8 @@ def actor_cpus(stage: Stage, clip_stages: Sequence[Stage], cluster_cpus: float) 
 def pool_size(stage: Stage, resources: dict | None = None) -> int:
     """Actors for a model stage: the cluster's GPUs / the stage's `num_gpus` (fractional
     allowed: 0.25 puts four actors on a GPU), or CPUs / `num_cpus` for a CPU model; >= 1."""
+    if getattr(stage, "actors", None):  # set in the stage's config (caption.actors)
+        return stage.actors
     res = resources if resources is not None else ray.cluster_resources()
     if stage.num_gpus:
         return max(1, int(res.get("GPU", 0) / stage.num_gpus + 1e-9))
