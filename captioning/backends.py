@@ -346,22 +346,27 @@ class OpenAIBackend:
             out["generation_config"] = json.dumps({"repetition_penalty": s.repetition_penalty})
         return merge_dicts(out, self.extra_body)
 
+    def request(self, r: Request, s: Sampling) -> dict:
+        """The chat-completions call's arguments for one request. A judge answer (`r.answer`)
+        asks vLLM for its JSON schema (guided decoding: every answer valid, the yes/no enum the
+        only choice); `transformers serve` ignores `response_format` (with a warning), so it is
+        not sent there and the judge's parse-and-retry covers it."""
+        msgs = [{"role": "system", "content": self.system}] if self.system else []
+        msgs.append({"role": "user", "content": self.content(r)})
+        out = dict(model=self.summary_model if r.text_model else self.model, messages=msgs, max_tokens=s.max_new_tokens,
+                   temperature=s.temperature, top_p=s.top_p, seed=s.seed, extra_body=self.body(r, s))
+        if r.logprobs:
+            out |= {"logprobs": True, "top_logprobs": r.logprobs}
+        if r.answer and self.server == "vllm":
+            out["response_format"] = {"type": "json_schema", "json_schema": {"name": "judge", "schema": schema(r.answer), "strict": True}}
+        return out
+
     async def _one(self, client, sem: asyncio.Semaphore, r: Request, s: Sampling) -> Reply:
         from openai import APIError
 
         async with sem:
             try:
-                msgs = [{"role": "system", "content": self.system}] if self.system else []
-                msgs.append({"role": "user", "content": self.content(r)})
-                extra = {"logprobs": True, "top_logprobs": r.logprobs} if r.logprobs else {}
-                if r.answer and self.server == "vllm":  # guided decoding: every answer valid JSON
-                    extra["response_format"] = {"type": "json_schema",
-                                                "json_schema": {"name": "judge", "schema": schema(r.answer), "strict": True}}
-                resp = await client.chat.completions.create(
-                    model=self.summary_model if r.text_model else self.model, messages=msgs,
-                    max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
-                    extra_body=self.body(r, s), **extra,
-                )
+                resp = await client.chat.completions.create(**self.request(r, s))
             except (APIError, ValueError) as e:  # after the client's retries (or a frame that will not encode): caption_error
                 return Reply(None, error=f"model call failed: {type(e).__name__}: {e}")
             choice = resp.choices[0]
