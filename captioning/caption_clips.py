@@ -36,8 +36,6 @@ is flagged later, across the whole run, by captioning/store.py.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -59,12 +57,12 @@ from curation.schema import CAPTION_COLUMNS, CLIP_COLUMNS, JUDGE_COLUMNS, JUDGE_
 from curation.stage import Stage
 
 # Per-row figures for throughput, never written to the manifest: generated tokens (all calls),
-# the model load that made the row (host:pid:n, one per `setup`), and the seconds the stage
-# waited for this batch since its previous one ended (on a batch's first row; 0 elsewhere).
-GEN_TOKENS, LOAD_ID, WAIT_S = "caption_gen_tokens", "caption_load", "caption_wait_s"
+# and the seconds the stage waited for this batch since its previous one ended (the model idle
+# between batches: on a batch's first row, 0 elsewhere).
+GEN_TOKENS, WAIT_S = "caption_gen_tokens", "caption_wait_s"
 OUTPUT_SCHEMA = pa.schema([pa.field("clip_id", pa.string())]
                           + [pa.field(c, CLIP_COLUMNS[c].type) for c in (*CAPTION_COLUMNS, *JUDGE_COLUMNS)]
-                          + [pa.field(GEN_TOKENS, pa.int64()), pa.field(LOAD_ID, pa.string()), pa.field(WAIT_S, pa.float64())])
+                          + [pa.field(GEN_TOKENS, pa.int64()), pa.field(WAIT_S, pa.float64())])
 TODO = "caption_todo"  # optional input: false -> the row is passed over (nothing to do, or its extraction failed)
 FRAMES_FROM = "frames_from"  # optional input: "clip" -> the carried frames were decoded from the clip file
 JUDGED_OUT = "not captioned: rejected by the VLM judge"  # caption_error prefix (captioning/store.py reads it)
@@ -75,7 +73,6 @@ JUDGED_OUT = "not captioned: rejected by the VLM judge"  # caption_error prefix 
 # captioning/text.py for reasoning, template leaks, markdown, language and loops in any script.
 # Captions made before (wrong timing, weaker gates) are not reused.
 CAPTION_VERSION = 2
-_LOADS = [0]  # CaptionClips set up in this process (models loaded): each load's id says which it was
 
 
 def settings(cfg: CaptionConfig) -> dict:
@@ -191,7 +188,7 @@ class CaptionClips(Stage):
     reads = ("clip_id", "clip_path", "media_type")
     timing = ("start_s", "fps", "num_frames")  # where pipeline frames sit in the clip
     carried = (TODO, FRAMES_FROM, "caption_key", "judge_key", *(judge_column(t) for t in JUDGE_TAGS))  # optional
-    writes = tuple(CAPTION_COLUMNS) + tuple(JUDGE_COLUMNS) + (GEN_TOKENS, LOAD_ID, WAIT_S)
+    writes = tuple(CAPTION_COLUMNS) + tuple(JUDGE_COLUMNS) + (GEN_TOKENS, WAIT_S)
     stateful = True
 
     def __init__(self, cfg: CaptionConfig, root: str, judge: JudgeConfig | None = None):
@@ -214,8 +211,7 @@ class CaptionClips(Stage):
         self.backend.setup()
         self.count = BudgetCounter(c.budget_tokenizer if c.budget_tokenizer != TINY else TINY)
         self.count.setup()
-        _LOADS[0] += 1
-        self.load_id, self.idle_since = f"{socket.gethostname()}:{os.getpid()}:{_LOADS[0]}", None
+        self.idle_since = None
 
     # ---- sampling
     def _sampling(self, retry: bool, max_new_tokens: int | None = None) -> Sampling:
@@ -349,9 +345,7 @@ class CaptionClips(Stage):
         out = self._call(batch)
         self.idle_since = time.monotonic()
         n = out.num_rows
-        loads = pa.array([getattr(self, "load_id", None)] * n, pa.string())
         wait = pa.array([waited] + [0.0] * (n - 1) if n else [], pa.float64())
-        out = out.set_column(out.schema.get_field_index(LOAD_ID), LOAD_ID, loads)
         return out.set_column(out.schema.get_field_index(WAIT_S), WAIT_S, wait)
 
     def _call(self, batch: pa.Table) -> pa.Table:

@@ -33,7 +33,6 @@ import pyarrow.compute as pc
 from captioning import text as T
 from captioning.caption_clips import (
     GEN_TOKENS,
-    LOAD_ID,
     OUTPUT_SCHEMA,
     WAIT_S,
     CaptionClips,
@@ -57,8 +56,7 @@ JUDGE_STORE = pa.schema([pa.field("clip_id", pa.string()), *(OUTPUT_SCHEMA.field
 TODO = "caption_todo"  # a stream row the caption stage works on (captioning/caption_clips.py reads it)
 # What the writer hands back per row: the extraction's result and the throughput figures.
 RESULT = pa.schema([("clip_id", pa.string()), ("clip_path", pa.string()), ("error", pa.string()),
-                    ("captioned", pa.bool_()), ("judged", pa.bool_()), (GEN_TOKENS, pa.int64()),
-                    (LOAD_ID, pa.string()), (WAIT_S, pa.float64())])
+                    ("captioned", pa.bool_()), ("judged", pa.bool_()), (GEN_TOKENS, pa.int64()), (WAIT_S, pa.float64())])
 
 
 def caption_dir(layout: Layout, cfg: CaptionConfig) -> Path:
@@ -136,28 +134,28 @@ class WriteParts:
         self.judge_dir = str(judge_dir(layout, cfg, judge)) if judge is not None and judge.enabled else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        captioned = pc.fill_null(pc.is_valid(batch.column("caption_key")), False)
-        judged = pc.fill_null(pc.is_valid(batch.column("judge_key")), False)
+        n = batch.num_rows
+        get = lambda c, t: batch.column(c) if c in batch.column_names else pa.nulls(n, t)  # noqa: E731
+        captioned, judged = (pc.is_valid(get(c, pa.string())) for c in ("caption_key", "judge_key"))
         for mask, where, schema in ((captioned, self.caption_dir, CAPTION_STORE), (judged, self.judge_dir, JUDGE_STORE)):
             rows = batch.filter(mask)
             if rows.num_rows and where:
                 name = hashlib.sha1("\n".join(sorted(rows.column("clip_id").to_pylist())).encode()).hexdigest()[:16]
                 write_table_atomic(rows.select(schema.names).cast(schema), Path(where) / f"part-{name}.parquet")
-        n = batch.num_rows
-        get = lambda c, t: batch.column(c) if c in batch.column_names else pa.nulls(n, t)  # noqa: E731
         return pa.table({"clip_id": batch.column("clip_id"), "clip_path": get("clip_path", pa.string()),
                          "error": get("error", pa.string()), "captioned": captioned, "judged": judged,
-                         GEN_TOKENS: pc.fill_null(get(GEN_TOKENS, pa.int64()), 0), LOAD_ID: get(LOAD_ID, pa.string()),
-                         WAIT_S: get(WAIT_S, pa.float64())}, schema=RESULT)
+                         GEN_TOKENS: pc.fill_null(get(GEN_TOKENS, pa.int64()), 0), WAIT_S: get(WAIT_S, pa.float64())},
+                        schema=RESULT)
 
 
-def counts(results: Sequence[pa.Table], already: int = 0) -> dict:
-    """The log/bench figures of a caption stream's results (`RESULT` tables)."""
+def counts(results: Sequence[pa.Table], already: int = 0, setups: dict | None = None) -> dict:
+    """The log/bench figures of a caption stream: its results (`RESULT` tables) and the
+    runner's `setups` (how many times the caption stage loaded its model)."""
     t = pa.concat_tables(results) if results else RESULT.empty_table()
-    loads = {x for x in t.column(LOAD_ID).to_pylist() if x}
     return {"already": already, "captioned": pc.sum(t.column("captioned")).as_py() or 0,
             "judged": pc.sum(t.column("judged")).as_py() or 0,
-            "generated_tokens": pc.sum(t.column(GEN_TOKENS)).as_py() or 0, "model_loads": len(loads),
+            "generated_tokens": pc.sum(t.column(GEN_TOKENS)).as_py() or 0,
+            "model_loads": (setups or {}).get(CaptionClips.__name__, 0),
             "idle_s": round(pc.sum(t.column(WAIT_S)).as_py() or 0.0, 3)}
 
 
@@ -173,9 +171,10 @@ def caption_missing(clips: pa.Table, layout: Layout, cfg: CaptionConfig, stream:
         rows = rows.append_column(c, planned.column(c))
     already = rows.num_rows - (pc.sum(rows.column(TODO)).as_py() or 0)
     rows = rows.filter(rows.column(TODO))
+    setups: dict = {}
     results = list(stream([*prepare, CaptionClips(cfg, str(layout.root), judge)], rows, WriteParts(str(layout.root), cfg, judge),
-                          cfg.block_size))
-    return counts(results, already)
+                          cfg.block_size, setups=setups))
+    return counts(results, already, setups)
 
 
 def to_caption(clips: pa.Table) -> pa.Table:

@@ -65,15 +65,18 @@ def extract_and_caption(decided: pa.Table, layout: Layout, cfg: RunConfig, max_r
     total = sum(len(cs) for cs in rows.column("carry").to_pylist())
     run_logger().info("caption stream: %d accepted clips, %d to judge or caption", total, todo)
     extract = ExtractClips(cfg.extract, str(layout.clips), stall_timeout_s=cfg.decode.stall_timeout_s)
-    stages = [ExtractForCaptions(extract), PrepareFrames(cfg.caption, root), CaptionClips(cfg.caption, root, cfg.judge)]
+    stages = [ExtractForCaptions(extract)]
+    if todo:  # else no caption actor is started (and no model loaded) for nothing
+        stages += [PrepareFrames(cfg.caption, root), CaptionClips(cfg.caption, root, cfg.judge)]
     write = WriteParts(root, cfg.caption, cfg.judge)
     if cfg.runtime.executor == "local":
         from flows.run_local import stream_table_local as stream
     else:
         from flows.run_ray import stream_table as stream
-    results = list(stream(stages, rows, write, cfg.caption.block_size, max_retries=max_retries))
+    setups: dict = {}
+    results = list(stream(stages, rows, write, cfg.caption.block_size, max_retries=max_retries, setups=setups))
     got = pa.concat_tables(results) if results else RESULT.empty_table()
-    return got.select(["clip_id", "clip_path", "error"]), counts(results, total - todo)
+    return got.select(["clip_id", "clip_path", "error"]), counts(results, total - todo, setups)
 
 
 def finish_captions(clips: pa.Table, layout: Layout, cfg: RunConfig) -> pa.Table:

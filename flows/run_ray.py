@@ -34,11 +34,29 @@ from flows.run_local import apply_clip_stage
 
 
 class _StageActor:
-    """Actor-pool adapter: builds the stage once per actor, then serves batches."""
+    """Actor-pool adapter: builds the stage once per actor, then serves batches. `setups`: a
+    `_Setups` actor told of each setup as it starts (the caption stream counts its model loads
+    with it: a load is paid from its start, also by an actor the pool ends before it is ready)."""
 
-    def __init__(self, stage: Stage):
+    def __init__(self, stage: Stage, setups: "ray.actor.ActorHandle | None" = None):
         self.stage = stage
+        if setups is not None:
+            ray.get(setups.add.remote(type(stage).__name__))
         self.stage.setup()
+
+
+@ray.remote(num_cpus=0)
+class _Setups:
+    """How many times each stateful stage was set up (its model loaded) in one pipeline."""
+
+    def __init__(self):
+        self.n: dict[str, int] = {}
+
+    def add(self, name: str) -> None:
+        self.n[name] = self.n.get(name, 0) + 1
+
+    def get(self) -> dict[str, int]:
+        return self.n
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.stage(batch)
@@ -150,7 +168,8 @@ def blocks_of(table: pa.Table, k: int, max_retries: int = 2, num_cpus: float = 1
                                         ray_remote_args={"max_retries": max_retries})
 
 
-def _add_stage(ds, stage: Stage, clip: bool, max_retries: int, batch_size: int | None, num_cpus: float | None = None):
+def _add_stage(ds, stage: Stage, clip: bool, max_retries: int, batch_size: int | None, num_cpus: float | None = None,
+               setups: "ray.actor.ActorHandle | None" = None):
     """One stage as a map_batches operator; `batch_size` None: whole blocks."""
     num_cpus = stage.num_cpus if num_cpus is None else num_cpus
     common: dict = dict(batch_format="pyarrow", batch_size=batch_size, num_cpus=num_cpus)
@@ -162,7 +181,7 @@ def _add_stage(ds, stage: Stage, clip: bool, max_retries: int, batch_size: int |
         # GPUs (or a set number of actors): hold them all for the run; CPU models: scale between 1 and n with the work.
         fixed = stage.num_gpus or getattr(stage, "actors", None)
         pool = ray.data.ActorPoolStrategy(size=n) if fixed else ray.data.ActorPoolStrategy(min_size=1, max_size=n)
-        return ds.map_batches(_actor_class(stage, clip), fn_constructor_args=(stage,), compute=pool, **common)
+        return ds.map_batches(_actor_class(stage, clip), fn_constructor_args=(stage, setups), compute=pool, **common)
     return _with_retries(ds, _task_fn(stage), max_retries, **common)
 
 
@@ -238,7 +257,7 @@ def _stream(sources, source_stages, clip_stages, write, rows_per_part, k, max_re
 
 def stream_table(
     stages: Sequence[Stage], table: pa.Table, write: Callable[[pa.Table], pa.Table], rows_per_part: int,
-    max_retries: int = 2, rows_per_block: int | None = None,
+    max_retries: int = 2, rows_per_block: int | None = None, setups: dict | None = None,
 ) -> Iterator[pa.Table]:
     """`stages` over the rows of `table` as ONE streaming pipeline ending in `write`, called
     on every `rows_per_part` rows as they come out (a part, the unit of resume); yields what it
@@ -246,10 +265,12 @@ def stream_table(
     (tasks on CPU workers, fused) -> the caption actor pool, created once for the run, each
     actor loading its model once -> the writer. Blocks whose worker died `max_retries` + 1 times
     are dropped, not fatal: their rows are missing from what is yielded. A stateful stage adds
-    its columns to the rows it is given (`apply_clip_stage`); a task stage returns its rows."""
+    its columns to the rows it is given (`apply_clip_stage`); a task stage returns its rows.
+    `setups`, when given, gets {stage name: times set up} (model loads) once the stream ends."""
     check_chain(stages, table.column_names)
     if not table.num_rows:
         return
+    counter = _Setups.remote()
     with _dropping_dead_blocks():
         first = stages[0]
         k = rows_per_block or sources_per_block(table.num_rows)
@@ -260,13 +281,16 @@ def stream_table(
             whole = not stage.stateful  # task stages take whole blocks, so Ray fuses them with the read
             # A model stage keeps its rows and adds its columns to them (apply_clip_stage).
             ds = _add_stage(ds, stage, clip=stage.stateful, max_retries=max_retries, batch_size=None if whole else stage.batch_size,
-                            num_cpus=actor_cpus(stage, models, cpus) if stage.stateful else None)
+                            num_cpus=actor_cpus(stage, models, cpus) if stage.stateful else None, setups=counter)
         def write_part(batch: pa.Table) -> pa.Table:
             return write(batch)
 
         write_part.__name__ = write_part.__qualname__ = "WriteParts"
         ds = _with_retries(ds, write_part, max_retries, batch_format="pyarrow", batch_size=rows_per_part, num_cpus=0.25)
         yield from ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
+    if setups is not None:
+        setups.update(ray.get(counter.get.remote()))
+    ray.kill(counter)
 
 
 def map_tasks(fn: Callable, items: Sequence, num_cpus: float = 1.0) -> list:
