@@ -56,13 +56,13 @@ from curation.media import MediaError
 from curation.schema import CAPTION_COLUMNS, CLIP_COLUMNS, JUDGE_COLUMNS, JUDGE_TAGS, judge_column
 from curation.stage import Stage
 
-# Per-row figures for throughput, never written to the manifest: generated tokens (all calls),
-# and the seconds the stage waited for this batch since its previous one ended (the model idle
-# between batches: on a batch's first row, 0 elsewhere).
-GEN_TOKENS, WAIT_S = "caption_gen_tokens", "caption_wait_s"
+# Per-row figures for throughput, never written to the manifest: generated tokens (all calls);
+# on a batch's first row (0 elsewhere) the seconds the stage worked on the batch and the seconds
+# it waited for it since its previous batch ended (the model idle between batches).
+GEN_TOKENS, BUSY_S, WAIT_S = "caption_gen_tokens", "caption_busy_s", "caption_wait_s"
 OUTPUT_SCHEMA = pa.schema([pa.field("clip_id", pa.string())]
                           + [pa.field(c, CLIP_COLUMNS[c].type) for c in (*CAPTION_COLUMNS, *JUDGE_COLUMNS)]
-                          + [pa.field(GEN_TOKENS, pa.int64()), pa.field(WAIT_S, pa.float64())])
+                          + [pa.field(GEN_TOKENS, pa.int64()), pa.field(BUSY_S, pa.float64()), pa.field(WAIT_S, pa.float64())])
 TODO = "caption_todo"  # optional input: false -> the row is passed over (nothing to do, or its extraction failed)
 FRAMES_FROM = "frames_from"  # optional input: "clip" -> the carried frames were decoded from the clip file
 JUDGED_OUT = "not captioned: rejected by the VLM judge"  # caption_error prefix (captioning/store.py reads it)
@@ -188,7 +188,7 @@ class CaptionClips(Stage):
     reads = ("clip_id", "clip_path", "media_type")
     timing = ("start_s", "fps", "num_frames")  # where pipeline frames sit in the clip
     carried = (TODO, FRAMES_FROM, "caption_key", "judge_key", *(judge_column(t) for t in JUDGE_TAGS))  # optional
-    writes = tuple(CAPTION_COLUMNS) + tuple(JUDGE_COLUMNS) + (GEN_TOKENS, WAIT_S)
+    writes = tuple(CAPTION_COLUMNS) + tuple(JUDGE_COLUMNS) + (GEN_TOKENS, BUSY_S, WAIT_S)
     stateful = True
 
     def __init__(self, cfg: CaptionConfig, root: str, judge: JudgeConfig | None = None):
@@ -345,8 +345,9 @@ class CaptionClips(Stage):
         out = self._call(batch)
         self.idle_since = time.monotonic()
         n = out.num_rows
-        wait = pa.array([waited] + [0.0] * (n - 1) if n else [], pa.float64())
-        return out.set_column(out.schema.get_field_index(WAIT_S), WAIT_S, wait)
+        for name, v in ((BUSY_S, self.idle_since - began), (WAIT_S, waited)):
+            out = out.set_column(out.schema.get_field_index(name), name, pa.array([v] + [0.0] * (n - 1) if n else [], pa.float64()))
+        return out
 
     def _call(self, batch: pa.Table) -> pa.Table:
         rows = [_Row(k) for k in batch.column("clip_id").to_pylist()]

@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 
 from captioning import text as T
 from captioning.caption_clips import (
+    BUSY_S,
     GEN_TOKENS,
     OUTPUT_SCHEMA,
     WAIT_S,
@@ -56,7 +57,8 @@ JUDGE_STORE = pa.schema([pa.field("clip_id", pa.string()), *(OUTPUT_SCHEMA.field
 TODO = "caption_todo"  # a stream row the caption stage works on (captioning/caption_clips.py reads it)
 # What the writer hands back per row: the extraction's result and the throughput figures.
 RESULT = pa.schema([("clip_id", pa.string()), ("clip_path", pa.string()), ("error", pa.string()),
-                    ("captioned", pa.bool_()), ("judged", pa.bool_()), (GEN_TOKENS, pa.int64()), (WAIT_S, pa.float64())])
+                    ("captioned", pa.bool_()), ("judged", pa.bool_()), (GEN_TOKENS, pa.int64()), (BUSY_S, pa.float64()),
+                    (WAIT_S, pa.float64())])
 
 
 def caption_dir(layout: Layout, cfg: CaptionConfig) -> Path:
@@ -136,7 +138,10 @@ class WriteParts:
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         get = lambda c, t: batch.column(c) if c in batch.column_names else pa.nulls(n, t)  # noqa: E731
-        captioned, judged = (pc.is_valid(get(c, pa.string())) for c in ("caption_key", "judge_key"))
+        # Only the caption stage's output is stored: rows it never saw (a stream with nothing to
+        # caption has no caption stage) still carry the store's own keys, not new work.
+        made = GEN_TOKENS in batch.column_names
+        captioned, judged = (pc.and_(pc.is_valid(get(c, pa.string())), pa.scalar(made)) for c in ("caption_key", "judge_key"))
         for mask, where, schema in ((captioned, self.caption_dir, CAPTION_STORE), (judged, self.judge_dir, JUDGE_STORE)):
             rows = batch.filter(mask)
             if rows.num_rows and where:
@@ -144,19 +149,20 @@ class WriteParts:
                 write_table_atomic(rows.select(schema.names).cast(schema), Path(where) / f"part-{name}.parquet")
         return pa.table({"clip_id": batch.column("clip_id"), "clip_path": get("clip_path", pa.string()),
                          "error": get("error", pa.string()), "captioned": captioned, "judged": judged,
-                         GEN_TOKENS: pc.fill_null(get(GEN_TOKENS, pa.int64()), 0), WAIT_S: get(WAIT_S, pa.float64())},
+                         GEN_TOKENS: pc.fill_null(get(GEN_TOKENS, pa.int64()), 0), BUSY_S: get(BUSY_S, pa.float64()),
+                         WAIT_S: get(WAIT_S, pa.float64())},
                         schema=RESULT)
 
 
 def counts(results: Sequence[pa.Table], already: int = 0, setups: dict | None = None) -> dict:
     """The log/bench figures of a caption stream: its results (`RESULT` tables) and the
-    runner's `setups` (how many times the caption stage loaded its model)."""
+    runner's `setups` (its stateful stages set up: the caption stage's model loads)."""
     t = pa.concat_tables(results) if results else RESULT.empty_table()
     return {"already": already, "captioned": pc.sum(t.column("captioned")).as_py() or 0,
             "judged": pc.sum(t.column("judged")).as_py() or 0,
             "generated_tokens": pc.sum(t.column(GEN_TOKENS)).as_py() or 0,
-            "model_loads": (setups or {}).get(CaptionClips.__name__, 0),
-            "idle_s": round(pc.sum(t.column(WAIT_S)).as_py() or 0.0, 3)}
+            "model_loads": sum((setups or {}).values()),
+            "busy_s": round(pc.sum(t.column(BUSY_S)).as_py() or 0.0, 3), "idle_s": round(pc.sum(t.column(WAIT_S)).as_py() or 0.0, 3)}
 
 
 def caption_missing(clips: pa.Table, layout: Layout, cfg: CaptionConfig, stream: Streamer, judge: JudgeConfig | None = None,
