@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from captioning.frames import Sampled
+from captioning.judge import Step, schema
 from captioning.tiny import TINY, ensure_tiny_vlm
 from curation.config import merge_dicts
 from curation.hub import MissingModel, Model, hf_model
@@ -56,6 +57,10 @@ class Request:
     kind: str
     media: Sampled | None = None
     text_model: bool = False  # fusion/shortening: the summary LLM when one is configured
+    # The VLM judge (captioning/judge.py): the keys of a yes/no JSON answer, which the backend
+    # constrains generation to where it can (transformers: always; vLLM: guided decoding).
+    answer: tuple[str, ...] = ()
+    logprobs: int = 0  # > 0: the reply carries this many candidates per generated token (Reply.steps)
 
     @property
     def frames(self) -> np.ndarray | None:
@@ -68,6 +73,8 @@ class Reply:
     tokens: int = 0  # generated tokens
     hit_limit: bool = False  # stopped at max_new_tokens, not at end-of-sequence
     error: str | None = None
+    steps: list[Step] | None = None  # per generated token: its end offset in `text` and top candidates
+    yes_prob: dict[str, float] | None = None  # a constrained answer: P(yes) per key, read where the model chose
 
 
 # Captions need no chat-template reasoning mode (Qwen3-style `enable_thinking`); templates
@@ -170,19 +177,77 @@ class TransformersBackend:
         torch.manual_seed(s.seed)
         gen = dict(max_new_tokens=s.max_new_tokens, repetition_penalty=s.repetition_penalty)
         gen |= dict(do_sample=True, temperature=s.temperature, top_p=s.top_p) if s.temperature > 0 else dict(do_sample=False)
-        with torch.inference_mode():
-            out = model.generate(**inputs, **gen)
-        new = out[:, inputs["input_ids"].shape[1] :].cpu()
         tok = proc.tokenizer if hasattr(proc, "tokenizer") else proc
         eos = model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, list) else [eos])
+        constraint = None
+        if reqs[0].answer:
+            if any(r.answer != reqs[0].answer for r in reqs):
+                raise ValueError("one generation batch holds judge answers with different keys")
+            program = self._program(reqs[0].answer, tok, min(eos))
+            constraint = _AnswerConstraint(program, len(reqs))
+            # Greedy and exactly as long as the template: the answer is the model's choice at each
+            # value; min_new_tokens 0 in case the model's generation config forces longer output.
+            gen = dict(max_new_tokens=program.max_tokens, min_new_tokens=0, do_sample=False, repetition_penalty=1.0,
+                       logits_processor=_processors([constraint]))
+        with torch.inference_mode():
+            out = model.generate(**inputs, **gen)
+        new = out[:, inputs["input_ids"].shape[1] :].cpu()
         pad = model.generation_config.pad_token_id
         replies = []
-        for row in new.tolist():
-            ended = next((k for k, t in enumerate(row) if t in eos), None)
+        for b, row in enumerate(new.tolist()):
+            ended = next((j for j, t in enumerate(row) if t in eos), None)
             n = ended if ended is not None else sum(t != pad for t in row)
-            replies.append(Reply(tok.decode(row[:n], skip_special_tokens=True), tokens=n, hit_limit=ended is None))
+            rep = Reply(tok.decode(row[:n], skip_special_tokens=True), tokens=n, hit_limit=ended is None)
+            if constraint is not None:
+                rep.yes_prob = constraint.yes_prob[b]
+            replies.append(rep)
         return replies
+
+    def _program(self, keys: tuple[str, ...], tok, eos: int):
+        from captioning.judge import AnswerProgram
+
+        cache = self.__dict__.setdefault("_programs", {})
+        if (keys, id(tok)) not in cache:
+            cache[keys, id(tok)] = AnswerProgram.build(keys, tok, eos)
+        return cache[keys, id(tok)]
+
+
+def _processors(items: list):
+    from transformers import LogitsProcessorList
+
+    return LogitsProcessorList(items)
+
+
+class _AnswerConstraint:
+    """A logits processor running one `AnswerProgram` cursor per batch row: every token outside
+    the cursor's allowed ones is masked, and at each fork P(yes) is read from the scores it
+    receives. With the judge's sampling (greedy, no repetition penalty) transformers adds no
+    processor before it, so those scores are the model's logits (tests/captioning checks P(yes)
+    against a forward pass of the model on the same prefix)."""
+
+    def __init__(self, program, batch: int):
+        self.cursors = [program.cursor() for _ in range(batch)]
+        self.yes_prob: list[dict[str, float]] = [{} for _ in range(batch)]
+        self.started = False
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        from captioning.judge import p_yes
+
+        if self.started:  # the token each row generated since the last call
+            for c, t in zip(self.cursors, input_ids[:, -1].tolist()):
+                c.advance(t)
+        self.started = True
+        mask = torch.full_like(scores, float("-inf"))
+        for b, c in enumerate(self.cursors):
+            allowed = c.allowed()
+            if c.at_fork:
+                y, n = scores[b, allowed[0]].float().item(), scores[b, allowed[1]].float().item()
+                self.yes_prob[b][c.program.keys[c.key]] = p_yes(y, n)
+            mask[b, list(allowed)] = 0.0
+        return scores + mask
 
 
 def jpeg_b64(frame: np.ndarray, quality: int = 90) -> str:
@@ -281,23 +346,39 @@ class OpenAIBackend:
             out["generation_config"] = json.dumps({"repetition_penalty": s.repetition_penalty})
         return merge_dicts(out, self.extra_body)
 
+    def request(self, r: Request, s: Sampling) -> dict:
+        """The chat-completions call's arguments for one request. A judge answer (`r.answer`)
+        asks vLLM for its JSON schema (guided decoding: every answer valid, the yes/no enum the
+        only choice); `transformers serve` ignores `response_format` (with a warning), so it is
+        not sent there and the judge's parse-and-retry covers it."""
+        msgs = [{"role": "system", "content": self.system}] if self.system else []
+        msgs.append({"role": "user", "content": self.content(r)})
+        out = dict(model=self.summary_model if r.text_model else self.model, messages=msgs, max_tokens=s.max_new_tokens,
+                   temperature=s.temperature, top_p=s.top_p, seed=s.seed, extra_body=self.body(r, s))
+        if r.logprobs:
+            out |= {"logprobs": True, "top_logprobs": r.logprobs}
+        if r.answer and self.server == "vllm":
+            out["response_format"] = {"type": "json_schema", "json_schema": {"name": "judge", "schema": schema(r.answer), "strict": True}}
+        return out
+
     async def _one(self, client, sem: asyncio.Semaphore, r: Request, s: Sampling) -> Reply:
         from openai import APIError
 
         async with sem:
             try:
-                msgs = [{"role": "system", "content": self.system}] if self.system else []
-                msgs.append({"role": "user", "content": self.content(r)})
-                resp = await client.chat.completions.create(
-                    model=self.summary_model if r.text_model else self.model, messages=msgs,
-                    max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
-                    extra_body=self.body(r, s),
-                )
+                resp = await client.chat.completions.create(**self.request(r, s))
             except (APIError, ValueError) as e:  # after the client's retries (or a frame that will not encode): caption_error
                 return Reply(None, error=f"model call failed: {type(e).__name__}: {e}")
             choice = resp.choices[0]
             tokens = resp.usage.completion_tokens if resp.usage else 0
-            return Reply(choice.message.content or "", tokens=tokens, hit_limit=choice.finish_reason == "length")
+            rep = Reply(choice.message.content or "", tokens=tokens, hit_limit=choice.finish_reason == "length")
+            if r.logprobs and choice.logprobs and choice.logprobs.content:  # servers without logprobs: none
+                end, rep.steps = 0, []
+                for t in choice.logprobs.content:
+                    end += len(t.token)
+                    top = {c.token: c.logprob for c in (t.top_logprobs or [])} | {t.token: t.logprob}
+                    rep.steps.append(Step(end, tuple(top.items())))
+            return rep
 
     async def _all(self, requests: list[Request], s: Sampling) -> list[Reply]:
         from openai import AsyncOpenAI

@@ -14,35 +14,58 @@ Per batch of clips:
    pass; still over -> cut at the last sentence boundary that fits (`cut_at_sentence`); no
    boundary fits -> `caption_error`. Every caption written is within the budget.
 
-Output rows: `clip_id` plus the caption columns of curation/schema.py (`duplicate` is flagged
-later, across the whole run, by captioning/store.py) and `caption_gen_tokens` (generated
-tokens, all calls, for throughput figures; not written to the manifest).
+With `[judge]` on, step 2 is preceded by the VLM-judged tags (captioning/judge.py): the same
+model, already loaded, answers the configured yes/no questions about the clip first, on the
+same frames; a clip on which a tag fires (its threshold, not in `judge.keep`) is not captioned
+(`caption_error` says so): decide will reject it, and its caption would be paid for nothing.
+
+Long clips (`caption.policy`): `spread` sees the whole clip as one video (today's frames);
+`windows` sees each window of it (captioning/frames.py `windows`) as its own video: one caption
+per window (steps 2-4 per window; `caption` is the first, `caption_windows` all of them, each
+with its span in seconds), and the judge asked per window, a tag's score the largest of them.
+
+A row carries what is already stored for it (captioning/store.py): judge answers (`vlm_*`) are
+used, not asked again; a `caption_key` equal to this stage's key means its caption is stored,
+so the row is only judged. Output rows hold what this call made: `clip_id`, the caption columns
+of curation/schema.py (`caption_key` null where no caption was made: stored already, or judged
+out), the judge columns (`judge_key` null where nothing was asked), and `caption_gen_tokens`
+(generated tokens, all calls, for throughput figures; not written to the manifest). `duplicate`
+is flagged later, across the whole run, by captioning/store.py.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from captioning import judge as J
 from captioning import text as T
 from captioning.backends import OpenAIBackend, Request, Sampling, TransformersBackend, resolve_model
-from captioning.frames import Sampled, pick, read_clip
+from captioning.frames import Sampled, pick, pick_windows, read_windows
 from captioning.prompts import PROMPT_VERSION, get_prompts
 from captioning.tiny import TINY
-from curation.config import CaptionConfig
+from curation.config import CaptionConfig, JudgeConfig
 from curation.frames import FRAMES, unpack_frames
 from curation.manifest import fingerprint
 from curation.media import MediaError
-from curation.schema import CAPTION_COLUMNS, CLIP_COLUMNS
+from curation.schema import CAPTION_COLUMNS, CLIP_COLUMNS, JUDGE_COLUMNS, JUDGE_TAGS, judge_column
 from curation.stage import Stage
 
-GEN_TOKENS = "caption_gen_tokens"
+# Per-row figures for throughput, never written to the manifest: generated tokens (all calls);
+# on a batch's first row (0 elsewhere) the seconds the stage worked on the batch and the seconds
+# it waited for it since its previous batch ended (the model idle between batches).
+GEN_TOKENS, BUSY_S, WAIT_S = "caption_gen_tokens", "caption_busy_s", "caption_wait_s"
 OUTPUT_SCHEMA = pa.schema([pa.field("clip_id", pa.string())]
-                          + [pa.field(c, CLIP_COLUMNS[c].type) for c in CAPTION_COLUMNS] + [pa.field(GEN_TOKENS, pa.int64())])
+                          + [pa.field(c, CLIP_COLUMNS[c].type) for c in (*CAPTION_COLUMNS, *JUDGE_COLUMNS)]
+                          + [pa.field(GEN_TOKENS, pa.int64()), pa.field(BUSY_S, pa.float64()), pa.field(WAIT_S, pa.float64())])
+TODO = "caption_todo"  # optional input: false -> the row is passed over (nothing to do, or its extraction failed)
+FRAMES_FROM = "frames_from"  # optional input: "clip" -> the carried frames were decoded from the clip file
+JUDGED_OUT = "not captioned: rejected by the VLM judge"  # caption_error prefix (captioning/store.py reads it)
 
 
 # What a caption depends on beyond the config: how frames reach the model and which gates it
@@ -56,7 +79,13 @@ def settings(cfg: CaptionConfig) -> dict:
     """What a caption depends on: models, prompt version, sampling, frame policy, budget."""
     keys = ("mode", "model", "summary_model", "budget_tokenizer", "max_tokens", "max_new_tokens", "temperature", "top_p",
             "retry_temperature", "repetition_penalty", "seed", "frame_source", "fps", "max_frames", "max_pixels", "summary_frames")
-    return {"prompt_version": PROMPT_VERSION, "caption_version": CAPTION_VERSION, **{k: getattr(cfg, k) for k in keys}}
+    out = {"prompt_version": PROMPT_VERSION, "caption_version": CAPTION_VERSION, **{k: getattr(cfg, k) for k in keys}}
+    return out | _windows(cfg)
+
+
+def _windows(cfg: CaptionConfig) -> dict:
+    # Only when on: under `spread` the keys are the ones captions were always made under (same key).
+    return {"policy": cfg.policy, "window_frames": cfg.window_frames} if cfg.policy == "windows" else {}
 
 
 def caption_key(cfg: CaptionConfig) -> str:
@@ -64,20 +93,61 @@ def caption_key(cfg: CaptionConfig) -> str:
     return fingerprint(settings(cfg))
 
 
+def judge_settings(cfg: CaptionConfig, judge: JudgeConfig) -> dict:
+    """What a judge answer depends on: the model, the frames it sees, the questions and how the
+    answer is read -- not the thresholds (decide applies those), not the caption's sampling."""
+    frames = ("model", "frame_source", "fps", "max_frames", "max_pixels", "retry_temperature", "top_p", "seed")
+    return {"judge_version": J.JUDGE_VERSION, **{k: getattr(cfg, k) for k in frames}, **_windows(cfg),
+            "questions": [[q.name, q.question] for q in judge.questions],
+            "max_new_tokens": judge.max_new_tokens, "logprobs": judge.logprobs}
+
+
+def judge_key(cfg: CaptionConfig, judge: JudgeConfig) -> str:
+    """The judge's resume key (OUT/judge/<key>/): a hash of `judge_settings`."""
+    return fingerprint(judge_settings(cfg, judge))
+
+
 def model_label(cfg: CaptionConfig) -> str:
     return cfg.model if not cfg.summary_model or cfg.summary_model == cfg.model else f"{cfg.model}+{cfg.summary_model}"
 
 
+def judged_out(vlm: dict[str, float] | None, judge: JudgeConfig) -> list[str]:
+    """The judged tags that reject a clip with these answers (curation/decide.py applies the same)."""
+    if not vlm:
+        return []
+    return [judge_column(q.name) for q in judge.questions
+            if q.name not in judge.keep and vlm.get(q.name) is not None and vlm[q.name] >= q.threshold]
+
+
 @dataclass
 class _Clip:
+    """One generation unit: a clip under `policy = spread`, one window of it under `windows`."""
+
     clip_id: str
     media: Sampled | None = None
+    vlm: dict[str, float] | None = None  # the judge's answers on these frames: tag -> P(yes)
+    judge_error: str | None = None
     text: str | None = None
     short: str | None = None
     flags: list[str] = field(default_factory=list)
     fired: list[str] = field(default_factory=list)  # failing gates of `text` (captioning/text.py)
     error: str | None = None
     gen_tokens: int = 0
+
+
+@dataclass
+class _Row:
+    """One input row: its units, what is asked of it, and the judge's verdict."""
+
+    clip_id: str
+    image: bool = False
+    units: list[_Clip] = field(default_factory=list)
+    error: str | None = None  # its frames could not be had
+    ask_judge: bool = False  # no stored answers: ask the judge
+    caption: bool = True  # no stored caption under this key: caption it
+    vlm: dict[str, float] | None = None
+    judge_error: str | None = None
+    judged_out: list[str] = field(default_factory=list)
 
 
 class BudgetCounter:
@@ -110,21 +180,25 @@ class BudgetCounter:
 
 
 class CaptionClips(Stage):
-    """Captions for accepted clips. Reads clip_id, clip_path, media_type (and the transient
-    frames with the clip's start_s, fps and num_frames when present); root: OUT, which
-    clip_path is relative to."""
+    """Captions (and, with a `judge`, the VLM-judged tags) for accepted clips. Reads clip_id,
+    clip_path, media_type (and the transient frames with the clip's start_s, fps and num_frames
+    when present; `carried`: what the store holds for the row); root: OUT, which clip_path is
+    relative to."""
 
     reads = ("clip_id", "clip_path", "media_type")
     timing = ("start_s", "fps", "num_frames")  # where pipeline frames sit in the clip
-    writes = tuple(CAPTION_COLUMNS) + (GEN_TOKENS,)
+    carried = (TODO, FRAMES_FROM, "caption_key", "judge_key", *(judge_column(t) for t in JUDGE_TAGS))  # optional
+    writes = tuple(CAPTION_COLUMNS) + tuple(JUDGE_COLUMNS) + (GEN_TOKENS, BUSY_S, WAIT_S)
     stateful = True
 
-    def __init__(self, cfg: CaptionConfig, root: str):
+    def __init__(self, cfg: CaptionConfig, root: str, judge: JudgeConfig | None = None):
         self.cfg, self.root = cfg, root
-        self.batch_size = cfg.batch_size
+        self.judge = judge if judge is not None and judge.enabled else None
+        self.batch_size, self.actors = cfg.batch_size, cfg.actors
         self.num_gpus = cfg.num_gpus if cfg.backend == "transformers" else 0.0
         self.prompts = get_prompts(PROMPT_VERSION)
         self.key, self.sampling_json = caption_key(cfg), json.dumps(settings(cfg), sort_keys=True)
+        self.judge_key = judge_key(cfg, self.judge) if self.judge else None
 
     def setup(self) -> None:
         c = self.cfg
@@ -137,6 +211,7 @@ class CaptionClips(Stage):
         self.backend.setup()
         self.count = BudgetCounter(c.budget_tokenizer if c.budget_tokenizer != TINY else TINY)
         self.count.setup()
+        self.idle_since = None
 
     # ---- sampling
     def _sampling(self, retry: bool, max_new_tokens: int | None = None) -> Sampling:
@@ -146,23 +221,35 @@ class CaptionClips(Stage):
                         seed=c.seed + (1_000_003 if retry else 0))
 
     # ---- frames
-    def _frames(self, batch: pa.Table, i: int, clip: _Clip) -> None:
+    def _frames(self, batch: pa.Table, i: int, row: _Row) -> None:
         c = self.cfg
-        row = {k: batch.column(k)[i].as_py() for k in ("clip_path", "media_type")}
+        win = c.window_frames if c.policy == "windows" else None
+        path, media = (batch.column(k)[i].as_py() for k in ("clip_path", "media_type"))
+        row.image = media == "image"
         try:
-            got = unpack_frames(batch, i) if c.frame_source != "clip" and FRAMES in batch.column_names else None
+            # Carried frames: the analysis pass's ("pipeline"), or the clip file's (FRAMES_FROM, the
+            # caption stream's frame preparation on CPU workers: captioning/prepare.py).
+            carried = FRAMES in batch.column_names and (
+                c.frame_source == "auto" or (c.frame_source == "clip") == (FRAMES_FROM in batch.column_names
+                                                                           and batch.column(FRAMES_FROM)[i].as_py() == "clip"))
+            got = unpack_frames(batch, i) if carried else None
             if got is not None and len(got[1]) and all(k in batch.column_names for k in self.timing):
                 start, fps, n = (batch.column(k)[i].as_py() for k in self.timing)
-                clip.media = pick(got[0], got[1], start_s=start or 0.0, source_fps=fps or 1.0, total_frames=n or 1,
-                                  fps=c.fps, max_frames=c.max_frames, max_pixels=c.max_pixels)
+                kw = dict(start_s=start or 0.0, source_fps=fps or 1.0, total_frames=n or 1, fps=c.fps,
+                          max_frames=c.max_frames, max_pixels=c.max_pixels)
+                seen = pick_windows(got[0], got[1], window_frames=win, **kw) if win else [pick(got[0], got[1], **kw)]
             elif c.frame_source == "pipeline":
-                clip.error = "no decoded frames (with start_s, fps, num_frames) on the row (caption.frame_source = 'pipeline')"
-            elif not row["clip_path"]:
-                clip.error = "no clip file to caption"
+                row.error = "no decoded frames (with start_s, fps, num_frames) on the row (caption.frame_source = 'pipeline')"
+                return
+            elif not path:
+                row.error = "no clip file to caption"
+                return
             else:
-                clip.media = read_clip(Path(self.root) / row["clip_path"], c.fps, c.max_frames, c.max_pixels)
+                seen = read_windows(Path(self.root) / path, c.fps, c.max_frames, c.max_pixels, win)
         except (MediaError, ValueError) as e:
-            clip.error = f"frames: {e}"
+            row.error = f"frames: {e}"
+            return
+        row.units = [_Clip(row.clip_id, m) for m in seen]
 
     # ---- drafting
     def _visual(self, clip: _Clip, prompt: str) -> Request:
@@ -211,16 +298,84 @@ class CaptionClips(Stage):
         clip.text, clip.fired = got.text, got.fired
         clip.flags += got.flags
 
+    # ---- the judge
+    def _judge(self, units: list[_Clip]) -> None:
+        """Set `vlm` (or `judge_error`) of each unit: one JSON answer to every question. A
+        malformed answer (a server that ignores the schema) is asked once more with other
+        sampling; the transformers backend's answers are valid by construction."""
+        qs = {q.name: q.question for q in self.judge.questions}
+        keys, prompt, c = tuple(qs), J.prompt(qs), self.cfg
+        todo = units
+        for attempt in range(2):
+            if not todo:
+                break
+            # Greedy first (the most likely answer); the retry samples. No repetition penalty: a
+            # JSON of yes/no answers repeats its tokens by design (captioning/judge.py).
+            s = Sampling(max_new_tokens=self.judge.max_new_tokens, temperature=c.retry_temperature if attempt else 0.0,
+                         top_p=c.top_p, repetition_penalty=1.0, seed=c.seed + attempt * 1_000_003)
+            reqs = [replace(self._visual(u, prompt), answer=keys, logprobs=self.judge.logprobs) for u in todo]
+            again = []
+            for u, rep in zip(todo, self.backend.generate(reqs, s)):
+                u.gen_tokens += rep.tokens
+                try:
+                    if rep.error:
+                        raise J.Malformed(rep.error)
+                    answers = J.parse(rep.text, list(keys))
+                    u.vlm = dict(rep.yes_prob) if rep.yes_prob else J.probabilities(rep.text, answers, rep.steps)
+                    u.judge_error = None
+                except J.Malformed as e:
+                    u.judge_error = f"judge answer unusable twice: {e}"
+                    again.append(u)
+            todo = again
+
+    def _verdict(self, row: _Row) -> None:
+        """The row's answers from its units' (the largest P(yes) per tag over its windows; an
+        error in any window leaves the row unjudged, saying why) and the tags that reject it."""
+        failed = [u.judge_error for u in row.units if u.vlm is None]
+        if failed:
+            row.judge_error = failed[0] if len(row.units) == 1 else f"a window: {failed[0]}"
+        else:
+            row.vlm = {k: max(u.vlm[k] for u in row.units) for k in row.units[0].vlm}
+        row.judged_out = judged_out(row.vlm, self.judge)
+
     # ---- the stage
     def __call__(self, batch: pa.Table) -> pa.Table:
-        ids = batch.column("clip_id").to_pylist()
-        clips = [_Clip(clip_id=k) for k in ids]
-        for i, clip in enumerate(clips):
-            self._frames(batch, i, clip)
-        live = [c for c in clips if c.error is None]
-        if live:
-            self._draft(live, retry=False)
-        failing = [c for c in live if c.error is None and c.fired]
+        began = time.monotonic()
+        waited = began - self.idle_since if getattr(self, "idle_since", None) is not None else 0.0
+        out = self._call(batch)
+        self.idle_since = time.monotonic()
+        n = out.num_rows
+        for name, v in ((BUSY_S, self.idle_since - began), (WAIT_S, waited)):
+            out = out.set_column(out.schema.get_field_index(name), name, pa.array([v] + [0.0] * (n - 1) if n else [], pa.float64()))
+        return out
+
+    def _call(self, batch: pa.Table) -> pa.Table:
+        rows = [_Row(k) for k in batch.column("clip_id").to_pylist()]
+        n = len(rows)
+        col = lambda c: batch.column(c).to_pylist() if c in batch.column_names else [None] * n  # noqa: E731
+        todo, stored_key, judged = col(TODO), col("caption_key"), col("judge_key")
+        stored = self._stored_answers(batch)
+        for i, row in enumerate(rows):
+            if todo[i] is False:
+                row.caption = False
+                continue
+            row.caption = stored_key[i] != self.key
+            if self.judge is not None:
+                row.vlm = stored[i]
+                row.ask_judge = row.vlm is None and judged[i] is None
+                row.judged_out = judged_out(row.vlm, self.judge)
+            if row.caption and not row.judged_out or row.ask_judge:
+                self._frames(batch, i, row)
+        live = [r for r in rows if r.error is None]
+        asking = [r for r in live if r.ask_judge]
+        if asking:
+            self._judge([u for r in asking for u in r.units])
+            for r in asking:
+                self._verdict(r)
+        units = [u for r in live if r.caption and not r.judged_out for u in r.units]
+        if units:
+            self._draft(units, retry=False)
+        failing = [c for c in units if c.error is None and c.fired]
         if failing:
             for c in failing:
                 c.flags, c.fired = ["retried"], []
@@ -230,8 +385,21 @@ class CaptionClips(Stage):
                 if c.error is None and (fired := c.fired):
                     c.flags += fired
                     c.error = f"caption failed its quality gates twice ({', '.join(fired)})"
-        self._budget([c for c in live if c.error is None])
-        return self._rows(clips)
+        self._budget([c for c in units if c.error is None])
+        return self._rows(rows)
+
+    def _stored_answers(self, batch: pa.Table) -> list[dict[str, float] | None]:
+        """Per row, the judge answers it carries to every asked question (None: ask)."""
+        n = batch.num_rows
+        names = [q.name for q in self.judge.questions] if self.judge is not None else []
+        cols = {k: batch.column(judge_column(k)).to_pylist() for k in names if judge_column(k) in batch.column_names}
+        if not names or len(cols) < len(names):
+            return [None] * n
+        out = []
+        for i in range(n):
+            got = {k: cols[k][i] for k in names}
+            out.append(got if all(v is not None for v in got.values()) else None)
+        return out
 
     def _budget(self, clips: list[_Clip]) -> None:
         c, over = self.cfg, []
@@ -259,17 +427,38 @@ class CaptionClips(Stage):
                     clip.text = cut
                     clip.flags.append("cut_at_sentence")
 
-    def _rows(self, clips: list[_Clip]) -> pa.Table:
-        rows = []
-        for clip in clips:
-            ok = clip.error is None
-            text = clip.text if ok else None
-            rows.append({
-                "clip_id": clip.clip_id, "caption": text,
-                "caption_short": (clip.short or T.first_sentence(text)) if ok else None,
-                "caption_model": model_label(self.cfg), "caption_prompt_version": PROMPT_VERSION,
-                "caption_sampling": self.sampling_json, "caption_key": self.key,
-                "caption_tokens": self.count(text) if ok else None, "caption_flags": clip.flags,
-                "caption_error": clip.error, GEN_TOKENS: clip.gen_tokens,
-            })
-        return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
+    def _rows(self, rows: list[_Row]) -> pa.Table:
+        out = []
+        for row in rows:
+            rec = {"clip_id": row.clip_id, **self._caption_fields(row), GEN_TOKENS: sum(u.gen_tokens for u in row.units)}
+            if row.ask_judge:
+                rec |= {"judge_key": self.judge_key, "judge_error": row.error or row.judge_error,
+                        **{judge_column(k): v for k, v in (row.vlm or {}).items()}}
+            out.append(rec)
+        return pa.Table.from_pylist(out, schema=OUTPUT_SCHEMA)
+
+    def _caption_fields(self, row: _Row) -> dict:
+        """The caption columns of a row: a caption or why not (with the key: the store keeps
+        it), only the judge's reason (no key: nothing to store), or nothing (stored already)."""
+        if not row.caption:
+            return {}
+        if row.judged_out and row.error is None:
+            return {"caption_error": f"{JUDGED_OUT} ({', '.join(row.judged_out)})"}
+        common = {"caption_model": model_label(self.cfg), "caption_prompt_version": PROMPT_VERSION,
+                  "caption_sampling": self.sampling_json, "caption_key": self.key}
+        units = row.units
+        errors = [(k, u.error) for k, u in enumerate(units) if u.error is not None]
+        if row.error or errors:
+            why = row.error or (errors[0][1] if len(units) == 1 else f"window {errors[0][0] + 1} of {len(units)}: {errors[0][1]}")
+            return common | {"caption_error": why, "caption_flags": [f for u in units for f in u.flags]}
+        first = units[0]
+        span = (None, None) if row.image else first.media.span_s
+        windows = None
+        if self.cfg.policy == "windows":
+            windows = [{"start_s": None if row.image else u.media.span_s[0], "end_s": None if row.image else u.media.span_s[1],
+                        "caption": u.text} for u in units]
+        return common | {
+            "caption": first.text, "caption_short": first.short or T.first_sentence(first.text),
+            "caption_tokens": self.count(first.text), "caption_flags": list(dict.fromkeys(f for u in units for f in u.flags)),
+            "caption_start_s": span[0], "caption_end_s": span[1], "caption_windows": windows,
+        }

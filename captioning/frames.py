@@ -9,6 +9,10 @@ Two sources (`caption.frame_source`), measured against each other in bench/capti
 
 ``auto`` takes the pipeline's frames when a row carries them, else the clip file.
 
+Long clips (`caption.policy`): ``spread`` samples the whole clip at ``fps``, at most
+``max_frames`` spread over it; ``windows`` cuts it into windows (`windows`: Cosmos-Curate's
+rule) and samples each window the same way, one `Sampled` per window, decoded in one pass.
+
 Either way the result is a `Sampled`: the frames *and* where they sit in the clip (frame
 indices at the clip's own frame rate, the clip's frame count and duration). A video model
 needs that timing as much as the pixels: Qwen2.5-VL spaces its temporal rope positions by
@@ -44,10 +48,16 @@ class Sampled:
     frame_indices: tuple[int, ...]
     source_fps: float
     total_frames: int
+    start_frame: int = 0  # a window: where its frame 0 is in the clip (the model sees the window as the video)
 
     @property
     def duration_s(self) -> float:
         return self.total_frames / self.source_fps
+
+    @property
+    def span_s(self) -> tuple[float, float]:
+        """The seconds of the clip these frames stand for: the window, or the whole clip."""
+        return self.start_frame / self.source_fps, (self.start_frame + self.total_frames) / self.source_fps
 
     @property
     def times_s(self) -> np.ndarray:
@@ -70,6 +80,23 @@ class Sampled:
         """The frames at positions `idx` (of this sample), same clip timing."""
         idx = list(idx)
         return replace(self, frames=self.frames[idx], frame_indices=tuple(self.frame_indices[i] for i in idx))
+
+
+def windows(total_frames: int, size: int) -> list[tuple[int, int]]:
+    """(first frame, frame count) of each window of a clip: windows of `size` frames; a remainder
+    of at least half a window is a window of its own, a shorter one joins the last window
+    (Cosmos-Curate's captioning windows: 256 frames, remainder threshold 128). A clip of at most
+    `size` frames is one window."""
+    total_frames = max(1, int(total_frames))
+    full, rest = divmod(total_frames, size)
+    if full == 0:
+        return [(0, total_frames)]
+    out = [(i * size, size) for i in range(full)]
+    if rest * 2 >= size:
+        out.append((full * size, rest))
+    elif rest:
+        out[-1] = (out[-1][0], size + rest)
+    return out
 
 
 def sample_times(duration_s: float, fps: float, max_frames: int) -> np.ndarray:
@@ -106,14 +133,31 @@ def pick(frames: np.ndarray, times: list[float], *, start_s: float, source_fps: 
                    float(source_fps), total_frames)
 
 
+def pick_windows(frames: np.ndarray, times: list[float], *, start_s: float, source_fps: float, total_frames: int,
+                 fps: float, max_frames: int, max_pixels: int, window_frames: int) -> list[Sampled]:
+    """`pick` per window of the clip (`windows`): one `Sampled` each, its timing the window's."""
+    out = []
+    for first, n in windows(total_frames, window_frames):
+        got = pick(frames, times, start_s=start_s + first / source_fps, source_fps=source_fps, total_frames=n,
+                   fps=fps, max_frames=max_frames, max_pixels=max_pixels)
+        out.append(replace(got, start_frame=first))
+    return out
+
+
 def read_clip(path: str | Path, fps: float, max_frames: int, max_pixels: int) -> Sampled:
     """Decode the sampled frames of a clip file (video or image). MediaError when unreadable."""
+    return read_windows(path, fps, max_frames, max_pixels, None)[0]
+
+
+def read_windows(path: str | Path, fps: float, max_frames: int, max_pixels: int, window_frames: int | None) -> list[Sampled]:
+    """The sampled frames of a clip file per window (`windows`; None: the whole clip as one),
+    in one decoding pass. An image is one frame. MediaError when unreadable."""
     path = str(path)
     if Path(path).suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"):
         img = cv2.imread(path, cv2.IMREAD_COLOR)
         if img is None:
             raise MediaError(f"cannot read image {path}", code="caption_frames")
-        return Sampled(cap_pixels(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), max_pixels)[None], (0,), 1.0, 1)
+        return [Sampled(cap_pixels(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), max_pixels)[None], (0,), 1.0, 1)]
     with open_container(path) as c:
         if not c.streams.video:
             raise MediaError(f"{path}: no video stream", code="caption_frames")
@@ -125,23 +169,36 @@ def read_clip(path: str | Path, fps: float, max_frames: int, max_pixels: int) ->
             raise MediaError(f"{path}: unknown duration or frame rate", code="caption_frames")
         total = int(s.frames) or max(1, round(duration * rate))
         start = float(s.start_time * s.time_base) if s.start_time is not None else 0.0
-        want, got, where, last, n = list(sample_times(total / rate, fps, max_frames)), [], [], None, -1
+        spans = windows(total, window_frames) if window_frames else [(0, total)]
+        # Every window's sample times, in order: (window, time in the clip).
+        want = [(w, first / rate + t) for w, (first, n) in enumerate(spans) for t in sample_times(n / rate, fps, max_frames)]
+        got, where, last, n = [], [], None, -1
         try:
             for frame in c.decode(s):
                 t = float(frame.pts * s.time_base) - start if frame.pts is not None else (n + 1) / rate
-                while want and t > want[0] + 1e-6 and last is not None:  # the frame showing at want[0] is `last`
-                    got.append(last)
+                while want and t > want[0][1] + 1e-6 and last is not None:  # the frame showing at want[0] is `last`
+                    got.append((want.pop(0)[0], last))
                     where.append(n)
-                    want.pop(0)
                 if not want:
                     break
                 last, n = cap_pixels(frame.to_ndarray(format="rgb24"), max_pixels), n + 1
         except av.error.FFmpegError as e:
             raise MediaError(f"{path}: decoding failed ({e})", code="caption_frames") from None
         if last is not None:  # the tail: the last frame decoded is showing
-            got += [last] * len(want)
+            got += [(w, last) for w, _ in want]
             where += [n] * len(want)
     if not got:
         raise MediaError(f"{path}: no frames decoded", code="caption_frames")
-    keep = np.unique(where, return_index=True)[1]  # a frame shown at two sample times is sent once
-    return Sampled(np.stack([got[i] for i in keep]), tuple(int(where[i]) for i in keep), rate, max(total, n + 1))
+    total = max(total, n + 1)
+    out = []
+    for w, (first, count) in enumerate(spans):
+        if w == len(spans) - 1:
+            count = total - first  # the last window ends with the clip
+        idx = [i for i, (ww, _) in enumerate(got) if ww == w]
+        if not idx:
+            continue
+        keep = np.unique([where[i] for i in idx], return_index=True)[1]  # a frame shown at two sample times is sent once
+        frames = np.stack([got[idx[k]][1] for k in keep])
+        rel = tuple(int(min(max(where[idx[k]] - first, 0), count - 1)) for k in keep)
+        out.append(Sampled(frames, rel, rate, count, start_frame=first))
+    return out

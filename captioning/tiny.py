@@ -7,7 +7,7 @@ safetensors, processor with a chat template, a BPE tokenizer trained offline by 
 then load it like any checkpoint. Nothing touches a model hub.
 
 Shape: 2 text layers of width 64 (4 heads, 2 KV heads), a 2-block vision tower of width 64,
-patch 14 with 2x2 merge, a ~400-token vocabulary. It generates on a 4-frame 112 px video in
+patch 14 with 2x2 merge, a ~360-token vocabulary. It generates on a 4-frame 112 px video in
 well under a second on one CPU core.
 """
 
@@ -24,7 +24,9 @@ from curation.stage import warn_once
 log = logging.getLogger("videomill")
 
 TINY = "tiny"
-TINY_VERSION = 2  # bump when the build changes: a new cache folder (2: tokens_per_second = 2, as Qwen2.5-VL-7B)
+# bump when the build changes: a new cache folder (2: tokens_per_second = 2, as Qwen2.5-VL-7B; 3: the
+# tokenizer writes the VLM judge's JSON answers, see `_build_tokenizer`)
+TINY_VERSION = 3
 MARKER = "videomill_tiny.json"  # written last: its presence means the folder is complete
 WARNING = "caption model 'tiny' is a random-initialised Qwen2.5-VL, UNTRAINED: its captions are noise"
 
@@ -52,6 +54,15 @@ _CORPUS = (
 )
 
 
+def _judge_corpus() -> str:
+    """A VLM judge's answer (captioning/judge.py) in the corpus: the tokenizer then has the JSON
+    characters ({ } " : _ ,), the tag names and yes/no. Without them its BPE (no byte fallback)
+    dropped every brace, quote and colon: the tiny model could not write the answer at all."""
+    from curation.schema import JUDGE_TAGS
+
+    return "{" + ", ".join(f'"{t}": "{"yes" if i % 2 else "no"}"' for i, t in enumerate(JUDGE_TAGS)) + "}"
+
+
 def default_cache() -> Path:
     return Path(os.environ.get("VIDEOMILL_CACHE", Path.home() / ".cache" / "videomill"))
 
@@ -61,9 +72,14 @@ def _build_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    tok.train_from_iterator([_CORPUS] * 4, trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL, show_progress=False))
+    # Punctuation is its own token (as in Qwen's and GPT-2's byte-level pre-tokenizers), and no
+    # leading "▁" is added to a text: the judge's JSON template then tokenizes piece by piece
+    # exactly as in one piece (captioning/judge.py `AnswerProgram`).
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(prepend_scheme="never"),
+                                                 pre_tokenizers.Punctuation("isolated")])
+    tok.decoder = decoders.Metaspace(prepend_scheme="never")
+    corpus = [_CORPUS] * 4 + [_judge_corpus()] * 2
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=480, special_tokens=SPECIAL, show_progress=False))
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    extra_special_tokens=SPECIAL[1:2] + SPECIAL[3:],  # skipped when decoding
                                    chat_template=CHAT_TEMPLATE, padding_side="left")

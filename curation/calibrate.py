@@ -46,7 +46,7 @@ import pyarrow as pa
 from curation.config import RunConfig, from_dict
 from curation.decide import resolve_rules
 from curation.manifest import Layout, read_dataset, write_json_atomic
-from curation.schema import NEG_TAGS, neg_column
+from curation.schema import NEG_TAGS, judge_column, neg_column
 
 VERDICTS = ("accept", "reject")
 CALIBRATION_FILE = "calibration.json"
@@ -262,6 +262,10 @@ def calibrate(clips: pa.Table, labels: list[Label], cfg: RunConfig, target_preci
         col, thr = neg_column(tag), cfg.decide.tag_thresholds[tag]
         row = Row(tag, "tag", col, f">= {thr:g}", drops=tag not in cfg.decide.keep_tags)
         judge(row, tag, lambda c, col=col, thr=thr: c.get(col) is not None and c[col] >= thr, lambda c, col=col: c.get(col))
+    for q in cfg.judge.questions if cfg.judge.enabled else ():  # VLM-judged tags, named vlm_<name> in labels and reasons
+        col = judge_column(q.name)
+        row = Row(col, "tag", col, f">= {q.threshold:g}", drops=q.name not in cfg.judge.keep)
+        judge(row, col, lambda c, col=col, thr=q.threshold: c.get(col) is not None and c[col] >= thr, lambda c, col=col: c.get(col))
     for r in rules:
         bounds = " and ".join(b for b in (f"< {r.min:.4g}" if r.min is not None else "", f"> {r.max:.4g}" if r.max is not None else "") if b)
         row = Row(r.name, "rule", r.column, bounds or "none")
@@ -308,7 +312,8 @@ def calibrate(clips: pa.Table, labels: list[Label], cfg: RunConfig, target_preci
 
 
 def known_names(cfg: RunConfig) -> set[str]:
-    return set(NEG_TAGS) | {r.name for r in cfg.decide.rules}
+    judged = {judge_column(q.name) for q in cfg.judge.questions} if cfg.judge.enabled else set()
+    return set(NEG_TAGS) | judged | {r.name for r in cfg.decide.rules}
 
 
 def calibrate_run(out: str | Path, labels_path: str | Path, target_precision: float = 0.9) -> dict[str, Any]:

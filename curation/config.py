@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from curation.buckets import DEFAULT_FRAME_BUCKETS, DEFAULT_RESOLUTIONS, Resolution, check_frame_buckets
-from curation.schema import NEG_TAGS, neg_column
+from curation.schema import JUDGE_TAGS, NEG_TAGS, neg_column
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -422,10 +422,17 @@ class CaptionConfig:
     max_frames: int = 16
     max_pixels: int = 336 * 336  # per frame; larger frames are scaled down (video VLMs slow down or OOM)
     summary_frames: int = 4  # K frames captioned densely in frames+summary mode
+    # How a long clip is seen. "spread": one caption from frames spread over the whole clip
+    # (`fps`, at most `max_frames`). "windows" (Cosmos-Curate's captioning): the clip in windows of
+    # `window_frames` frames, a remainder of at least half a window its own window (a shorter one
+    # joins the last), each window sampled at `fps` (at most `max_frames`) and captioned on its own.
+    policy: str = "spread"
+    window_frames: int = 256
     duplicate_min_clips: int = 3  # the same caption text on this many clips is flagged `duplicate`
     block_size: int = 256  # clips captioned and written per block (the unit of resume)
     batch_size: int = 8  # clips per stage batch (and generation batch)
     num_gpus: float = 0.0  # per caption actor; > 0 runs bf16 + SDPA on the GPU
+    actors: int | None = None  # caption actors (each loads the model once per run); None: GPUs / num_gpus, or CPUs
     dtype: str = "auto"  # "auto": bf16 on GPU, fp32 on CPU
     openai: CaptionOpenAIConfig = field(default_factory=CaptionOpenAIConfig)
 
@@ -436,6 +443,12 @@ class CaptionConfig:
             raise ValueError(f"caption.mode must be 'video' or 'frames+summary', got {self.mode!r}")
         if self.backend not in ("transformers", "openai"):
             raise ValueError(f"caption.backend must be 'transformers' or 'openai', got {self.backend!r}")
+        if self.actors is not None and (not isinstance(self.actors, int) or self.actors < 1):
+            raise ValueError(f"caption.actors must be a positive integer or null, got {self.actors!r}")
+        if self.policy not in ("spread", "windows"):
+            raise ValueError(f"caption.policy must be 'spread' or 'windows', got {self.policy!r}")
+        if self.window_frames < 2:
+            raise ValueError(f"caption.window_frames must be >= 2, got {self.window_frames}")
         if self.frame_source not in ("auto", "pipeline", "clip"):
             raise ValueError(f"caption.frame_source must be auto, pipeline or clip, got {self.frame_source!r}")
         if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
@@ -447,6 +460,82 @@ class CaptionConfig:
             raise ValueError("caption.top_p must be within (0, 1]")
         if not self.model:
             raise ValueError("caption.model: give a hub id, a local path or 'tiny'")
+
+
+# The questions of the VLM-judged tags (curation/schema.py JUDGE_TAGS): CogVideoX's six negative
+# tags (arXiv:2408.06072, sec. 3.1, tagged there with Video-LLaMA) and Cosmos-Curate's artefact
+# criteria (its VLM "video quality" yes/no questions).
+JUDGE_QUESTIONS: dict[str, str] = {
+    "over_edited": "Is the video heavily edited: jump cuts, transitions, special effects or graphic overlays?",
+    "incoherent_motion": "Is the motion broken or incoherent: stutter, frozen frames, jumps, or objects that appear and vanish?",
+    "low_quality": "Is the video low quality: blurry, pixelated, heavily compressed or badly exposed?",
+    "lecture": "Is this a lecture or presentation: slides, a whiteboard, or a person talking in front of them?",
+    "text_dominated": "Is the picture dominated by text: documents, large captions or on-screen text covering much of it?",
+    "noisy_screen": "Is this a noisy or glitched screen: static, corrupted frames, or a filmed monitor?",
+    "slideshow": "Is the video a slideshow of still images rather than continuous footage?",
+    "synthetic": "Is the video synthetic: computer graphics, animation, a video game or a screen recording?",
+    "visual_filter": "Has a strong visual filter or colour effect been applied to the footage?",
+    "post_production_text": "Does the video contain text added in post-production: titles, subtitles, watermarks or logos?",
+    "video_in_video": "Does the video show another video inside it: picture-in-picture, split screen, or a screen playing a video?",
+    "photographic_artifacts": "Are there photographic artefacts: lens flare, dirt on the lens, banding or heavy noise?",
+    "distorted_view": "Is the view distorted or rotated: fisheye, stretched, sideways or upside down?",
+    "low_resolution": "Is the video low resolution or visibly upscaled?",
+    "blurred_region": "Is part of the frame blurred or masked on purpose: faces, number plates, censoring?",
+    "abrupt_camera_motion": "Does the camera move abruptly: strong shake, whip pans or sudden jerks?",
+    "fast_zoom": "Does the camera zoom in or out quickly?",
+    "unnatural_speed": "Does the video play at an unnatural speed: sped up, slowed down or time-lapse?",
+}
+assert tuple(JUDGE_QUESTIONS) == JUDGE_TAGS, "curation/schema.py lists the judged tags"
+
+
+@dataclass(frozen=True, kw_only=True)
+class JudgeQuestion:
+    """One VLM-judged tag: `name` (one of curation/schema.py JUDGE_TAGS, its column `vlm_<name>`),
+    the yes/no `question`, and the P(yes) at or above which the tag fires."""
+
+    name: str
+    question: str = ""  # empty: the default wording (JUDGE_QUESTIONS)
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.name not in JUDGE_TAGS:
+            raise ValueError(f"judge.questions: unknown tag {self.name!r}; known: {list(JUDGE_TAGS)} "
+                             "(a new tag is a new manifest column: add it to curation/schema.py JUDGE_TAGS)")
+        if not self.question:
+            object.__setattr__(self, "question", JUDGE_QUESTIONS[self.name])
+        if not 0 < self.threshold <= 1:
+            raise ValueError(f"judge.questions[{self.name}].threshold must be within (0, 1], got {self.threshold}")
+
+
+def _default_questions() -> tuple[JudgeQuestion, ...]:
+    return tuple(JudgeQuestion(name=n) for n in JUDGE_QUESTIONS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JudgeConfig:
+    """VLM-judged tags (captioning/judge.py): the caption model answers yes/no questions about
+    every clip the cheap filters accepted, before captioning it; decide fires `vlm_<name>` at the
+    question's threshold and rejects unless the tag is in `keep`. Needs captioning on."""
+
+    enabled: bool = False
+    questions: tuple[JudgeQuestion, ...] = field(default_factory=_default_questions)
+    keep: tuple[str, ...] = ()  # judged tags that tag a clip without rejecting it
+    # The JSON answer's length limit where a server writes it unconstrained (the transformers
+    # backend writes exactly the template: captioning/judge.py).
+    max_new_tokens: int = 400
+    logprobs: int = 5  # openai backend: candidates per answer token read for P(yes); 0: the answer as 1/0
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_new_tokens")
+        if self.enabled and not self.questions:
+            raise ValueError("judge.questions: the judge is on but asks nothing")
+        names = [q.name for q in self.questions]
+        if len(set(names)) != len(names):
+            raise ValueError("judge.questions: a tag is asked twice")
+        if bad := set(self.keep) - set(names):
+            raise ValueError(f"judge.keep: {sorted(bad)} are not asked (judge.questions)")
+        if self.logprobs < 0:
+            raise ValueError("judge.logprobs must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -476,10 +565,15 @@ class RunConfig:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
     caption: CaptionConfig = field(default_factory=CaptionConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        if self.judge.enabled and not self.caption.enabled:
+            raise ValueError("judge.enabled needs captioning (caption.enabled): the caption model answers the questions")
 
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -493,7 +587,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # GPU machines have many cores: larger partitions keep them busy. Captions: Qwen2.5-VL-7B
     # (video-native, time-aligned rope, Apache-2.0, served by vLLM) on one GPU per actor.
     "gpu": {"runtime": {"partition_size": 256},
-            "caption": {"model": "Qwen/Qwen2.5-VL-7B-Instruct", "num_gpus": 1.0, "batch_size": 16}},
+            "caption": {"model": "Qwen/Qwen2.5-VL-7B-Instruct", "num_gpus": 1.0, "batch_size": 16},
+            "judge": {"enabled": True}},
 }
 
 # Model scoring per profile. tiny: random-initialised models built offline (scores are

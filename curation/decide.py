@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from curation.config import DecideConfig, Rule
-from curation.schema import NEG_TAGS, neg_column
+from curation.config import DecideConfig, JudgeConfig, Rule
+from curation.schema import NEG_TAGS, judge_column, neg_column
 
 
 DUPLICATE = "duplicate"  # the reject reason of a near-duplicate; its kept clip is in `dup_of`
@@ -55,14 +55,17 @@ def resolve_rules(table: pa.Table, rules: tuple[Rule, ...]) -> list[ResolvedRule
     return out
 
 
-def decide(table: pa.Table, cfg: DecideConfig) -> tuple[pa.Table, list[ResolvedRule]]:
+def decide(table: pa.Table, cfg: DecideConfig, judge: JudgeConfig | None = None) -> tuple[pa.Table, list[ResolvedRule]]:
     """Set `neg_tags`, `status` and `reject_reasons` on a table of scored clips.
 
     A clip with an `error` keeps status `error`; the others are `accepted` when no fired tag
     (outside `keep_tags`), no rule, no probe tag (outside `keep_probe_tags`) and no duplicate
     verdict (`dup_of`, with `drop_duplicates`) rejects them. A negative tag fires when its
     heuristic score, any of its `tag_signals` (OCR, CLIP zero-shot) or the tag probe says so;
-    probe tags outside the six are listed in `neg_tags` too and reject as `probe:<tag>`."""
+    probe tags outside the six are listed in `neg_tags` too and reject as `probe:<tag>`. With
+    `judge` enabled, a VLM-judged tag fires when its `vlm_<name>` score reaches the question's
+    threshold: listed in `neg_tags` as `vlm_<name>`, rejecting as `vlm_<name>` unless kept (a
+    clip not judged yet, null, passes: the judge runs on the clips this decision accepts)."""
     n = table.num_rows
     errored = _errored(table)
     table = table.drop_columns([c for c in ("neg_tags", "status", "reject_reasons") if c in table.column_names])
@@ -103,6 +106,9 @@ def decide(table: pa.Table, cfg: DecideConfig) -> tuple[pa.Table, list[ResolvedR
                 tags[i].append(tag)
                 if tag not in cfg.keep_probe_tags:
                     reasons[i].append(f"probe:{tag}")
+    for i, (t, r) in enumerate(judge_verdicts(table, judge)):
+        tags[i] += t
+        reasons[i] += r
     if cfg.drop_duplicates and "dup_of" in table.column_names:  # one reason; the kept twin is in `dup_of`
         for i, twin in enumerate(table.column("dup_of").to_pylist()):
             if twin is not None:
@@ -113,3 +119,44 @@ def decide(table: pa.Table, cfg: DecideConfig) -> tuple[pa.Table, list[ResolvedR
     table = table.append_column("status", pa.array(status, pa.string()))
     table = table.append_column("reject_reasons", pa.array([[] if e else r for e, r in zip(errored, reasons)], pa.list_(pa.string())))
     return table, resolved
+
+
+def judge_verdicts(table: pa.Table, judge: JudgeConfig | None) -> list[tuple[list[str], list[str]]]:
+    """Per row, the VLM-judged tags that fire (`vlm_<name>` >= the question's threshold) and
+    those of them that reject (not in `judge.keep`). Null (not judged) fires nothing."""
+    out: list[tuple[list[str], list[str]]] = [([], []) for _ in range(table.num_rows)]
+    if judge is None or not judge.enabled:
+        return out
+    for q in judge.questions:
+        col = judge_column(q.name)
+        if col not in table.column_names:
+            continue
+        for i in np.flatnonzero(np.nan_to_num(_values(table, col), nan=-1.0) >= q.threshold):
+            out[i][0].append(col)
+            if q.name not in judge.keep:
+                out[i][1].append(col)
+    return out
+
+
+def apply_judge(table: pa.Table, judge: JudgeConfig | None) -> pa.Table:
+    """A decided table with its judge answers (`vlm_*`) applied: the tags that fire added to
+    `neg_tags`, the rejecting ones to `reject_reasons`, an accepted clip they reject now
+    `rejected`. Equal to `decide` with the judge on the same table (the judge moves no other
+    verdict: percentiles are over every clip without an error, whatever its status), so the
+    flow can decide before the judge has answered and apply its answers after."""
+    verdicts = judge_verdicts(table, judge)
+    if not any(t for t, _ in verdicts):
+        return table
+    errored = _errored(table)
+    tags, status, reasons = (table.column(c).to_pylist() for c in ("neg_tags", "status", "reject_reasons"))
+    for i, (t, r) in enumerate(verdicts):
+        if errored[i]:
+            continue
+        tags[i] = list(tags[i] or []) + [x for x in t if x not in (tags[i] or [])]
+        reasons[i] = list(reasons[i] or []) + [x for x in r if x not in (reasons[i] or [])]
+        if reasons[i] and status[i] == "accepted":
+            status[i] = "rejected"
+    for name, values in (("neg_tags", pa.array(tags, pa.list_(pa.string()))), ("status", pa.array(status, pa.string())),
+                         ("reject_reasons", pa.array(reasons, pa.list_(pa.string())))):
+        table = table.set_column(table.schema.get_field_index(name), name, values)
+    return table

@@ -33,12 +33,12 @@ import pyarrow.compute as pc
 from curation.config import RunConfig, from_dict
 from curation.decide import resolve_rules
 from curation.manifest import Layout, read_dataset, read_scores, read_sources, write_bytes_atomic, write_json_atomic
-from curation.schema import NEG_TAGS, SCHEMA_VERSION, clip_schema, neg_column, source_schema
+from curation.schema import NEG_TAGS, SCHEMA_VERSION, clip_schema, judge_column, neg_column, source_schema
 
 REPORT_VERSION = 1
 PER_SHEET = 8  # thumbnails per contact sheet: enough to judge a tag, small enough to scan
 # Float clip columns that describe where a clip is, not how good it is: shown as distributions.
-NOT_SCORES = frozenset({"start_s", "end_s", "fps"})
+NOT_SCORES = frozenset({"start_s", "end_s", "fps", "caption_start_s", "caption_end_s"})
 TINY_WARNING = (
     "Profile 'tiny': models are tiny random-initialised and untrained: "
     "scores that depend on models are meaningless."
@@ -217,6 +217,12 @@ def thresholds(cfg: RunConfig, table: pa.Table, score_cols: list[str]) -> dict[s
             {"name": f"neg:{tag}", "kind": "tag", "at": d.tag_thresholds[tag], "rejects": not keep,
              "rule": f"tag fires at score >= {d.tag_thresholds[tag]}" + (" (kept: keep_tags)" if keep else "")}
         )
+    for q in cfg.judge.questions if cfg.judge.enabled else ():  # VLM-judged tags (captioning/judge.py)
+        keep = q.name in cfg.judge.keep
+        out.setdefault(judge_column(q.name), []).append(
+            {"name": judge_column(q.name), "kind": "tag", "at": q.threshold, "rejects": not keep,
+             "rule": f"VLM-judged tag fires at P(yes) >= {q.threshold}" + (" (kept: judge.keep)" if keep else "")}
+        )
     for rule in d.rules:
         have = rule.column in table.column_names
         res = resolve_rules(table, (rule,))[0] if have else None
@@ -320,6 +326,12 @@ def contact_sheets(clips: pa.Table, cfg: RunConfig) -> list[dict]:
         fired = _rows_with(clips, "neg_tags", tag)
         top = sorted(_top(fired, col, PER_SHEET), key=lambda r: -(r.get(col) or 0.0)) if col in clips.column_names else fired.slice(0, PER_SHEET).to_pylist()
         sheets.append({"tag": tag, "column": col, "threshold": cfg.decide.tag_thresholds[tag], "fired": fired.num_rows,
+                       "clips": [_entry(r, col) for r in top]})
+    for q in cfg.judge.questions if cfg.judge.enabled else ():  # VLM-judged tags: listed in neg_tags as vlm_<name>
+        col = judge_column(q.name)
+        fired = _rows_with(clips, "neg_tags", col)
+        top = sorted(_top(fired, col, PER_SHEET), key=lambda r: -(r.get(col) or 0.0)) if col in clips.column_names else []
+        sheets.append({"tag": col, "column": col, "threshold": q.threshold, "fired": fired.num_rows,
                        "clips": [_entry(r, col) for r in top]})
     return sheets
 

@@ -99,7 +99,7 @@ def render_figures(report: dict, sources: pa.Table, clips: pa.Table, root: Path)
     figs = {
         "funnel": bars(stages, "funnel"),
         "hist": {
-            c: histogram(float_values(clips, c), c, _thresh_lines(report["thresholds"].get(c, [])), c.startswith("neg_"))
+            c: histogram(float_values(clips, c), c, _thresh_lines(report["thresholds"].get(c, [])), c.startswith(("neg_", "vlm_")))
             for c, s in report["columns"].items() if s["count"]  # a column without values gets a line, not a plot
         },
         "dist": {

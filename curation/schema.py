@@ -168,6 +168,13 @@ CAPTION_COLUMNS = _cols(
            "language, empty, shortened, cut_at_sentence, retried, duplicate."),
     Column("caption_error", pa.string(), "Why the clip has no caption (model call failed, gates failed twice, "
            "over budget); null otherwise."),
+    Column("caption_start_s", pa.float64(), "Where the frames `caption` describes begin, in seconds from the clip's "
+           "first frame: 0 for `caption.policy = spread` (the whole clip), the first window's start for `windows`; "
+           "null for an image or no caption."),
+    Column("caption_end_s", pa.float64(), "Where the frames `caption` describes end (seconds from the clip's first frame)."),
+    Column("caption_windows", pa.list_(pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("caption", pa.string())])),
+           "`caption.policy = windows`: one caption per window of the clip (Cosmos-Curate's 256 frames; a remainder "
+           "of at least half a window is its own window), with its span in seconds; `caption` is the first. Null for `spread`."),
 )
 CLIP_COLUMNS.update(CAPTION_COLUMNS)
 
@@ -193,6 +200,32 @@ CLIP_COLUMNS.update(
         Column("probe_scores", pa.map_(pa.string(), pa.float64()), "The tag probe's probability per tag; null without a probe."),
     )
 )
+# VLM-judged tags (captioning/judge.py): the caption model's answer to one yes/no question per
+# tag, on clips the cheap filters accepted. The names are fixed here (the schema is code); the
+# questions' wording and thresholds are configuration ([judge], curation/config.py).
+JUDGE_TAGS: tuple[str, ...] = (
+    # CogVideoX's six negative tags, asked of the VLM
+    "over_edited", "incoherent_motion", "low_quality", "lecture", "text_dominated", "noisy_screen",
+    # Cosmos-Curate's artefact criteria
+    "slideshow", "synthetic", "visual_filter", "post_production_text", "video_in_video", "photographic_artifacts",
+    "distorted_view", "low_resolution", "blurred_region", "abrupt_camera_motion", "fast_zoom", "unnatural_speed",
+)
+
+
+def judge_column(tag: str) -> str:
+    return f"vlm_{tag}"
+
+
+JUDGE_COLUMNS = _cols(
+    *(Column(judge_column(t), pa.float64(), f"VLM-judged `{t}` in [0,1]: P(yes) / (P(yes) + P(no)) at the answer's "
+             "position (1/0 from the answer where the backend gives no probabilities; with `caption.policy = windows`, "
+             "the largest over the clip's windows); null when not judged.") for t in JUDGE_TAGS),
+    Column("judge_error", pa.string(), "Why a judged clip has no VLM tag scores (malformed answer twice, model call failed); null otherwise."),
+    Column("judge_key", pa.string(), "Hash of the judge's model, questions, answer format and frame policy: its resume key "
+           "(OUT/judge/<judge_key>/; thresholds are not in it); null when not judged."),
+)
+CLIP_COLUMNS.update(JUDGE_COLUMNS)
+
 # Columns the global steps before decide own (recomputed from the stored embeddings, never re-scored).
 GLOBAL_COLUMNS = ("dedup", "dup_of", "dup_sim", "probe_tags", "probe_scores")
 
@@ -200,7 +233,8 @@ GLOBAL_COLUMNS = ("dedup", "dup_of", "dup_sim", "probe_tags", "probe_scores")
 DECISION_COLUMNS = ("neg_tags", "status", "reject_reasons", "clip_path")
 # Columns the shard writer owns (curation/write_shards.py); scoring leaves them out too.
 SHARD_COLUMNS = ("bucket", "shard")
-SCORE_COLUMNS = tuple(c for c in CLIP_COLUMNS if c not in DECISION_COLUMNS + SHARD_COLUMNS + tuple(CAPTION_COLUMNS) + GLOBAL_COLUMNS)
+SCORE_COLUMNS = tuple(c for c in CLIP_COLUMNS
+                      if c not in DECISION_COLUMNS + SHARD_COLUMNS + tuple(CAPTION_COLUMNS) + tuple(JUDGE_COLUMNS) + GLOBAL_COLUMNS)
 
 
 def _schema(columns: dict[str, Column], names: Iterable[str]) -> pa.Schema:

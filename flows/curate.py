@@ -202,10 +202,20 @@ def extract_input(decided: pa.Table) -> pa.Table:
 
 @task(name="extract-clips", retries=1, cache_policy=NO_CACHE)
 def extract_step(decided: pa.Table, out: str, cfg: RunConfig) -> pa.Table:
-    """Write accepted clips, one task per source on the cluster; (clip_id, clip_path, error) each."""
+    """Write accepted clips, one task per source on the cluster; (clip_id, clip_path, error) each.
+    With captions on, the same stream judges and captions them as they come (flows/captions.py)."""
     layout = Layout.at(out)
     if removed := remove_temporaries(layout.clips):
         run_logger().info("extraction: removed %d partial clip files a killed run left", removed)
+    if cfg.caption.enabled:
+        from flows.captions import extract_and_caption
+
+        n = int(pc.sum(pc.equal(decided.column("status"), "accepted")).as_py() or 0)
+        with Progress("extraction and captioning", n, run_logger(), unit="clips") as progress:
+            extracted, counts = extract_and_caption(decided, layout, cfg, max_retries=WORKER_RETRIES, progress=progress.add)
+            progress.set(extracted.num_rows, counts["captioned"], pc.sum(pc.is_valid(extracted.column("error"))).as_py() or 0)
+        run_logger().info("captions: %s", counts)
+        return extracted
     stage = ExtractClips(cfg.extract, str(layout.clips), stall_timeout_s=cfg.decode.stall_timeout_s)
     table = extract_input(decided)
     n = (pc.sum(pc.list_value_length(table.column("clips"))).as_py() or 0) if table.num_rows else 0
@@ -242,21 +252,13 @@ def join_extraction(decided: pa.Table, extracted: pa.Table, out: str) -> pa.Tabl
 
 @task(name="caption", retries=1, cache_policy=NO_CACHE)
 def caption_step(clips: pa.Table, out: str, cfg: RunConfig) -> pa.Table:
-    """Dense captions for the accepted clips (captioning/): the missing ones, block by block,
-    on an actor pool; then every stored caption joined in, duplicates flagged across the run."""
-    from captioning.store import caption_missing, join_captions, missing_captions
-
-    layout = Layout.at(out)
+    """Captions (made by extract_step's stream) joined into the clips; with the judge on, its
+    answers applied first: the clips they newly reject leave OUT/clips (flows/captions.py)."""
     if not cfg.caption.enabled:
         return clips
-    log = run_logger()
-    n = missing_captions(clips, layout, cfg.caption).num_rows
-    with Progress("captioning", n, log, unit="clips") as progress:
-        runner = functools.partial(get_runner(cfg), live=Live(count_captioned, progress.add))
-        counts = caption_missing(clips, layout, cfg.caption, runner)
-        progress.set(counts["captioned"], counts["captioned"] - counts["errors"], counts["errors"])
-    log.info("captions: %s", counts)
-    return join_captions(clips, layout, cfg.caption)
+    from flows.captions import finish_captions
+
+    return finish_captions(clips, Layout.at(out), cfg)
 
 
 def warn_untrained(cfg: RunConfig) -> None:
@@ -351,8 +353,10 @@ def curate(
 
 def _decide_and_extract(layout: Layout, cfg: RunConfig) -> dict:
     """The global tail of a run: decide, extract, shard, manifest, summary, report."""
+    from flows.captions import with_stored_judge
+
     out = str(layout.root)
-    decided = decide_step(out, cfg)
+    decided = with_stored_judge(decide_step(out, cfg), layout, cfg)  # stored judge answers: their verdicts before extraction
     extracted = extract_step.with_options(timeout_seconds=cfg.runtime.task_timeout_s)(decided, out, cfg)
     clips = caption_step(join_extraction(decided, extracted, out), out, cfg)
     clips = shard_step(clips, out, cfg)

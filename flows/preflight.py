@@ -96,8 +96,9 @@ def config_for_out(out: str, config: str | None, profile: str | None, overrides:
 
 # Config sections that never change a score: decisions, shards and where things run; and
 # captions, made after decide and keyed by their own hash (OUT/captions/<caption_key>/);
-# dedup and probe too: global steps before decide, recomputed from the stored embeddings.
-NOT_SCORING = ("profile", "decide", "shard", "runtime", "caption", "dedup", "probe")
+# dedup and probe too: global steps before decide, recomputed from the stored embeddings;
+# the judge too: VLM answers after decide, in their own store (OUT/judge/<judge_key>/).
+NOT_SCORING = ("profile", "decide", "shard", "runtime", "caption", "judge", "dedup", "probe")
 
 
 def scoring_fingerprint(cfg: RunConfig) -> str:

@@ -86,3 +86,40 @@ def stream_local(
             pending, n = [], 0
     if pending:
         yield write(pa.concat_tables(pending, promote_options="default"))
+
+
+def stream_table_local(
+    stages: Sequence[Stage], table: pa.Table, write: Callable[[pa.Table], pa.Table], rows_per_part: int,
+    setups: dict | None = None, **_: object,
+) -> Iterator[pa.Table]:
+    """`stream_table` (flows/run_ray.py) in this process: every stage set up once, rows pushed
+    through as soon as a stage has a full batch (a source at a time into the first), a part
+    written every `rows_per_part` rows; yields what `write` returns for each. As there, a
+    stateful (model) stage adds its columns to its rows (`apply_clip_stage`), and `setups` gets
+    {stage name: times set up}."""
+    check_chain(stages, table.column_names)
+    if not table.num_rows:
+        return
+    for s in stages:
+        s.setup()
+        if s.stateful and setups is not None:
+            setups[type(s).__name__] = setups.get(type(s).__name__, 0) + 1
+    sizes = [s.batch_size for s in stages] + [rows_per_part]
+    waiting: list[list[pa.Table]] = [[] for _ in sizes]  # rows before stage i (the last: the writer)
+
+    def drain(final: bool) -> Iterator[pa.Table]:
+        for i, size in enumerate(sizes):
+            while (n := sum(t.num_rows for t in waiting[i])) >= size or (final and n):
+                rows = pa.concat_tables(waiting[i], promote_options="default")
+                take, rest = rows.slice(0, size), rows.slice(size)
+                waiting[i] = [rest] if rest.num_rows else []
+                if i < len(stages):
+                    s = stages[i]
+                    waiting[i + 1].append(apply_clip_stage(s, take) if s.stateful else s(take))
+                else:
+                    yield write(take)
+
+    for start in range(0, table.num_rows, sizes[0]):
+        waiting[0].append(table.slice(start, sizes[0]))
+        yield from drain(final=False)
+    yield from drain(final=True)

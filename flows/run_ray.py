@@ -37,11 +37,15 @@ from flows.run_local import apply_clip_stage
 
 
 class _StageActor:
-    """Actor-pool adapter: builds the stage once per actor, then serves batches; `count`
-    (the step's last stage only) reports each output batch for the progress line."""
+    """Actor-pool adapter: builds the stage once per actor, then serves batches. `count` (the
+    step's last stage only) reports each output batch for the progress line; `setups`: a
+    `_Setups` actor told of each setup as it starts (the caption stream counts its model loads
+    with it: a load is paid from its start, also by an actor the pool ends before it is ready)."""
 
-    def __init__(self, stage: Stage, count: "_RemoteCount | None" = None):
+    def __init__(self, stage: Stage, count: "_RemoteCount | None" = None, setups: "ray.actor.ActorHandle | None" = None):
         self.stage, self.count = stage, count
+        if setups is not None:
+            ray.get(setups.add.remote(type(stage).__name__))
         self.stage.setup()
 
     def apply(self, batch: pa.Table) -> pa.Table:
@@ -52,6 +56,20 @@ class _StageActor:
         if self.count is not None:
             self.count(out)
         return out
+
+
+@ray.remote(num_cpus=0)
+class _Setups:
+    """How many times each stateful stage was set up (its model loaded) in one pipeline."""
+
+    def __init__(self):
+        self.n: dict[str, int] = {}
+
+    def add(self, name: str) -> None:
+        self.n[name] = self.n.get(name, 0) + 1
+
+    def get(self) -> dict[str, int]:
+        return self.n
 
 
 class _ClipStageActor(_StageActor):
@@ -222,9 +240,9 @@ def blocks_of(table: pa.Table, k: int, max_retries: int = 2, num_cpus: float = 1
 
 
 def _add_stage(ds, stage: Stage, clip: bool, max_retries: int, batch_size: int | None, num_cpus: float | None = None,
-               count: _RemoteCount | None = None):
+               count: _RemoteCount | None = None, setups: "ray.actor.ActorHandle | None" = None):
     """One stage as a map_batches operator; `batch_size` None: whole blocks; `count` reports
-    each output batch (progress)."""
+    each output batch (progress); `setups` counts the actors' setups (model loads)."""
     num_cpus = stage.num_cpus if num_cpus is None else num_cpus
     common: dict = dict(batch_format="pyarrow", batch_size=batch_size, num_cpus=num_cpus)
     if stage.num_gpus:
@@ -232,9 +250,10 @@ def _add_stage(ds, stage: Stage, clip: bool, max_retries: int, batch_size: int |
     if stage.stateful or clip:
         # Model stages: a pool of actors, each loading its model once for the whole run.
         n = pool_size(stage)
-        # GPUs: hold them all for the run; CPU models: scale between 1 and n with the work.
-        pool = ray.data.ActorPoolStrategy(size=n) if stage.num_gpus else ray.data.ActorPoolStrategy(min_size=1, max_size=n)
-        return ds.map_batches(_actor_class(stage, clip), fn_constructor_args=(stage, count), compute=pool, **common)
+        # GPUs (or a set number of actors): hold them all for the run; CPU models: scale between 1 and n with the work.
+        fixed = stage.num_gpus or getattr(stage, "actors", None)
+        pool = ray.data.ActorPoolStrategy(size=n) if fixed else ray.data.ActorPoolStrategy(min_size=1, max_size=n)
+        return ds.map_batches(_actor_class(stage, clip), fn_constructor_args=(stage, count, setups), compute=pool, **common)
     return _with_retries(ds, _task_fn(stage, count), max_retries, **common)
 
 
@@ -316,6 +335,44 @@ def _stream(sources, source_stages, clip_stages, write, rows_per_part, k, max_re
     yield from ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
 
 
+def stream_table(
+    stages: Sequence[Stage], table: pa.Table, write: Callable[[pa.Table], pa.Table], rows_per_part: int,
+    max_retries: int = 2, rows_per_block: int | None = None, setups: dict | None = None,
+) -> Iterator[pa.Table]:
+    """`stages` over the rows of `table` as ONE streaming pipeline ending in `write`, called
+    on every `rows_per_part` rows as they come out (a part, the unit of resume); yields what it
+    returns. The caption stream (flows/captions.py): sources -> extraction and frame preparation
+    (tasks on CPU workers, fused) -> the caption actor pool, created once for the run, each
+    actor loading its model once -> the writer. Blocks whose worker died `max_retries` + 1 times
+    are dropped, not fatal: their rows are missing from what is yielded. A stateful stage adds
+    its columns to the rows it is given (`apply_clip_stage`); a task stage returns its rows.
+    `setups`, when given, gets {stage name: times set up} (model loads) once the stream ends."""
+    check_chain(stages, table.column_names)
+    if not table.num_rows:
+        return
+    counter = _Setups.remote()
+    with _dropping_dead_blocks():
+        first = stages[0]
+        k = rows_per_block or sources_per_block(table.num_rows)
+        ds = blocks_of(table, k, max_retries, num_cpus=0.25 if first.stateful else first.num_cpus)
+        cpus = ray.cluster_resources().get("CPU", 1.0)
+        models = [s for s in stages if s.stateful]
+        for i, stage in enumerate(stages):
+            whole = not stage.stateful  # task stages take whole blocks, so Ray fuses them with the read
+            # A model stage keeps its rows and adds its columns to them (apply_clip_stage).
+            ds = _add_stage(ds, stage, clip=stage.stateful, max_retries=max_retries, batch_size=None if whole else stage.batch_size,
+                            num_cpus=actor_cpus(stage, models, cpus) if stage.stateful else None, setups=counter)
+        def write_part(batch: pa.Table) -> pa.Table:
+            return write(batch)
+
+        write_part.__name__ = write_part.__qualname__ = "WriteParts"
+        ds = _with_retries(ds, write_part, max_retries, batch_format="pyarrow", batch_size=rows_per_part, num_cpus=0.25)
+        yield from ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
+    if setups is not None:
+        setups.update(ray.get(counter.get.remote()))
+    ray.kill(counter)
+
+
 def map_tasks(fn: Callable, items: Sequence, num_cpus: float = 1.0) -> list:
     """[fn(x) for x in items] as Ray tasks spread over the cluster (e.g. one shard each);
     results in order. Plain tasks, not Ray Data: each item is one independent file."""
@@ -347,7 +404,7 @@ def actor_cpus(stage: Stage, clip_stages: Sequence[Stage], cluster_cpus: float) 
     stages keep their declared CPUs: their bound is the GPU."""
     if stage.num_gpus:
         return stage.num_cpus
-    cpu_pools = sum(1 for s in clip_stages if not s.num_gpus)
+    cpu_pools = sum(getattr(s, "actors", None) or 1 for s in clip_stages if not s.num_gpus)  # a set pool holds all its actors
     share = max(0.05, (cluster_cpus - _TASK_CPUS) / max(cpu_pools, 1))
     return min(stage.num_cpus, share)
 
@@ -355,6 +412,8 @@ def actor_cpus(stage: Stage, clip_stages: Sequence[Stage], cluster_cpus: float) 
 def pool_size(stage: Stage, resources: dict | None = None) -> int:
     """Actors for a model stage: the cluster's GPUs / the stage's `num_gpus` (fractional
     allowed: 0.25 puts four actors on a GPU), or CPUs / `num_cpus` for a CPU model; >= 1."""
+    if getattr(stage, "actors", None):  # set in the stage's config (caption.actors)
+        return stage.actors
     res = resources if resources is not None else ray.cluster_resources()
     if stage.num_gpus:
         return max(1, int(res.get("GPU", 0) / stage.num_gpus + 1e-9))

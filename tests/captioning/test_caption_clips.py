@@ -17,7 +17,7 @@ from captioning.store import caption_dir, caption_missing, join_captions
 from curation.config import load_config
 from curation.manifest import Layout, write_table_atomic
 from curation.schema import clip_schema
-from flows.run_local import run_local
+from flows.run_local import run_local, stream_table_local
 from tests.captioning.conftest import clip_table
 
 
@@ -221,17 +221,17 @@ def test_resume_generates_nothing_and_a_new_config_recaptions(clips_root, tiny_v
             for r in clip_table().to_pylist()]
     clips = pa.Table.from_pylist(rows, schema=clip_schema())
     cfg = tiny_cfg(block_size=3)
-    first = caption_missing(clips, layout, cfg, run_local)
-    assert first["captioned"] == 4 and first["generated_tokens"] > 0
+    first = caption_missing(clips, layout, cfg, stream_table_local)
+    assert first["captioned"] == 4 and first["generated_tokens"] > 0 and first["model_loads"] == 1
     parts = {p: p.stat().st_mtime_ns for p in caption_dir(layout, cfg).glob("*.parquet")}
     assert len(parts) == 2  # written per block of 3
-    again = caption_missing(clips, layout, cfg, run_local)
-    assert again == {"already": 4, "captioned": 0, "errors": 0, "generated_tokens": 0}
+    again = caption_missing(clips, layout, cfg, stream_table_local)
+    assert (again["already"], again["captioned"], again["generated_tokens"]) == (4, 0, 0)
     assert {p: p.stat().st_mtime_ns for p in caption_dir(layout, cfg).glob("*.parquet")} == parts
     joined = join_captions(clips, layout, cfg)
     assert joined.column("caption_key").to_pylist() == [caption_dir(layout, cfg).name] * 4
     other = dataclasses.replace(cfg, temperature=0.5)
-    assert caption_missing(clips, layout, other, run_local)["captioned"] == 4
+    assert caption_missing(clips, layout, other, stream_table_local)["captioned"] == 4
     assert caption_dir(layout, other) != caption_dir(layout, cfg)
 
 

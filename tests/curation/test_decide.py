@@ -63,3 +63,28 @@ def test_unknown_rule_column_is_an_error():
 def test_empty_table():
     out, _ = decide(table([]), cfg())
     assert out.num_rows == 0 and "status" in out.column_names
+
+
+def test_vlm_judged_tags_fire_at_their_threshold_and_applying_them_later_gives_the_same_verdicts():
+    from curation.decide import apply_judge
+
+    judge = load_config(overrides={"judge": {"enabled": True, "keep": ["fast_zoom"], "questions": [
+        {"name": "slideshow", "threshold": 0.6}, {"name": "fast_zoom", "threshold": 0.5}]}}).judge
+    rows = [{"clip_id": "a", "motion_score": 0.1, "vlm_slideshow": 0.7}, {"clip_id": "b", "motion_score": 0.1, "vlm_slideshow": 0.5},
+            {"clip_id": "c", "motion_score": 0.1, "vlm_fast_zoom": 0.9}, {"clip_id": "d", "motion_score": 0.1},  # d: not judged, passes
+            {"clip_id": "e", "motion_score": 0.0, "vlm_slideshow": 0.9}, {"clip_id": "f", "motion_score": 0.1, "error": "x", "vlm_slideshow": 1.0}]
+    from curation.schema import clip_schema
+
+    t = to_table([{**{neg_column(x): 0.0 for x in NEG_TAGS}, **r} for r in rows], clip_schema())
+    once, _ = decide(t, cfg(), judge)
+    assert once.column("status").to_pylist() == ["rejected", "accepted", "accepted", "accepted", "rejected", "error"]
+    assert once.column("reject_reasons").to_pylist() == [["vlm_slideshow"], [], [], [], ["motion_too_low", "vlm_slideshow"], []]
+    assert once.column("neg_tags").to_pylist()[2] == ["vlm_fast_zoom"]  # kept: tagged, not rejected
+    vlm = ["vlm_slideshow", "vlm_fast_zoom"]
+    first, _ = decide(t.drop_columns(vlm), cfg(), judge)  # before the judge has answered
+    later = apply_judge(first.append_column(vlm[0], t.column(vlm[0])).append_column(vlm[1], t.column(vlm[1])), judge)
+    for c in ("status", "neg_tags", "reject_reasons"):
+        assert later.column(c).to_pylist() == once.column(c).to_pylist(), c
+    assert apply_judge(later, judge).column("reject_reasons").to_pylist() == once.column("reject_reasons").to_pylist()  # idempotent
+    off = load_config().judge
+    assert decide(t, cfg(), off)[0].column("status").to_pylist()[0] == "accepted"  # judge off: vlm_* ignored

@@ -56,7 +56,8 @@ KILL_POINTS = [
     ("scoring", "curation.analyze:SplitAndScore.analyze:4"),
     # during extraction: as the 3rd clip file is being finished (its temporary is on disk)
     ("extraction", "curation.extract_clips:_ClipWriter.finish:3"),
-    # during captioning: the 2nd block of 4 clips (the 1st block's captions stored)
+    # during captioning: the 2nd batch of 4 clips (the 1st block's captions stored; extraction and
+    # captioning are one stream, so the last source is not extracted yet)
     ("captioning", "captioning.caption_clips:CaptionClips.__call__:2"),
     # during shard writing: the 3rd tar member sample (the 1st shard done, the 2nd half written)
     ("shard writing", "webdataset:TarWriter.write:3"),
@@ -113,6 +114,8 @@ def test_killed_at_every_stage_then_rerun_gives_every_clip_once(inputs, tmp_path
         if stage == "captioning":  # the first block's captions stored, the second's not
             parts = list((out / "captions").rglob("part-*.parquet"))
             assert len(parts) == 1 and pads.dataset(parts[0]).count_rows() == 4, parts
+            # one stream: captions were being made while the last source's clips were still to extract
+            assert 4 <= len([p for p in (out / "clips").iterdir() if not p.name.startswith(".")]) < 10
         if stage == "shard writing":
             assert not (out / "shards" / "index.json").exists()
             assert list((out / "shards").rglob(".shard-*.tmp-*")), "killed while a tar was being written"
