@@ -187,6 +187,6 @@ def test_a_tiny_run_on_ray_says_each_warning_once_and_no_error(tmp_path):
     assert "core_worker.cc" not in err and " ERROR " not in err and "Traceback" not in err, err[-4000:]
     assert err.count("UNTRAINED") == 2, err  # CLIP and the caption model, once each
     assert "scoring: 3/3 sources (0 failed), 3 clips" in err, err[-4000:]
-    assert "extraction: 3/3 clips (0 failed)" in err and "captioning: 3/3 clips" in err, err[-4000:]
+    assert "extraction and captioning: 3/3 clips (0 failed)" in err, err[-4000:]
     assert f"report: {tmp_path / 'out' / 'report.html'}" in err.strip().splitlines()[-2:]  # (then Prefect's "Stopping ...")
     assert "Loaded built-in ViT-B-32 model config" not in err  # open_clip's INFO chatter on the root logger
