@@ -293,6 +293,8 @@ class ShotDetector:
                 self._cut_checked = h[-1].index
                 return
         if i < 1 or h[i].index <= self._cut_checked:
+            if final and i < n:  # the first frame: nothing before it to cut from (a 1-4 frame stream)
+                self._cut_checked = h[i].index
             return
         self._cut_checked = h[i].index
         cfg = self.cfg

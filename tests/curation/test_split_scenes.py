@@ -239,3 +239,15 @@ def test_a_cut_at_a_recording_gap_is_still_a_cut(tmp_path):
     found += detector.finish()
     assert max(steps) > 10  # the gap reached the detector as one
     assert [(t.end, t.kind) for t in found] == [(60, "cut")]
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 5])
+def test_a_stream_of_a_few_frames_finishes(n):
+    """An image is a 1-frame stream; a 2-4 frame video never reaches the cut test's lookahead:
+    `finish` must still end (it looped forever on the first frame)."""
+    cfg = load_config()
+    detector = ShotDetector(cfg.split)
+    rng = np.random.default_rng(3)
+    for i in range(n):
+        detector.push(i, rng.integers(0, 255, (36, 64, 3), np.uint8))
+    assert all(t.end < n for t in detector.finish())
