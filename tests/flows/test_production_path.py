@@ -134,8 +134,12 @@ def test_deployment_run_against_server_and_worker(prefect_stack, tmp_path):
     assert "| sources_failed | 1 |" in md and "| accepted | 2 |" in md, md
 
 
-def test_flow_attached_to_a_ray_cluster_runs_its_stages_there(tmp_path, corpus):
-    root, _ = corpus
+def test_flow_attached_to_a_ray_cluster_runs_its_stages_there(tmp_path):
+    from curation.synthetic import moving, write_video
+
+    root = tmp_path / "in"  # two sources: the stages' placement is the point, not the corpus (test_curate_flow.py)
+    write_video(root / "a.mp4", moving(75, (480, 270), (2.0, 0.0), seed=1), 25)
+    write_video(root / "b.mp4", moving(75, (480, 270), (0.0, 2.0), seed=2), 25)
     port, dash_port = free_port(), free_port()
     # `ray start` turns token auth on (Ray 2.60); drivers must run in token mode to attach.
     ray_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
