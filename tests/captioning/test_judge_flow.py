@@ -95,31 +95,28 @@ def test_decide_with_a_looser_threshold_captions_them_without_asking_again(judge
     assert sorted(p.stem for p in (out / "clips").iterdir()) == sorted(answers)
 
 
-def test_a_run_of_many_blocks_loads_the_model_once_per_actor(tmp_path, ray_local, prefect_server):
-    """8 accepted clips, blocks (parts) of 2, batches of 1, on 2 caption actors: 2 loads, not
-    one per block (the caption stream's actor pool lives for the whole run)."""
+def test_a_run_of_many_blocks_loads_the_model_once_per_actor(judged, tmp_path):
+    """The judged run's 3 clips taken as accepted, captioned in blocks (parts) of 1 and batches
+    of 1 on 2 caption actors: 2 loads, not one per block (the caption stream's actor pool
+    lives for the whole run)."""
     import dataclasses
+    import shutil
+
+    import pyarrow as pa
 
     from curation.config import load_config
     from curation.manifest import Layout
     from flows.captions import extract_and_caption
-    from flows.curate import curate
 
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for k in range(4):
-        synthetic.write_video(inputs / f"v{k}.mp4", synthetic.with_cuts(110, (320, 240), cuts=[55], seed=k), 25)
+    _, judged_out, _ = judged
     out = tmp_path / "out"
-    config = tmp_path / "run.toml"
-    config.write_text('profile = "tiny"\n[caption]\nenabled = false\n[decide]\nrules = []\nkeep_tags = '
-                      '["over_edited", "incoherent_motion", "low_quality", "lecture", "text_dominated", "noisy_screen"]\n')
-    curate(inputs=[str(inputs)], out=str(out), config=str(config))
+    shutil.copytree(judged_out, out)
     decided = pads.dataset(out / "manifest" / "clips").to_table()
-    assert decided.num_rows == 8
-    cfg = load_config(config)
-    cfg = dataclasses.replace(cfg, caption=dataclasses.replace(load_config(profile="tiny").caption, actors=2, batch_size=1,
-                                                               block_size=2))
+    decided = decided.set_column(decided.schema.get_field_index("status"), "status", pa.array(["accepted"] * decided.num_rows))
+    assert decided.num_rows == 3
+    tiny = load_config(profile="tiny")
+    cfg = dataclasses.replace(tiny, caption=dataclasses.replace(tiny.caption, actors=2, batch_size=1, block_size=1))
     extracted, counts = extract_and_caption(decided, Layout.at(out), cfg)
-    assert extracted.num_rows == 8 and extracted.column("error").null_count == 8
-    assert counts["captioned"] == 8 and counts["model_loads"] == 2, counts
-    assert len(list(Path(out, "captions").rglob("part-*.parquet"))) == 4  # a part per block of 2, as blocks completed
+    assert extracted.num_rows == 3 and extracted.column("error").null_count == 3
+    assert counts["captioned"] == 3 and counts["model_loads"] == 2, counts
+    assert len(list(Path(out, "captions").rglob("part-*.parquet"))) == 3  # a part per block of 1, as blocks completed

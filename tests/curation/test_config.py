@@ -93,9 +93,11 @@ def test_resolved_config_round_trips():
 
 
 def test_readme_example_config_loads(tmp_path):
-    block = re.search(r"```toml\n(.*?)```", README.read_text(), re.S).group(1)
-    f = tmp_path / "readme.toml"
-    f.write_text(block)
-    cfg = load_config(f)
+    blocks = re.findall(r"```toml\n(.*?)```", README.read_text(), re.S)
+    assert len(blocks) >= 2
+    for i, block in enumerate(blocks):  # every config the README shows loads as written
+        (tmp_path / f"readme{i}.toml").write_text(block)
+        load_config(tmp_path / f"readme{i}.toml")
+    cfg = load_config(tmp_path / f"readme{next(i for i, b in enumerate(blocks) if 'keep_tags' in b)}.toml")
     assert cfg.decide.keep_tags == ("over_edited",)
     assert [r.name for r in cfg.decide.rules] == ["motion_too_low", "motion_top_5pct"]

@@ -33,8 +33,10 @@ def blurred_letterboxed(n: int, size: tuple[int, int], bar_frac: float = 0.2, si
 # otherwise looks like the natural clip: same size and frame rate, moving where it can.
 FIRE_CASES = {
     "over_edited": [
-        # Jump cuts every 8 frames inside one static shot: walkers teleport, no shot cut.
-        ("jump_cuts", lambda: synthetic.jump_cuts(150, SIZE, every=8, seed=1), None),
+        # Jump cuts every 8 frames inside one static shot: walkers teleport by 15 frames of
+        # their walk, too little for a shot boundary (the split cuts at jumps of 20-30 frames:
+        # those are edits it finds), enough for the jumps measure.
+        ("jump_cuts", lambda: synthetic.jump_cuts(150, SIZE, every=8, skip=15, seed=1), None),
     ],
     "incoherent_motion": [("teleporting_blobs", lambda: synthetic.incoherent(N, SIZE, seed=2), None)],
     "low_quality": [

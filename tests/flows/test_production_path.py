@@ -1,6 +1,8 @@
-"""The production path, for real and on loopback only: a `prefect server`, a process work pool
-and worker, `prefect deploy --all` from prefect.yaml, `prefect deployment run --watch`; and a
-flow attached to a separately started `ray start --head` cluster."""
+"""The production path, for real and on loopback only, as the README's Production steps run
+it: a `ray start --head` cluster, a `prefect server`, a process work pool and worker,
+`prefect deploy --all` from prefect.yaml, `prefect deployment run curate/cluster --watch`; the
+flow attaches to the cluster and its stages run there. One flow run does it all (each run
+here costs minutes of a 2-core CI machine)."""
 
 from __future__ import annotations
 
@@ -62,6 +64,30 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
+def ray_head():
+    """A separately started `ray start --head` cluster: (address, dashboard port)."""
+    port, dash_port = free_port(), free_port()
+    temp = Path("/tmp") / f"vm-ray-{port}"  # Ray's socket paths must stay short
+    # --block keeps the head's processes in this process group, so the test stops exactly
+    # this cluster (`ray stop` would stop every Ray on the machine, the suite's own included).
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--temp-dir", str(temp),
+         "--disable-usage-stats"],
+        env={**os.environ, **RAY_ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        wait_port(port, 120)
+        yield f"127.0.0.1:{port}", dash_port
+    finally:
+        stop(head)
+
+
+# `ray start` turns token auth on (Ray 2.60); drivers must run in token mode to attach.
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+
+
+@pytest.fixture(scope="module")
 def prefect_stack(tmp_path_factory):
     """Server + work pool + worker + deployments, each a real process; torn down after."""
     home = tmp_path_factory.mktemp("prefect_home")
@@ -75,7 +101,7 @@ def prefect_stack(tmp_path_factory):
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_UI_ENABLED": "false",
-        "RAY_USAGE_STATS_ENABLED": "0",
+        **RAY_ENV,  # the worker's flow runs attach to the test's cluster
     }
     log = open(home / "server.log", "w")
     server = subprocess.Popen(
@@ -106,20 +132,22 @@ def prefect_stack(tmp_path_factory):
             stop(p)
 
 
-def test_deployment_run_against_server_and_worker(prefect_stack, tmp_path):
+def test_deployment_run_on_an_attached_ray_cluster(prefect_stack, ray_head, tmp_path):
     from curation.synthetic import moving, write_video
 
     prefect, home = prefect_stack
+    address, dash_port = ray_head
     inputs = tmp_path / "in"
     write_video(inputs / "a.mp4", moving(75, (480, 270), (2.0, 0.0), seed=1), 25)
     write_video(inputs / "b.mp4", moving(75, (480, 270), (0.0, 2.0), seed=2), 25)
     (inputs / "broken.mp4").write_bytes(b"nope")
     out = tmp_path / "out"
     stdout = prefect(
-        "deployment", "run", "curate/local",
+        "deployment", "run", "curate/cluster",
         "--param", f"inputs={json.dumps([str(inputs)])}",
         "--param", f"out={out}",
         "--param", "profile=tiny",
+        "--param", f"ray_address={address}",
         "--watch", "--watch-timeout", "480",
         timeout=540,
     )
@@ -132,42 +160,11 @@ def test_deployment_run_against_server_and_worker(prefect_stack, tmp_path):
     arts = json.loads(prefect("artifact", "inspect", "videomill-run-summary", "--output", "json"))
     md = arts[0]["data"]
     assert "| sources_failed | 1 |" in md and "| accepted | 2 |" in md, md
-
-
-def test_flow_attached_to_a_ray_cluster_runs_its_stages_there(tmp_path):
-    from curation.synthetic import moving, write_video
-
-    root = tmp_path / "in"  # two sources: the stages' placement is the point, not the corpus (test_curate_flow.py)
-    write_video(root / "a.mp4", moving(75, (480, 270), (2.0, 0.0), seed=1), 25)
-    write_video(root / "b.mp4", moving(75, (480, 270), (0.0, 2.0), seed=2), 25)
-    port, dash_port = free_port(), free_port()
-    # `ray start` turns token auth on (Ray 2.60); drivers must run in token mode to attach.
-    ray_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
-    temp = Path("/tmp") / f"vm-ray-{port}"  # Ray's socket paths must stay short
-    # --block keeps the head's processes in this process group, so the test stops exactly
-    # this cluster (`ray stop` would stop every Ray on the machine, the suite's own included).
-    head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--temp-dir", str(temp),
-         "--disable-usage-stats"],
-        env=ray_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    # The cluster, not a private Ray, ran the stages: its task table has our operators.
+    # Ask this cluster's own state API (the suite's session Ray runs beside it).
+    probe = (
+        "from ray.util.state import list_tasks;"
+        "print(sorted({t.name for t in list_tasks(address=%r, limit=10000)}))" % f"http://127.0.0.1:{dash_port}"
     )
-    address = f"127.0.0.1:{port}"
-    try:
-        wait_port(port, 120)
-        out = tmp_path / "out"
-        r = subprocess.run(
-            [sys.executable, "-m", "flows.cli", "run", str(root), "--out", str(out), "--profile", "tiny", "--ray-address", address],
-            env=ray_env, cwd=REPO, capture_output=True, text=True, timeout=600,
-        )
-        assert r.returncode == 0, r.stderr[-4000:]
-        # The cluster, not a private Ray, ran the stages: its task table has our operators.
-        # Ask this cluster's own state API (the suite's session Ray runs beside it).
-        probe = (
-            "from ray.util.state import list_tasks;"
-            "print(sorted({t.name for t in list_tasks(address=%r, limit=10000)}))" % f"http://127.0.0.1:{dash_port}"
-        )
-        names = subprocess.run([sys.executable, "-c", probe], env=ray_env, capture_output=True, text=True, timeout=120)
-        assert "SplitAndScore" in names.stdout and "ExtractClips" in names.stdout, names.stdout + names.stderr[-2000:]
-    finally:
-        stop(head)
+    names = subprocess.run([sys.executable, "-c", probe], env={**os.environ, **RAY_ENV}, capture_output=True, text=True, timeout=120)
+    assert "SplitAndScore" in names.stdout and "ExtractClips" in names.stdout, names.stdout + names.stderr[-2000:]
