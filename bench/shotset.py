@@ -694,13 +694,14 @@ class _PlanFootage:
         return [None] * (hi - lo)
 
 
-def build(out: str | Path, *, force: bool = False) -> Path:
+def build(out: str | Path, *, force: bool = False, part: str | None = None) -> Path:
     """Write the set into `out` (kept when complete, unless `force`); checks the labels file
-    against what it renders."""
+    against what it renders. `part` ("dev" or "held"): only that part's videos."""
     check_sources()
     music = music_video()
     out = Path(out)
-    marker = out / ".complete"
+    marker = out / (".complete" if part is None else f".complete-{part}")
+    keep = lambda p: part is None or p == part  # noqa: E731
     if marker.is_file() and not force:
         return out
     if out.exists():
@@ -708,20 +709,28 @@ def build(out: str | Path, *, force: bool = False) -> Path:
     out.mkdir(parents=True)
     labels = load_labels()["videos"]
     F = Footage()
-    for name, part, what, fn in edits():
+    for name, p, what, fn in edits():
+        if not keep(p):
+            continue
         frames, trs = render(fn(F))
         want = labels[name]
         if trs != want["transitions"] or len(frames) != want["frames"]:
             raise RuntimeError(f"{name}: rendered transitions differ from {LABELS.name}: run bench/shotset.py --write-labels")
         write_video(out / name, frames, FPS, options={"crf": str(22 + hash_crf(name)), "preset": "medium"})
-    for name, part, what, fn in negatives():
+    for name, p, what, fn in negatives():
+        if not keep(p):
+            continue
         frames = fn(F)
         assert len(frames) == labels[name]["frames"], (name, len(frames))
         write_video(out / name, frames, FPS, options={"crf": str(22 + hash_crf(name)), "preset": "medium"})
     src = read_frames(music)
-    for name, (part, lo, hi) in MUSIC_PARTS.items():
+    for name, (p, lo, hi) in MUSIC_PARTS.items():
+        if not keep(p):
+            continue
         write_video(out / name, src[lo:hi], FPS, options={"crf": "16", "preset": "medium"})
-    for name, (part, raw) in REAL.items():
+    for name, (p, raw) in REAL.items():
+        if not keep(p):
+            continue
         shutil.copyfile(OPENCV_DATA / raw, out / name)
     marker.write_text("ok\n")
     return out

@@ -386,6 +386,10 @@ def off(cfg: RunConfig) -> dict[str, str]:
         out["ocr"] = "[models] ocr = false"
     if not cfg.caption.enabled:
         out["caption"] = "[caption] enabled = false"
+    if not cfg.judge.enabled:  # the judge asks the caption model: off with captioning too
+        out["judge"] = "[judge] enabled = false"
+    elif not cfg.caption.enabled:
+        out["judge"] = "[caption] enabled = false (the judge asks the caption model)"
     if not cfg.probe.path:
         out["probe"] = "[probe] path is not set"
     return out
@@ -393,7 +397,7 @@ def off(cfg: RunConfig) -> dict[str, str]:
 
 # The stage behind each column family (a column's stage off: it has no values, by design).
 _COLUMN_STAGE = (("aesthetic_", "aesthetic"), ("zs_", "clip"), ("dup_", "dedup"), ("ocr_", "ocr"),
-                 ("probe_", "probe"), ("caption_", "caption"))
+                 ("probe_", "probe"), ("caption_", "caption"), ("vlm_", "judge"), ("judge_", "judge"))
 
 
 def not_computed(cfg: RunConfig, clips: pa.Table, score_cols: list[str]) -> list[dict]:
@@ -427,6 +431,7 @@ def stages_run(cfg: RunConfig, clips: pa.Table) -> list[dict]:
         row("tag probe", "probe", str(cfg.probe.path)),
         row("decide", None, f"{len(cfg.decide.rules)} rules, {len(cfg.decide.tag_thresholds)} negative tags"
                             + (f" ({', '.join(cfg.decide.keep_tags)} tag only)" if cfg.decide.keep_tags else "")),
+        row("VLM-judged tags", "judge", f"{len(cfg.judge.questions)} yes/no questions to {cfg.caption.model}, before its caption"),
         row("captions", "caption", f"{cfg.caption.model} ({cfg.caption.mode}, {cfg.caption.backend})"),
         row("shards", None, "WebDataset, " + ("by training bucket" if cfg.shard.bucketing else "unbucketed")),
     ]

@@ -332,7 +332,8 @@ def test_a_stalled_decoder_fails_extraction_of_its_source_not_the_run(cases, sta
     for p in left + kept:
         p.write_bytes(b"partial")
     decided = pa.Table.from_pylist([{**c, "source": row["source"], "media_type": "video", "status": "accepted"} for c in row["clips"]])
-    cfg = load_config(overrides={"decode": {"stall_timeout_s": 1.0}, "runtime": {"executor": "local"}})
+    # (captions off: with them on, extraction is the caption stream's first stage: flows/captions.py)
+    cfg = load_config(overrides={"decode": {"stall_timeout_s": 1.0}, "runtime": {"executor": "local"}, "caption": {"enabled": False}})
     t0 = time.monotonic()
     (res,) = extract_step.fn(decided, str(out_dir), cfg).to_pylist()
     release.set()

@@ -246,7 +246,8 @@ def test_report_of_a_run_without_clip_or_captions_says_what_it_did_not_do(cpu_ru
     assert "aesthetic_score" in empty and "dup_sim" in empty
     for col in empty:
         assert f"<th>{col}</th>" not in html and f'alt="histogram of {col}"' not in html, col
-    assert {g["reason"] for g in report["not_computed"]} == {"[models] enabled = false", "no embeddings to compare: [models] enabled = false"}
+    assert {g["reason"] for g in report["not_computed"]} == {"[models] enabled = false", "no embeddings to compare: [models] enabled = false",
+                                                             "[judge] enabled = false"}
     assert "Not computed: aesthetic_score, aesthetic_min, aesthetic_p10" in html
     gallery = html[html.index('id="accepted"'):html.index('id="scores"')]
     assert gallery.count("data:image/jpeg;base64,") == report["funnel"]["accepted"] >= 2

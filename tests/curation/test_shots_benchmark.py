@@ -7,7 +7,9 @@ fades (with held black), plus hard-motion negatives, analysed by the real stage 
 * the hard-motion negatives (whip pans, shake, flashes, crash zooms, exposure steps, a hand
   over the lens, people crossing close to it) get at most 3 boundaries in all.
 
-bench/shots.py measures the rest (precision and recall beside PySceneDetect and TransNetV2).
+On the development part (what the split was tuned on: a regression guard). The held-back part
+is for bench/shots.py only, which measures the rest beside PySceneDetect and TransNetV2 (there
+one clip of 57 holds a missed cut, in the glitched Megamind copy; left as measured).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from curation.analyze import SplitAndScore, group_sources
 from curation.config import load_config
 from curation.probe import ProbeSources
 
-LABELS = shotset.load_labels()["videos"]
+LABELS = {k: v for k, v in shotset.load_labels()["videos"].items() if v["part"] == "dev"}
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +33,7 @@ def shot_set(tmp_path_factory) -> Path:
     from bench.realset import RealsetMissing
 
     try:
-        return shotset.build(tmp_path_factory.mktemp("shotset"))
+        return shotset.build(tmp_path_factory.mktemp("shotset"), part="dev")
     except (RealsetMissing, shotset.ShotsetMissing) as e:
         if os.environ.get("VIDEOMILL_REQUIRE_REALSET") == "1":
             raise
@@ -60,12 +62,12 @@ def test_no_clip_holds_a_transition_frame(analysed):
     dirty = [f"{name}: clip {c['start_frame']}-{c['end_frame']} holds {t['type']} {t['first']}-{t['end']}"
              for name, row in analysed.items() for c in row["clips"] for t in LABELS[name]["transitions"] if held(c, t)]
     assert dirty == []
-    assert sum(len(r["clips"]) for r in analysed.values()) >= 100
+    assert sum(len(r["clips"]) for r in analysed.values()) >= 60
 
 
 def test_a_fades_held_black_opens_no_clip(analysed):
     fades = [(name, t) for name, v in LABELS.items() for t in v["transitions"] if t["type"] == "fade" and t["fade"][1] > 0]
-    assert len(fades) >= 4
+    assert len(fades) >= 2
     for name, t in fades:
         out, hold, _ = t["fade"]
         black = range(t["first"] + out, t["first"] + out + hold)
