@@ -515,7 +515,8 @@ def _default_questions() -> tuple[JudgeQuestion, ...]:
 class JudgeConfig:
     """VLM-judged tags (captioning/judge.py): the caption model answers yes/no questions about
     every clip the cheap filters accepted, before captioning it; decide fires `vlm_<name>` at the
-    question's threshold and rejects unless the tag is in `keep`. Needs captioning on."""
+    question's threshold and rejects unless the tag is in `keep`. Off whenever captioning is
+    (RunConfig turns it off)."""
 
     enabled: bool = False
     questions: tuple[JudgeQuestion, ...] = field(default_factory=_default_questions)
@@ -572,8 +573,11 @@ class RunConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def __post_init__(self) -> None:
+        # The judge asks the caption model: with captioning off it is off too (the gpu profile
+        # turns it on; `[caption] enabled = false` on its own must still be a valid run, and so
+        # must `decide --profile gpu` on an OUT made without captions). The report says why.
         if self.judge.enabled and not self.caption.enabled:
-            raise ValueError("judge.enabled needs captioning (caption.enabled): the caption model answers the questions")
+            object.__setattr__(self, "judge", dataclasses.replace(self.judge, enabled=False))
 
 
 PROFILES: dict[str, dict[str, Any]] = {

@@ -386,10 +386,10 @@ def off(cfg: RunConfig) -> dict[str, str]:
         out["ocr"] = "[models] ocr = false"
     if not cfg.caption.enabled:
         out["caption"] = "[caption] enabled = false"
-    if not cfg.judge.enabled:  # the judge asks the caption model: off with captioning too
-        out["judge"] = "[judge] enabled = false"
-    elif not cfg.caption.enabled:
+    if not cfg.caption.enabled:  # the judge asks the caption model: off with captioning (RunConfig)
         out["judge"] = "[caption] enabled = false (the judge asks the caption model)"
+    elif not cfg.judge.enabled:
+        out["judge"] = "[judge] enabled = false"
     if not cfg.probe.path:
         out["probe"] = "[probe] path is not set"
     return out

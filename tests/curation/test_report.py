@@ -247,7 +247,7 @@ def test_report_of_a_run_without_clip_or_captions_says_what_it_did_not_do(cpu_ru
     for col in empty:
         assert f"<th>{col}</th>" not in html and f'alt="histogram of {col}"' not in html, col
     assert {g["reason"] for g in report["not_computed"]} == {"[models] enabled = false", "no embeddings to compare: [models] enabled = false",
-                                                             "[judge] enabled = false"}
+                                                             "[caption] enabled = false (the judge asks the caption model)"}
     assert "Not computed: aesthetic_score, aesthetic_min, aesthetic_p10" in html
     gallery = html[html.index('id="accepted"'):html.index('id="scores"')]
     assert gallery.count("data:image/jpeg;base64,") == report["funnel"]["accepted"] >= 2
