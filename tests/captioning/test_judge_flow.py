@@ -111,6 +111,7 @@ def test_a_run_of_many_blocks_loads_the_model_once_per_actor(judged, tmp_path):
     _, judged_out, _ = judged
     out = tmp_path / "out"
     shutil.copytree(judged_out, out)
+    shutil.rmtree(out / "captions", ignore_errors=True)  # (the looser-threshold test captioned them)
     decided = pads.dataset(out / "manifest" / "clips").to_table()
     decided = decided.set_column(decided.schema.get_field_index("status"), "status", pa.array(["accepted"] * decided.num_rows))
     assert decided.num_rows == 3
