@@ -65,6 +65,10 @@ _NEAR = 3  # a cut's change is compared with changes this many frames either sid
 # A frame more than this many nominal frame durations after the previous one follows a gap in
 # the recording (a paused phone, dropped seconds): the picture moved on meanwhile.
 GAP_STEP = 3.0
+# No dissolve out of a stream's first frames: an encoder's rate control settles there (PyAV's
+# MJPEG: fine texture 5.1 -> 3.5 over frames 1-7 of a steady pan, which fitted a dissolve of
+# frames 1-18 and lost the clip), and a shot of fewer frames before it gives no clip anyway.
+_SETTLE = 4
 _BLACK_Y = 40.0  # a frame this dark (mean Y, 16 = video black)...
 _BLACK_STD = 10.0  # ...and this flat is black
 
@@ -426,6 +430,8 @@ class ShotDetector:
                 p, q = int(p0[j]), int(q0[j])
                 if any(self.frames[p].index < g <= self.frames[q].index for g in self._gaps):
                     continue  # no mix is measured across a gap in the recording
+                if self.frames[p].index < _SETTLE:
+                    continue  # the encoder's rate control still settling (see _SETTLE)
                 fit = _fit(g[p], g[p + 1 : q], g[q], fine[p], fine[p + 1 : q], fine[q], float(ch[j]), cfg)
                 if fit is not None:
                     self._cands.append((fit, self.frames[p + 1].index, self.frames[q].index))
