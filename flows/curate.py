@@ -10,7 +10,6 @@ shards, report), retried as wholes; a retried or rerun scoring step skips comple
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, Iterator, Sequence
 
 import pyarrow as pa
@@ -48,7 +47,7 @@ from curation.schema import SOURCE_ROW, analyzed_clip_schema, clip_schema, sourc
 from curation.stage import Stage, warn_once
 from curation.write_shards import write_shards
 from flows.logs import run_logger
-from flows.progress import Live, Progress, count_captioned, count_extracted, count_model_scored, count_scored
+from flows.progress import Live, Progress, count_extracted, count_model_scored, count_scored
 from flows.preflight import (  # noqa: F401 - ConfigError, scoring_fingerprint: this module's API too
     ONLY_AFTER_SCORING,
     ConfigError,
