@@ -7,11 +7,13 @@ irregular timestamps, `get_batch` deadlocks).
 
 Per frame the pass keeps only what is cheap:
 * every frame: a strided thumbnail of the Y, U and V planes, read straight from the decoded
-  planes with no colour conversion or scaling (cut detection);
+  planes with no colour conversion or scaling (cut detection; `ThumbReader`);
 * at `motion_fps`: a grey frame at the working short side (optical flow);
-* at `tags_fps`: an RGB frame at the tags short side (text, sharpness, colours, borders).
-Only sampled frames pay for swscale (through reused contexts), and decoding runs in its
-own thread ahead of the scorers, so the pass stays decode-bound.
+* at `tags_fps`: an RGB frame at the tags short side (text, sharpness, colours, borders);
+* at the model-frame rate (`RunConfig.frames_plan`): an RGB frame for the model stages.
+Only sampled frames pay for swscale (through reused contexts), decoding runs in its own
+thread ahead of the scorers, and no decoded frame is held past the next decode unless the
+stream needs its stamps reordered (`reorder_depth`: held frames cost as much as decoding).
 """
 
 from __future__ import annotations
@@ -65,27 +67,64 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(2, int(round(width * s / 2)) * 2), max(2, int(round(height * s / 2)) * 2)
 
 
-def _plane(frame: av.VideoFrame, i: int) -> np.ndarray:
-    p = frame.planes[i]
-    return np.frombuffer(p, dtype=np.uint8).reshape(p.height, p.line_size)[:, : p.width]
+def _views(frame: av.VideoFrame) -> list[np.ndarray]:
+    """The frame's planes as uint8 arrays (views, no copy). `frame.planes` builds its plane
+    objects afresh on every access: read it once."""
+    return [np.frombuffer(p, dtype=np.uint8).reshape(p.height, p.line_size)[:, : p.width] for p in frame.planes]
 
 
-def yuv_thumb(frame: av.VideoFrame, thumb_width: int) -> np.ndarray:
-    """Nearest-neighbour Y/U/V thumbnail read straight from the planes (no swscale).
+# BT.601 limited range, what swscale writes for yuv420p from RGB (Y 16-235, U/V 16-240).
+_RGB_TO_YUV = np.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]], np.float32) / 255.0
+_PACKED_RGB = {"rgb24": (0, 1, 2), "bgr24": (2, 1, 0), "rgba": (0, 1, 2), "bgra": (2, 1, 0), "argb": (1, 2, 3), "abgr": (3, 2, 1),
+               "rgb0": (0, 1, 2), "bgr0": (2, 1, 0), "0rgb": (1, 2, 3), "0bgr": (3, 2, 1)}
 
-    The step is a multiple of the chroma subsampling, so every plane is a plain strided view
-    and only the small result is copied."""
-    if frame.format.name not in _PLANAR_8BIT:
-        frame = frame.reformat(format="yuv420p")
-    y = _plane(frame, 0)
-    u, v = _plane(frame, 1), _plane(frame, 2)
-    fy, fx = frame.height // u.shape[0], frame.width // u.shape[1]  # chroma subsampling
-    f = max(fx, fy)
-    step = max(f, frame.width // thumb_width // f * f)
-    planes = [y[::step, ::step], u[:: step // fy, :: step // fx], v[:: step // fy, :: step // fx]]
-    h = min(p.shape[0] for p in planes)
-    w = min(p.shape[1] for p in planes)
-    return np.stack([p[:h, :w] for p in planes], axis=-1)
+
+class ThumbReader:
+    """Nearest-neighbour Y/U/V thumbnails read straight from the decoded planes (no swscale
+    on the common path), one reader per decode pass.
+
+    * planar 8-bit YUV (what nearly every codec decodes to): the step is a multiple of the
+      chroma subsampling, so every plane is a plain strided view and only the small result
+      is copied (~10 us a frame);
+    * packed RGB (cinepak, PNG, QuickTime RLE, ...): the strided RGB samples are converted
+      to BT.601 limited-range Y/U/V as swscale would (chroma from each sample's 2x2 block);
+    * anything else (10-bit, NV12, palettes): converted to yuv420p first through one reused
+      swscale context (a fresh one per frame, as `frame.reformat` makes, cost ~0.25 ms of a
+      2.3 fps source's 0.07 ms decode).
+    """
+
+    def __init__(self, thumb_width: int):
+        self.thumb_width = thumb_width
+        self._to_yuv = VideoReformatter()
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        name = frame.format.name
+        if name in _PACKED_RGB:
+            return self._from_rgb(frame, _PACKED_RGB[name])
+        if name not in _PLANAR_8BIT:
+            frame = self._to_yuv.reformat(frame, format="yuv420p", threads=1)
+        y, u, v = _views(frame)[:3]
+        fy, fx = frame.height // u.shape[0], frame.width // u.shape[1]  # chroma subsampling
+        f = max(fx, fy)
+        step = max(f, frame.width // self.thumb_width // f * f)
+        planes = [y[::step, ::step], u[:: step // fy, :: step // fx], v[:: step // fy, :: step // fx]]
+        h = min(p.shape[0] for p in planes)
+        w = min(p.shape[1] for p in planes)
+        return np.stack([p[:h, :w] for p in planes], axis=-1)
+
+    def _from_rgb(self, frame: av.VideoFrame, order: tuple[int, int, int]) -> np.ndarray:
+        (p,) = frame.planes
+        px = len(order) if frame.format.name in ("rgb24", "bgr24") else 4
+        a = np.frombuffer(p, dtype=np.uint8).reshape(p.height, p.line_size)[:, : p.width * px].reshape(p.height, p.width, px)
+        step = max(2, frame.width // self.thumb_width // 2 * 2)
+        h, w = (frame.height - 2) // step + 1, (frame.width - 2) // step + 1  # each sample's 2x2 block inside the frame
+        rgb = a[: h * step : step, : w * step : step][..., order].astype(np.float32)
+        block = (rgb + a[1 : h * step : step, : w * step : step][..., order] + a[: h * step : step, 1 : w * step : step][..., order]
+                 + a[1 : h * step : step, 1 : w * step : step][..., order]) * 0.25
+        out = np.empty((h, w, 3), np.float32)
+        out[..., 0] = rgb @ _RGB_TO_YUV[0] + 16.0
+        out[..., 1:] = block @ _RGB_TO_YUV[1:].T + 128.0
+        return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 # A forward jump of more than this between consecutive frames is a timestamp discontinuity
@@ -165,14 +204,26 @@ class Timeline:
 REORDER_DEPTH = 16  # frames; deeper than any B-frame pyramid
 
 
+def reorder_depth(has_b_frames: int) -> int:
+    """Frames `_Reorder` holds for a decoder that delays output by `has_b_frames` frames
+    (FFmpeg's reorder buffer, 0 without B-frames). Stamps out of display order are decode-order
+    stamps, off by at most that delay: twice it, and 2 more, covers it. Without B-frames decode
+    order is display order and nothing is held. Holding decoded frames is not free: 16 held SD
+    frames (10 MB) pushed the decoder's working set out of cache and cost 0.25 ms a frame, as
+    much as decoding it (vtest.avi, bench/cpu_stages.py)."""
+    return 0 if not has_b_frames else min(REORDER_DEPTH, 2 * int(has_b_frames) + 2)
+
+
 class _Reorder:
     """Pairs frames (decoder output, display order) with the smallest timestamp among the
-    next REORDER_DEPTH frames': when the stamps are the right set in the wrong order (decode
-    order), that sorts them; in order, it changes nothing. A stamp far behind the one before
-    (a restart within the window) is not pulled forward: the frame keeps its own."""
+    next `depth()` frames' (reorder_depth, read per frame: a decoder may raise its delay
+    mid-stream): when the stamps are the right set in the wrong order (decode order), that
+    sorts them; in order, it changes nothing. A stamp far behind the one before (a restart
+    within the window) is not pulled forward: the frame keeps its own."""
 
-    def __init__(self, frame_s: float):
+    def __init__(self, frame_s: float, depth: Callable[[], int] = lambda: REORDER_DEPTH):
         self.frame_s = frame_s
+        self.depth = depth
         self.frames: list[tuple[av.VideoFrame, float | None]] = []
         self.pool: list[float] = []
         self.last: float | None = None
@@ -183,7 +234,11 @@ class _Reorder:
         self.frames.append((frame, raw))
         if raw is not None:
             bisect.insort(self.pool, raw)
-        return [self._pop()] if len(self.frames) > REORDER_DEPTH else []
+        depth = self.depth()
+        out = []
+        while len(self.frames) > depth:
+            out.append(self._pop())
+        return out
 
     def flush(self, reordered: bool = False) -> tuple[list[tuple[av.VideoFrame, float | None]], int]:
         """The frames still held, less the orphans at the very end when the stream
@@ -238,7 +293,8 @@ def decoded_frames(c: av.container.InputContainer, threads: int = 0, stats: Deco
     stats = stats if stats is not None else DecodeStats()
     stats.declared_start_s, stats.declared_duration_s = declared_video_span(c, vs)
     timeline = Timeline(nominal_rate(vs), stats)
-    reorder = _Reorder(timeline.dur)
+    cc = vs.codec_context
+    reorder = _Reorder(timeline.dur, lambda: reorder_depth(cc.has_b_frames))
     bad_run = 0
     try:
         for packet in c.demux(vs):
@@ -313,6 +369,7 @@ class _Sampler:
         return True
 
     def take(self, frame: av.VideoFrame, rot: int) -> np.ndarray:
+        """The sample of `frame`, rotated by `rot` quarter turns."""
         w, h = scaled_size(*display_size(frame.width, frame.height, self.sar), self.short_side)
         small = self.reformatter.reformat(frame, width=w, height=h, format=self.fmt, interpolation="AREA", threads=1)
         # .copy(): the reused context recycles its output buffer, and an array from a
@@ -328,12 +385,17 @@ def _decode(uri: str, thumb_width: int, motion: _Sampler, tags: _Sampler, thread
         if model is not None:
             model.sar = motion.sar
         prev_t: float | None = None
+        thumbs = ThumbReader(thumb_width)
         for index, (frame, t) in enumerate(decoded_frames(c, threads, stats)):
             step, prev_t = (1.0 if prev_t is None else (t - prev_t) / stats.frame_s), t
             rot = display_rotation(frame) // 90
             w, h = display_size(frame.width, frame.height, motion.sar)  # per frame: the size may change mid-stream
             out = Frame(index=index, t=t, rotation=rot * 90, size=(h, w) if rot % 2 else (w, h), step=step,
-                        thumb=np.rot90(yuv_thumb(frame, thumb_width), rot))
+                        thumb=np.rot90(thumbs(frame), rot))
+            # Converted here and now. Measured alternatives that were slower (bench/cpu_stages.py,
+            # vtest.avi): converting in another thread from a decoded frame held for it (the
+            # decoder then takes fresh buffers for every frame: 0.25 ms a frame), or from a copy
+            # (no faster, and an RGB sample of a copy loses the stream's chroma siting).
             if motion.due(t):
                 out.gray = motion.take(frame, rot)
             if tags.due(t):
