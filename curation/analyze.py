@@ -19,12 +19,12 @@ import numpy as np
 import pyarrow as pa
 
 from curation.config import RunConfig
-from curation.decode import DecodeStats, check_complete, iter_frames, scaled_size
+from curation.decode import DecodeStats, Frame, check_complete, iter_frames, scaled_size
 from curation.media import MediaError
 from curation.frames import pack_frames
 from curation.images import read_image  # noqa: F401 - curation/report_figures.py imports it from here
 from curation.schema import SOURCE_ROW, analyzed_clip_schema, source_schema, to_table
-from curation.score_motion import MotionScorer
+from curation.score_motion import MotionScorer, PairScores
 from curation.split_scenes import Splitter, Window
 from curation.stage import Stage, item_error
 from curation.tag_negatives import FrameJumps, FrameMeasures, flicker, measure_frame, tag_scores
@@ -38,12 +38,22 @@ def clip_id(src_id: str, start: int, end: int) -> str:
 
 
 class _ClipScorer:
-    """Buffers one open window's samples and scores windows as they close."""
+    """Buffers one open window's samples and scores windows as they close.
+
+    Flow runs as motion samples arrive, one pair per new sample, not in a burst when a window
+    closes (a 10 s window's 30 pairs at once stalled the decoder once its queue was full);
+    a window sums its pairs. All in the loop's thread: a worker thread for the samples was
+    slower (vtest, Megamind, Megamind_bugy: 0.42-0.63 of raw decode with one, 0.48-0.70
+    without), as three threads' Python then wait on each other for the GIL."""
 
     def __init__(self, cfg: RunConfig, motion: MotionScorer, row: dict, jumps: FrameJumps | None = None):
         self.cfg, self.motion, self.row = cfg, motion, row
+        self.max_frames = cfg.frames_plan()[1]
         self.jumps = jumps
-        self.grays: list[tuple[int, float, np.ndarray]] = []
+        self.pairs: list[tuple[int, int, PairScores]] = []  # (first, second sample's index, scores)
+        self.gray_means: list[tuple[int, float]] = []  # (index, mean grey level) per motion sample: flicker
+        self._last_gray: tuple[int, float, np.ndarray] | None = None
+        self._last_half: np.ndarray | None = None
         self.measures: list[tuple[int, FrameMeasures]] = []
         self.pictures: list[tuple[int, float, np.ndarray]] = []  # model-stage frames
         # (first frame, (w, h)) of each frame size met: a size change is a cut, so a clip
@@ -51,25 +61,32 @@ class _ClipScorer:
         self.sizes: list[tuple[int, tuple[int, int]]] = []
         self.clips: list[dict] = []
 
-    def add(self, index: int, t: float, gray: np.ndarray | None, rgb: np.ndarray | None, model_rgb: np.ndarray | None = None,
-            size: tuple[int, int] | None = None) -> None:
-        if size is not None and (not self.sizes or self.sizes[-1][1] != size):
-            self.sizes.append((index, size))
-        if gray is not None:
-            self.grays.append((index, t, gray))
-        if rgb is not None:
-            self.measures.append((index, measure_frame(rgb)))
-        if model_rgb is not None:
-            self.pictures.append((index, t, model_rgb))
+    def add(self, fr: Frame) -> None:
+        """Take frame `fr`'s size and its samples."""
+        if not self.sizes or self.sizes[-1][1] != fr.size:
+            self.sizes.append((fr.index, fr.size))
+        if fr.gray is not None:
+            last = self._last_gray
+            if last is not None and last[2].shape == fr.gray.shape:
+                p = self.motion.pair(last[2], fr.gray, last[1], fr.t, self._last_half)
+                self.pairs.append((last[0], fr.index, p))
+                self._last_half = p.half
+            else:
+                self._last_half = None
+            self._last_gray = (fr.index, fr.t, fr.gray)
+            self.gray_means.append((fr.index, cv2.mean(fr.gray)[0]))
+        if fr.rgb is not None:
+            self.measures.append((fr.index, measure_frame(fr.rgb)))
+        if fr.model_rgb is not None:
+            self.pictures.append((fr.index, fr.t, fr.model_rgb))
 
     def close(self, w: Window) -> None:
-        g = [(t, a) for i, t, a in self.grays if w.start <= i < w.end]
         m = [fm for i, fm in self.measures if w.start <= i < w.end]
-        ms = self.motion.score([a for _, a in g], [t for t, _ in g])
+        ms = self.motion.combine([p for i, j, p in self.pairs if w.start <= i and j < w.end])
         n = w.end - w.start
         pics = [(t, a) for i, t, a in self.pictures if w.start <= i < w.end]
-        if len(pics) > self.cfg.frames.max_frames:  # evenly spread over the clip
-            pics = [pics[int(k)] for k in np.linspace(0, len(pics) - 1, self.cfg.frames.max_frames).round()]
+        if len(pics) > self.max_frames:  # evenly spread over the clip
+            pics = [pics[int(k)] for k in np.linspace(0, len(pics) - 1, self.max_frames).round()]
         frames = pack_frames([a for _, a in pics], [t for t, _ in pics]) if pics else {}
         jumps, transients = self.jumps.count(w.start, w.end) if self.jumps is not None else (0, 0)
         width, height = next((s for i, s in reversed(self.sizes) if i <= w.start), (self.row["width"], self.row["height"]))
@@ -90,7 +107,7 @@ class _ClipScorer:
                 "motion_min_patch": ms.motion_min_patch,
                 "motion_coherence": ms.motion_coherence,
                 "_noise": ms.noise_residual,
-                "_flicker": flicker([a for _, a in g]),
+                "_flicker": flicker([g for i, g in self.gray_means if w.start <= i < w.end]),
                 "_measures": m,
                 **frames,
                 "_jumps": jumps,
@@ -102,9 +119,10 @@ class _ClipScorer:
         if self.jumps is not None:
             self.jumps.prune(keep_from)
         if keep_from is None:
-            self.grays, self.measures, self.pictures = [], [], []
+            self.pairs, self.gray_means, self.measures, self.pictures = [], [], [], []
         else:
-            self.grays = [x for x in self.grays if x[0] >= keep_from]
+            self.pairs = [x for x in self.pairs if x[0] >= keep_from]
+            self.gray_means = [x for x in self.gray_means if x[0] >= keep_from]
             self.measures = [x for x in self.measures if x[0] >= keep_from]
             self.pictures = [x for x in self.pictures if x[0] >= keep_from]
 
@@ -154,7 +172,7 @@ def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer, frames: bool 
         stats=stats,
         stall_timeout_s=cfg.decode.stall_timeout_s,
         model_short_side=cfg.frames.short_side if frames else None,
-        model_fps=cfg.frames.fps if frames else None,
+        model_fps=cfg.frames_plan()[0] if frames else None,
     ):
         if fr.index == 0 and fr.rotation:
             # Display rotation lives in frame side data: sizes are reported after it.
@@ -169,7 +187,7 @@ def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer, frames: bool 
             scorer.close(w)
         if closed or fr.index % 64 == 0:
             scorer.prune(splitter.start)
-        scorer.add(fr.index, fr.t, fr.gray, fr.rgb, fr.model_rgb, fr.size)
+        scorer.add(fr)
         times.append(fr.t)
     if not times:
         raise MediaError("video stream has no decodable frames", code="undecodable")

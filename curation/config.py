@@ -123,7 +123,12 @@ class SplitConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class MotionConfig:
-    sample_fps: float = 3.0  # flow between consecutive samples at this rate
+    # Flow between consecutive samples at this rate: the motion budget per second of video,
+    # whatever the source's frame rate. Not lower: at 2/s a pan of 2.2 short sides/s moved
+    # more than half the working frame between samples and read as 1.69 (0.76 of its speed;
+    # 0.92-0.99 at 3/s, tests/curation/test_score_motion.py), so motion_too_high (1.5) would
+    # hang on a thread; the real development set's tags held at 2/s but it has no fast pan.
+    sample_fps: float = 3.0
     patch_grid: int = 4  # motion_min_patch over a grid x grid split
     dis_preset: str = "ultrafast"  # OpenCV DIS preset: ultrafast | fast | medium
 
@@ -151,14 +156,24 @@ class TagsConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class FramesConfig:
-    """RGB frames the analysis pass hands to model stages (curation/frames.py)."""
+    """RGB frames the analysis pass hands to model stages (curation/frames.py).
 
-    fps: float = 2.0  # sampling rate; captioning uses ~2 fps, aesthetic takes every other one
-    max_frames: int = 16  # cap per clip (VLMs run out of memory or go slow on uncapped video)
+    Each sampled frame costs a colour conversion and scaling in the analysis pass (~0.7 ms at
+    336 px from SD video, as much as decoding it), so by default the pass samples what its
+    consumers read and no more (RunConfig.frames_plan): the CLIP stage's `models.sample_fps`
+    and `models.max_frames`, OCR's `models.ocr_frames`, and the caption stage's rate when it
+    takes the pipeline's frames (`caption.frame_source = "pipeline"`); at least one frame per
+    shortest clip (`1 / split.min_clip_s`), as the tag samples."""
+
+    fps: float | None = None  # sampling rate; None: the consumers' (see above)
+    max_frames: int | None = None  # cap per clip, evenly spread; None: the consumers' largest
     short_side: int = 336  # scaled to this short side, never upscaled; stages resize further
 
     def __post_init__(self) -> None:
-        _positive(self, "fps", "max_frames", "short_side")
+        _positive(self, "short_side")
+        for k in ("fps", "max_frames"):
+            if getattr(self, k) is not None and getattr(self, k) <= 0:
+                raise ValueError(f"frames.{k} must be > 0 (or unset: what the model stages read), got {getattr(self, k)}")
 
 
 TINY_MODEL = "tiny"  # [models] clip / aesthetic_head: random-initialised, built offline, untrained
@@ -578,6 +593,21 @@ class RunConfig:
         # must `decide --profile gpu` on an OUT made without captions). The report says why.
         if self.judge.enabled and not self.caption.enabled:
             object.__setattr__(self, "judge", dataclasses.replace(self.judge, enabled=False))
+
+    def frames_plan(self) -> tuple[float, int]:
+        """(fps, max_frames) of the model-stage frames the analysis pass samples per clip:
+        `[frames]` where set, else what the stages that read them take (FramesConfig)."""
+        f, m = self.frames, self.models
+        rates, caps = [1.0 / self.split.min_clip_s], [1]
+        if m.enabled:
+            rates.append(m.sample_fps)
+            caps.append(m.max_frames)
+            if m.ocr:
+                caps.append(m.ocr_frames)
+        if self.caption.enabled and self.caption.frame_source == "pipeline":
+            rates.append(self.caption.fps)
+            caps.append(self.caption.max_frames)
+        return (f.fps if f.fps is not None else max(rates)), (f.max_frames if f.max_frames is not None else max(caps))
 
 
 PROFILES: dict[str, dict[str, Any]] = {

@@ -1,8 +1,9 @@
 """The frames a clip carries to the model stages: decoded once, never written.
 
 The analysis pass (curation/analyze.py) samples RGB frames of each clip at
-``frames.fps`` (capped at ``frames.max_frames``, scaled so the short side is
-``frames.short_side``, never upscaled) and puts them on the clip row. Model stages
+``frames.fps`` (capped at ``frames.max_frames``; both default to what the model stages read,
+``RunConfig.frames_plan``; scaled so the short side is ``frames.short_side``, never
+upscaled) and puts them on the clip row. Model stages
 (aesthetic/CLIP scoring, OCR, captioning) read them from there instead of decoding the
 source again; they travel through Ray's object store and are dropped
 (``drop_transient``) before a manifest part is written.

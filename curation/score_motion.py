@@ -69,14 +69,12 @@ _PRESETS = {
 }
 
 
-def _global_shift(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
-    """(dx, dy, response) of the dominant translation, by phase correlation at half size
-    (a quarter of the FFT work; the shift only seeds DIS, which refines it per pixel)."""
-    size = (max(8, a.shape[1] // 2), max(8, a.shape[0] // 2))
-    ha = cv2.resize(a, size, interpolation=cv2.INTER_AREA).astype(np.float32)
-    hb = cv2.resize(b, size, interpolation=cv2.INTER_AREA).astype(np.float32)
-    (dx, dy), response = cv2.phaseCorrelate(ha, hb)
-    return 2.0 * dx, 2.0 * dy, response
+def _half(g: np.ndarray) -> np.ndarray:
+    """A grey frame at half size, float32: what phase correlation reads (a quarter of the FFT
+    work; the shift only seeds DIS, which refines it per pixel). Made once per frame: each
+    frame is the second of one pair and the first of the next."""
+    size = (max(8, g.shape[1] // 2), max(8, g.shape[0] // 2))
+    return cv2.resize(g, size, interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
 def _median_u8(values: np.ndarray, mask: np.ndarray) -> float:
@@ -91,6 +89,20 @@ class MotionScores:
     motion_min_patch: float | None
     motion_coherence: float | None
     noise_residual: float | None
+
+
+@dataclass
+class PairScores:
+    """What one pair of consecutive motion samples contributes to its clip's scores."""
+
+    speed: float  # mean flow magnitude / short side / gap (short sides per second)
+    patch_speeds: np.ndarray  # (grid, grid) float32: the same per cell
+    residual: float  # median |a - warp(b)| inside, grey levels
+    changed_px: int
+    unexplained_px: int
+    inside_px: int
+    total_px: int
+    half: np.ndarray  # the second frame at half size (the next pair's first)
 
 
 class MotionScorer:
@@ -113,59 +125,76 @@ class MotionScorer:
             self._dis_shape = shape
         return self._dis
 
-    def _residual(self, a: np.ndarray, b: np.ndarray, f: np.ndarray) -> np.ndarray:
-        # DIS flow satisfies a(x) ~ b(x + flow(x)): pull b back onto a's grid.
-        grid_x, grid_y = self._grid(*a.shape)
-        warped = cv2.remap(b, grid_x + f[..., 0], grid_y + f[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        return cv2.absdiff(warped, a)
-
-    def flow(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(flow, |a - warp(b)|) for a pair of grey frames."""
+    def flow(self, a: np.ndarray, b: np.ndarray, ha: np.ndarray | None = None, hb: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(flow x, flow y, |a - warp(b)|, inside) for a pair of grey frames (`ha`, `hb`: their
+        `_half` when the caller has them). DIS flow satisfies a(x) ~ b(x + flow(x)): b is pulled
+        back onto a's grid; `inside` (255/0) marks pixels whose match lies inside b."""
         dis = self._dis_for(a.shape)
-        dx, dy, response = _global_shift(a, b)
+        (dx, dy), response = cv2.phaseCorrelate(_half(a) if ha is None else ha, _half(b) if hb is None else hb)
+        dx, dy = 2.0 * dx, 2.0 * dy
         init = None
         if response >= _PC_MIN_RESPONSE and np.hypot(dx, dy) >= _PC_MIN_SHIFT:
             init = np.empty(a.shape + (2,), np.float32)
             init[..., 0], init[..., 1] = dx, dy
-        f = dis.calc(a, b, init)
-        return f, self._residual(a, b, f)
+        fx, fy = cv2.split(dis.calc(a, b, init))
+        grid_x, grid_y = self._grid(*a.shape)
+        mx, my = cv2.add(grid_x, fx), cv2.add(grid_y, fy)  # where each pixel's match lies in b
+        res = cv2.absdiff(cv2.remap(b, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE), a)
+        h, w = a.shape
+        inside = cv2.bitwise_and(cv2.inRange(mx, 0, w - 1), cv2.inRange(my, 0, h - 1))
+        return fx, fy, res, inside
 
-    def score(self, frames: Sequence[np.ndarray], times: Sequence[float]) -> MotionScores:
-        """Score a clip from its sampled grey frames (display orientation) and their times."""
-        if len(frames) < 2:
-            return MotionScores(None, None, None, None)
-        if min(frames[0].shape[:2]) < MIN_FLOW_SIDE:
-            h, w = frames[0].shape[:2]
+    def pair(self, a: np.ndarray, b: np.ndarray, ta: float, tb: float, ha: np.ndarray | None = None) -> "PairScores":
+        """One pair of consecutive samples (grey, display orientation) at times `ta` < `tb` (s):
+        what `combine` sums over a clip. `ha`: `_half(a)`, when the caller kept it from the pair
+        before (PairScores.half is b's)."""
+        if min(a.shape[:2]) < MIN_FLOW_SIDE:
+            h, w = a.shape[:2]
             raise MediaError(f"frame too small to score: {w}x{h} px, optical flow needs a short side of {MIN_FLOW_SIDE} px", code="too_small")
         g = self.cfg.patch_grid
-        speeds, patch_speeds, residuals = [], [], []
-        changed_px = unexplained_px = inside_px = total_px = 0
-        for a, b, ta, tb in zip(frames, frames[1:], times, times[1:]):
-            dt = max(tb - ta, 1e-3)
-            h, w = a.shape
-            norm = min(h, w) * dt
-            f, res = self.flow(a, b)
-            # OpenCV primitives throughout: on ~30k-pixel frames numpy's temporaries cost
-            # more than the flow itself.
-            fx, fy = cv2.split(f)
-            mag = cv2.magnitude(fx, fy)
-            speeds.append(cv2.mean(mag)[0] / norm)
-            patch_speeds.append(cv2.resize(mag, (g, g), interpolation=cv2.INTER_AREA) / norm)  # cell means
-            grid_x, grid_y = self._grid(h, w)
-            inside = cv2.bitwise_and(cv2.inRange(grid_x + fx, 0, w - 1), cv2.inRange(grid_y + fy, 0, h - 1))
-            raw = cv2.absdiff(a, b)
-            changed = cv2.bitwise_and(cv2.compare(raw, _CHANGED_LEVELS, cv2.CMP_GT), inside)
-            residuals.append(_median_u8(res, inside))
-            changed_px += cv2.countNonZero(changed)
-            unexplained_px += cv2.countNonZero(cv2.bitwise_and(cv2.compare(res, _UNEXPLAINED_LEVELS, cv2.CMP_GT), inside))
-            inside_px += cv2.countNonZero(inside)
-            total_px += h * w
-        coherence = None
-        if changed_px and changed_px >= _MIN_CHANGED_FRAC * total_px:
-            coherence = float(np.clip(1.0 - unexplained_px / max(changed_px, _COHERENCE_FLOOR * inside_px), 0.0, 1.0))
-        return MotionScores(
-            motion_score=float(np.mean(speeds)),
-            motion_min_patch=float(np.mean(patch_speeds, axis=0).min()),
-            motion_coherence=coherence,
-            noise_residual=float(np.mean(residuals)),
+        h, w = a.shape
+        norm = min(h, w) * max(tb - ta, 1e-3)
+        if ha is None or ha.shape[:2] != (max(8, h // 2), max(8, w // 2)):
+            ha = _half(a)
+        hb = _half(b)
+        # OpenCV primitives throughout: on ~30k-pixel frames numpy's temporaries cost more
+        # than the flow itself.
+        fx, fy, res, inside = self.flow(a, b, ha, hb)
+        mag = cv2.magnitude(fx, fy)
+        changed = cv2.bitwise_and(cv2.compare(cv2.absdiff(a, b), _CHANGED_LEVELS, cv2.CMP_GT), inside)
+        return PairScores(
+            speed=cv2.mean(mag)[0] / norm,
+            patch_speeds=cv2.resize(mag, (g, g), interpolation=cv2.INTER_AREA) / norm,  # cell means
+            residual=_median_u8(res, inside),
+            changed_px=cv2.countNonZero(changed),
+            unexplained_px=cv2.countNonZero(cv2.bitwise_and(cv2.compare(res, _UNEXPLAINED_LEVELS, cv2.CMP_GT), inside)),
+            inside_px=cv2.countNonZero(inside),
+            total_px=h * w,
+            half=hb,
         )
+
+    @staticmethod
+    def combine(pairs: Sequence["PairScores"]) -> MotionScores:
+        """A clip's scores from its pairs (see the module docstring for each score)."""
+        if not pairs:
+            return MotionScores(None, None, None, None)
+        changed = sum(p.changed_px for p in pairs)
+        total = sum(p.total_px for p in pairs)
+        coherence = None
+        if changed and changed >= _MIN_CHANGED_FRAC * total:
+            unexplained, inside = sum(p.unexplained_px for p in pairs), sum(p.inside_px for p in pairs)
+            coherence = float(np.clip(1.0 - unexplained / max(changed, _COHERENCE_FLOOR * inside), 0.0, 1.0))
+        return MotionScores(
+            motion_score=float(np.mean([p.speed for p in pairs])),
+            motion_min_patch=float(np.mean([p.patch_speeds for p in pairs], axis=0).min()),
+            motion_coherence=coherence,
+            noise_residual=float(np.mean([p.residual for p in pairs])),
+        )
+
+    def score(self, frames: Sequence[np.ndarray], times: Sequence[float]) -> MotionScores:
+        """Score a clip from its sampled grey frames (display orientation) and their times (s)."""
+        pairs: list[PairScores] = []
+        for a, b, ta, tb in zip(frames, frames[1:], times, times[1:]):
+            pairs.append(self.pair(a, b, ta, tb, pairs[-1].half if pairs else None))
+        return self.combine(pairs)

@@ -148,11 +148,12 @@ def measure_frame(rgb: np.ndarray) -> FrameMeasures:
     )
 
 
-def flicker(gray_frames: Sequence[np.ndarray]) -> float:
-    """Median |second difference| of mean brightness: fast jitter, not slow lighting changes."""
-    if len(gray_frames) < 3:
+def flicker(means: Sequence[float]) -> float:
+    """Median |second difference| of the motion samples' mean grey levels, in order: fast
+    jitter, not slow lighting changes."""
+    if len(means) < 3:
         return 0.0
-    m = np.array([float(g.mean()) for g in gray_frames])
+    m = np.asarray(means, np.float64)
     return float(np.median(np.abs(m[1:-1] - (m[:-2] + m[2:]) / 2)))
 
 
