@@ -3,7 +3,7 @@
 Builds the development set (bench/realset.py; needs Debian's opencv-doc), analyses it in this
 process with the given profile/config (ProbeSources + SplitAndScore, the same stages
 `videomill run` runs; no Prefect, no Ray), decides, and prints the calibration table of
-curation/calibrate.py. It ends with two ratios against the labels, measured in the same run:
+curation/decisions/calibrate.py. It ends with two ratios against the labels, measured in the same run:
 
   good kept ratio:            good clips accepted / clips labelled good
   defects caught ratio:       labelled defects rejected for a labelled reason (or yielding no
@@ -29,12 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.realset import RealsetMissing, build  # noqa: E402
-from curation.analyze import SplitAndScore  # noqa: E402
-from curation.calibrate import calibrate, format_table, known_names, read_labels  # noqa: E402
-from curation.config import load_config  # noqa: E402
-from curation.decide import decide  # noqa: E402
-from curation.manifest import split_rows  # noqa: E402
-from curation.probe import ProbeSources  # noqa: E402
+from curation.analysis.analyze import SplitAndScore  # noqa: E402
+from curation.decisions.calibrate import calibrate, format_table, known_names, read_labels  # noqa: E402
+from curation.core.config import load_config  # noqa: E402
+from curation.decisions.decide import decide  # noqa: E402
+from curation.core.manifest import split_rows  # noqa: E402
+from curation.media.probe import ProbeSources  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ On N generated clips (2 s, 25 fps, 480x270 H.264, what extraction writes at trai
 
   (a) frames from the clip file: PyAV decode of OUT/clips/<id>.mp4 at the caption policy
       (~2 fps, capped count and pixels): what `frame_source = "clip"` costs per clip;
-  (b) frames from the pipeline: the analysis pass's frames (curation/frames.py, 2 fps at 336 px
+  (b) frames from the pipeline: the analysis pass's frames (curation/core/frames.py, 2 fps at 336 px
       short side) packed into Arrow and resampled by the caption stage: what `"pipeline"` costs
       here (the decode itself is paid once by the analysis pass), and the bytes a row carries;
   (c) the engine alone: the same backend generating the caption step's first requests for the
@@ -57,8 +57,8 @@ from captioning.frames import pick, read_clip, read_windows  # noqa: E402
 from captioning.prepare import PrepareFrames  # noqa: E402
 from captioning.store import WriteParts, counts  # noqa: E402
 from curation import synthetic  # noqa: E402
-from curation.config import load_config  # noqa: E402
-from curation.frames import frame_fields, pack_frames, unpack_frames  # noqa: E402
+from curation.core.config import load_config  # noqa: E402
+from curation.core.frames import frame_fields, pack_frames, unpack_frames  # noqa: E402
 
 FPS, SIZE, SECONDS = 25.0, (480, 270), 2.0
 

@@ -25,13 +25,13 @@ import av  # noqa: E402
 import cv2  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from curation.analyze import SplitAndScore  # noqa: E402
-from curation.config import PROFILES, load_config  # noqa: E402
-from curation.decode import iter_frames  # noqa: E402
-from curation.probe import ProbeSources, probe_source  # noqa: E402
-from curation.score_motion import MotionScorer  # noqa: E402
-from curation.split_scenes import ShotDetector  # noqa: E402
-from curation.tag_negatives import measure_frame  # noqa: E402
+from curation.analysis.analyze import SplitAndScore  # noqa: E402
+from curation.core.config import PROFILES, load_config  # noqa: E402
+from curation.media.decode import iter_frames  # noqa: E402
+from curation.media.probe import ProbeSources, probe_source  # noqa: E402
+from curation.analysis.score_motion import MotionScorer  # noqa: E402
+from curation.analysis.split_scenes import ShotDetector  # noqa: E402
+from curation.analysis.tag_negatives import measure_frame  # noqa: E402
 
 _NEVER = 1e-6  # a sample rate so low that only the first frame is sampled
 

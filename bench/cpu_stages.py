@@ -7,7 +7,7 @@ On the same clips (FOLDER, or a generated mixed 270p/360p/720p H.264 set) it tim
 
   (a) raw decode: PyAV, every frame, threaded, no pixel conversion: the floor for any
       pass that looks at every frame;
-  (b) decord sequential decode (informational: why curation/decode.py uses PyAV);
+  (b) decord sequential decode (informational: why curation/media/decode.py uses PyAV);
   (c) the CPU stage chain in this process: ProbeSources then SplitAndScore, the whole
       analysis pass (split, motion, tags, and the model-stage frames the profile samples);
   (d) a Data-Juicer-style motion filter: seek every 0.5 s, Farneback at full size.
@@ -44,10 +44,10 @@ import pyarrow as pa  # noqa: E402
 from av.video.reformatter import VideoReformatter  # noqa: E402
 
 from curation import synthetic  # noqa: E402
-from curation.analyze import SplitAndScore, group_sources  # noqa: E402
-from curation.config import PROFILES, load_config  # noqa: E402
-from curation.inputs import expand_inputs, is_image  # noqa: E402
-from curation.probe import ProbeSources  # noqa: E402
+from curation.analysis.analyze import SplitAndScore, group_sources  # noqa: E402
+from curation.core.config import PROFILES, load_config  # noqa: E402
+from curation.media.inputs import expand_inputs, is_image  # noqa: E402
+from curation.media.probe import ProbeSources  # noqa: E402
 
 # SplitAndScore.setup() sets this (parallelism comes from running sources side by side);
 # the Data-Juicer baseline gets the same setting so neither side gets more OpenCV threads.

@@ -14,7 +14,7 @@ frames at 16 fps (1.5-style rates) -- a sparse, evenly spaced set, each resized 
       frame timestamps, `get_batch(indices)`, then the same cover-resize (OpenCV: area when
       shrinking, bicubic when enlarging) and crop.
 
-Correctness: synthetic clips show their frame number as bars (curation.synthetic.counter_frames),
+Correctness: synthetic clips show their frame number as bars (curation.corpora.synthetic.counter_frames),
 so each method's frames are checked against the frame nearest each time by the clip's real
 timestamps (constant 24/25/30 fps, and one clip with irregular timestamps). Real clips (--real
 or arguments; default the OpenCV sample videos of Debian's opencv-doc when present, re-encoded
@@ -49,7 +49,7 @@ import cv2  # noqa: E402
 import decord  # noqa: E402
 import numpy as np  # noqa: E402
 
-from curation.synthetic import COUNTER_BITS, counter_frames, write_video  # noqa: E402
+from curation.corpora.synthetic import COUNTER_BITS, counter_frames, write_video  # noqa: E402
 from training.video_io import cover_size, crop_origin, decode_video, frame_times, time_slack  # noqa: E402
 
 OPENCV_SAMPLES = Path("/usr/share/doc/opencv-doc/examples/data")

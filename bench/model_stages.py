@@ -3,7 +3,7 @@
     python bench/model_stages.py [FOLDER] [--profile tiny|cpu|gpu] [--random-weights] [--sources N]
                                  [--sample-fps F] [--max-frames N] [--threads N] [--no-ocr]
 
-FOLDER: a folder of videos, of any sizes (its files with a video extension, curation/inputs.py;
+FOLDER: a folder of videos, of any sizes (its files with a video extension, curation/media/inputs.py;
 default: synthetic 640x360 pans made here), e.g. /usr/share/doc/opencv-doc/examples/data
 (Debian's opencv-doc: 320x240 to 768x576). The frame supply is the real
 analysis pass (ProbeSources + SplitAndScore with model frames on: one decode per source,
@@ -43,13 +43,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from curation import synthetic  # noqa: E402
-from curation.analyze import SplitAndScore  # noqa: E402
-from curation.config import load_config  # noqa: E402
-from curation.frames import FRAMES_SHAPE, FRAMES_T, unpack_frames  # noqa: E402
-from curation.inputs import VIDEO_EXTS  # noqa: E402
-from curation.probe import ProbeSources  # noqa: E402
-from curation.score_clip import ScoreWithClip, pick_frames  # noqa: E402
-from curation.score_text import ScoreText  # noqa: E402
+from curation.analysis.analyze import SplitAndScore  # noqa: E402
+from curation.core.config import load_config  # noqa: E402
+from curation.core.frames import FRAMES_SHAPE, FRAMES_T, unpack_frames  # noqa: E402
+from curation.media.inputs import VIDEO_EXTS  # noqa: E402
+from curation.media.probe import ProbeSources  # noqa: E402
+from curation.models.score_clip import ScoreWithClip, pick_frames  # noqa: E402
+from curation.models.score_text import ScoreText  # noqa: E402
 from flows.run_local import apply_clip_stage, run_local  # noqa: E402
 
 

@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from curation.synthetic import write_video
+from curation.corpora.synthetic import write_video
 
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 RAW_VIDEOS = ("vtest.avi", "Megamind.avi", "Megamind_bugy.avi", "tree.avi")

@@ -3,7 +3,7 @@
     python bench/reliability.py [--seconds N] [--repeat R]
 
   (a) decode: PyAV `container.decode` of every frame (the baseline) vs
-      `curation.decode.decoded_frames` (packet-by-packet with corrupt packets skipped, the
+      `curation.media.decode.decoded_frames` (packet-by-packet with corrupt packets skipped, the
       reorder buffer and the timeline): ratio of frames/s, 1.0 = free;
   (b) shot detection per frame on the decode pass's thumbnails: hard cuts only (the detector
       before gradual transitions, reconstructed by disabling them) vs hard cuts + gradual
@@ -25,11 +25,11 @@ if str(_REPO) not in sys.path:
 
 import av  # noqa: E402
 
-from curation.config import load_config  # noqa: E402
-from curation.decode import decoded_frames, iter_frames  # noqa: E402
-from curation.hostile import fade  # noqa: E402
-from curation.split_scenes import ShotDetector  # noqa: E402
-from curation.synthetic import moving, with_cuts, write_video  # noqa: E402
+from curation.core.config import load_config  # noqa: E402
+from curation.media.decode import decoded_frames, iter_frames  # noqa: E402
+from curation.corpora.hostile import fade  # noqa: E402
+from curation.analysis.split_scenes import ShotDetector  # noqa: E402
+from curation.corpora.synthetic import moving, with_cuts, write_video  # noqa: E402
 
 
 def best(fn, repeat: int) -> float:

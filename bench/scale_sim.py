@@ -8,10 +8,10 @@ seeded generator; sleeping, not spinning, so the figure is the pipeline's own ov
 top of a known cost). Everything else is the real code: the streaming executor
 (flows/run_ray.py: one Ray Data pipeline with its backpressure, input blocks read from one
 object-store copy of the source list), the manifest writer and
-settle step (curation/manifest.py), decide, the extraction planner (Arrow grouping per
+settle step (curation/core/manifest.py), decide, the extraction planner (Arrow grouping per
 source) and executor (Ray tasks over blocks of sources; a stub writer of 1 KiB files in place
-of x264), the join, the shard planner and the parallel shard writer (curation/write_shards.py,
-Ray tasks, index merged after) and the report's numbers (curation/report.py build_report; no
+of x264), the join, the shard planner and the parallel shard writer (curation/outputs/write_shards.py,
+Ray tasks, index merged after) and the report's numbers (curation/outputs/report.py build_report; no
 HTML: its thumbnails would decode the stub files). No model stage runs (`[models] ocr =
 false`): the stub is the whole of scoring, so no actor pool is exercised here
 (tests/flows/test_stream.py covers pools).
@@ -46,7 +46,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from curation.stage import Stage  # noqa: E402
+from curation.core.stage import Stage  # noqa: E402
 
 
 class SimulatedAnalysis(Stage):
@@ -62,9 +62,9 @@ class SimulatedAnalysis(Stage):
         self.cost_s, self.clips = cost_s, clips
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from curation.analyze import clip_id
-        from curation.media import source_id
-        from curation.schema import NEG_TAGS, SOURCE_ROW, analyzed_clip_schema, neg_column, to_table
+        from curation.analysis.analyze import clip_id
+        from curation.media.container import source_id
+        from curation.core.schema import NEG_TAGS, SOURCE_ROW, analyzed_clip_schema, neg_column, to_table
 
         rows = []
         for uri in batch.column("source").to_pylist():
@@ -98,7 +98,7 @@ class SimulatedExtract(Stage):
         self.clips_dir = clips_dir
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from curation.extract_clips import EXTRACT_OUTPUT
+        from curation.outputs.extract_clips import EXTRACT_OUTPUT
 
         out = []
         for row in batch.to_pylist():
@@ -118,10 +118,10 @@ def _rss_mb() -> float:
 def child(n: int, out: Path, clips: int, stub_ms: float, cpus: int | None) -> dict:
     import ray
 
-    from curation.config import load_config, to_dict
-    from curation.manifest import Layout, read_scores, read_sources, write_json_atomic
-    from curation.report import build_report
-    from curation.write_shards import write_shards
+    from curation.core.config import load_config, to_dict
+    from curation.core.manifest import Layout, read_scores, read_sources, write_json_atomic
+    from curation.outputs.report import build_report
+    from curation.outputs.write_shards import write_shards
     from flows.curate import decide_step, extract_input, join_extraction, score_sources
     from flows.run_ray import map_tasks, run_ray
 

@@ -5,11 +5,11 @@
 SET is built by bench/shotset.py (default build/shotset; built when missing), labels are
 tests/data/shots_labels.json. Every system runs from its own package on the same files:
 
-  videomill        the split of the analysis pass (curation/split_scenes.py: Splitter) on the
+  videomill        the split of the analysis pass (curation/analysis/split_scenes.py: Splitter) on the
                    decode pass's own thumbnails, cpu profile; its clips are the Splitter's
                    windows, which the analysis stage writes as they are (a test checks the
                    stage's clips on this set: tests/curation/test_shots_benchmark.py)
-  videomill-gpu    the same on the gpu profile: TransNetV2 beside it (curation/shot_model.py),
+  videomill-gpu    the same on the gpu profile: TransNetV2 beside it (curation/analysis/shot_model.py),
                    run here on the CPU (the same results; frames/s is not the GPU's)
   adaptive         PySceneDetect AdaptiveDetector, defaults (`scenedetect.detect`, its default backend)
   content          PySceneDetect ContentDetector, defaults
@@ -27,7 +27,7 @@ within +-2 frames. Predictions inside a label's `ignore` span are dropped first.
 
 Besides P/R/F1 (overall, hard, gradual; recall on cuts between similar shots) it counts the
 false alarms on the hard-motion negatives, and the clips each system's boundaries make (the
-same windows: curation/split_scenes.py Windower, split.min_clip_s and max_clip_s) that hold a
+same windows: curation/analysis/split_scenes.py Windower, split.min_clip_s and max_clip_s) that hold a
 transition frame: a cut inside the clip, or any frame of a dissolve or fade (held black
 included). Frames/s is decoded source frames per wall second of each system's whole run on a
 file (decode included); systems take turns file by file, so load on a shared machine falls on
@@ -55,9 +55,9 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench import shotset  # noqa: E402
-from curation.config import SplitConfig, load_config  # noqa: E402
-from curation.decode import iter_frames  # noqa: E402
-from curation.split_scenes import Splitter, Windower  # noqa: E402
+from curation.core.config import SplitConfig, load_config  # noqa: E402
+from curation.media.decode import iter_frames  # noqa: E402
+from curation.analysis.split_scenes import Splitter, Windower  # noqa: E402
 
 TOLERANCE = 2  # frames, hard cuts (the and PySceneDetect's usual setting)
 
@@ -87,7 +87,7 @@ def run_videomill(path: str, profile: str = "cpu") -> Detection:
     cfg = load_config(profile=profile)
     model = None
     if cfg.split.model_for(profile) != "off":
-        from curation import shot_model
+        from curation.analysis import shot_model
 
         _SHOT_MODEL = _SHOT_MODEL or shot_model.load(cfg.split.model_device)
         model = _SHOT_MODEL

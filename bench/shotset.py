@@ -50,7 +50,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.realset import FPS, OPENCV_DATA, SIZE, camera, check_sources, fit, handheld, pan, photo, sensor_noise  # noqa: E402
-from curation.synthetic import write_video  # noqa: E402
+from curation.corpora.synthetic import write_video  # noqa: E402
 
 LABELS = _REPO / "tests" / "data" / "shots_labels.json"
 HARD = ("cut", "similar")

@@ -7,7 +7,7 @@
         (the last: a code-path check of the GPU setup on small inputs, fp32; minutes on 2 cores)
 
 Setups (`--shape`, `--config`):
-  tiny (default)  build_tiny's random T2V 1.0 models and shards written by curation.write_shards
+  tiny (default)  build_tiny's random T2V 1.0 models and shards written by curation.outputs.write_shards
                   from a few synthetic clips and images (buckets 64x32/48x32 at 9 frames, image
                   48x32): pixels are decoded, VAE- and T5-encoded every step, as without a cache.
   --config FILE   the run's own models (load_models) and data (its shards or latent cache), in
@@ -111,7 +111,7 @@ PEAK_BF16 = (("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H1
 # ---------------------------------------------------------------------------- setups
 
 def tiny_setup(root: Path, workers: int | None) -> tuple[TrainConfig, str]:
-    """build_tiny's models and shards from synthetic clips, written with curation.write_shards."""
+    """build_tiny's models and shards from synthetic clips, written with curation.outputs.write_shards."""
     from training.models import build_tiny
 
     tiny = build_tiny(root / "tiny", variant="t2v", version="1.0")
@@ -136,11 +136,11 @@ def tiny_shards(out: Path) -> Path:
     import cv2
     import pyarrow as pa
 
-    from curation import synthetic
-    from curation.config import ShardConfig
-    from curation.manifest import Layout
-    from curation.schema import NEG_TAGS, clip_schema, neg_column, to_table
-    from curation.write_shards import write_shards
+    from curation.corpora import synthetic
+    from curation.core.config import ShardConfig
+    from curation.core.manifest import Layout
+    from curation.core.schema import NEG_TAGS, clip_schema, neg_column, to_table
+    from curation.outputs.write_shards import write_shards
 
     media = [(f"w{i}", (320, 180), 25.0, 50) for i in range(4)] + [(f"n{i}", (240, 180), 24.0, 48) for i in range(2)]
     media += [(f"i{i}", (320, 180), None, 1) for i in range(2)]

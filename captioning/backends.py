@@ -28,8 +28,8 @@ import numpy as np
 from captioning.frames import Sampled
 from captioning.judge import Step, schema
 from captioning.tiny import TINY, ensure_tiny_vlm
-from curation.config import merge_dicts
-from curation.hub import MissingModel, Model, hf_model
+from curation.core.config import merge_dicts
+from curation.models.hub import MissingModel, Model, hf_model
 
 __all__ = ["MissingModel", "OpenAIBackend", "Reply", "Request", "Sampling", "TransformersBackend", "resolve_model"]
 

@@ -27,7 +27,7 @@ with its span in seconds), and the judge asked per window, a tag's score the lar
 A row carries what is already stored for it (captioning/store.py): judge answers (`vlm_*`) are
 used, not asked again; a `caption_key` equal to this stage's key means its caption is stored,
 so the row is only judged. Output rows hold what this call made: `clip_id`, the caption columns
-of curation/schema.py (`caption_key` null where no caption was made: stored already, or judged
+of curation/core/schema.py (`caption_key` null where no caption was made: stored already, or judged
 out), the judge columns (`judge_key` null where nothing was asked), and `caption_gen_tokens`
 (generated tokens, all calls, for throughput figures; not written to the manifest). `duplicate`
 is flagged later, across the whole run, by captioning/store.py.
@@ -49,12 +49,12 @@ from captioning.backends import OpenAIBackend, Request, Sampling, TransformersBa
 from captioning.frames import Sampled, pick, pick_windows, read_windows
 from captioning.prompts import PROMPT_VERSION, get_prompts
 from captioning.tiny import TINY
-from curation.config import CaptionConfig, JudgeConfig
-from curation.frames import FRAMES, unpack_frames
-from curation.manifest import fingerprint
-from curation.media import MediaError
-from curation.schema import CAPTION_COLUMNS, CLIP_COLUMNS, JUDGE_COLUMNS, JUDGE_TAGS, judge_column
-from curation.stage import Stage
+from curation.core.config import CaptionConfig, JudgeConfig
+from curation.core.frames import FRAMES, unpack_frames
+from curation.core.manifest import fingerprint
+from curation.media.container import MediaError
+from curation.core.schema import CAPTION_COLUMNS, CLIP_COLUMNS, JUDGE_COLUMNS, JUDGE_TAGS, judge_column
+from curation.core.stage import Stage
 
 # Per-row figures for throughput, never written to the manifest: generated tokens (all calls);
 # on a batch's first row (0 elsewhere) the seconds the stage worked on the batch and the seconds
@@ -112,7 +112,7 @@ def model_label(cfg: CaptionConfig) -> str:
 
 
 def judged_out(vlm: dict[str, float] | None, judge: JudgeConfig) -> list[str]:
-    """The judged tags that reject a clip with these answers (curation/decide.py applies the same)."""
+    """The judged tags that reject a clip with these answers (curation/decisions/decide.py applies the same)."""
     if not vlm:
         return []
     return [judge_column(q.name) for q in judge.questions

@@ -3,7 +3,7 @@
 Two sources (`caption.frame_source`), measured against each other in bench/captioning.py:
 
 * ``pipeline``: the frames the analysis pass already decoded for the model stages (the
-  transient ``frames`` columns of curation/frames.py), resampled to the caption policy;
+  transient ``frames`` columns of curation/core/frames.py), resampled to the caption policy;
 * ``clip``: the extracted clip file (OUT/clips/<clip_id>.mp4): small, already at training size,
   decoded here with PyAV, keeping the frame showing at each sample time.
 
@@ -33,7 +33,7 @@ import av
 import cv2
 import numpy as np
 
-from curation.media import MediaError, open_container
+from curation.media.container import MediaError, open_container
 
 
 @dataclass(frozen=True)

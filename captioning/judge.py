@@ -28,7 +28,7 @@ How each backend makes the answer valid and reads P(yes):
 
 No repetition penalty for the judge: a JSON of yes/no answers repeats its tokens by design,
 and a penalty would push later answers away from the words the earlier ones used. Decide fires
-``vlm_<name>`` at the question's threshold (curation/decide.py), like every other tag.
+``vlm_<name>`` at the question's threshold (curation/decisions/decide.py), like every other tag.
 """
 
 from __future__ import annotations

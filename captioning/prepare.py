@@ -1,7 +1,7 @@
 """The CPU stages of the caption stream: extraction, then frame preparation, ahead of the
 caption stage's actors (flows/captions.py builds the stream).
 
-* `ExtractForCaptions`: extraction (curation/extract_clips.py `ExtractClips`, unchanged) of a
+* `ExtractForCaptions`: extraction (curation/outputs/extract_clips.py `ExtractClips`, unchanged) of a
   block of sources, each result row given what the caption stage needs to know about its clip
   from the store (captioning/store.py `plan`): its media type, whether there is anything to do
   (`caption_todo`; false for a clip whose extraction failed), the stored caption key and judge
@@ -20,12 +20,12 @@ import pyarrow as pa
 
 from captioning.caption_clips import FRAMES_FROM, TODO
 from captioning.frames import read_windows
-from curation.config import CaptionConfig
-from curation.extract_clips import EXTRACT_INPUT, ExtractClips
-from curation.frames import frame_fields, pack_frames
-from curation.media import MediaError
-from curation.schema import JUDGE_TAGS, judge_column
-from curation.stage import Stage
+from curation.core.config import CaptionConfig
+from curation.outputs.extract_clips import EXTRACT_INPUT, ExtractClips
+from curation.core.frames import frame_fields, pack_frames
+from curation.media.container import MediaError
+from curation.core.schema import JUDGE_TAGS, judge_column
+from curation.core.stage import Stage
 
 # Per clip, what the store holds (captioning/store.py `plan`), carried beside EXTRACT_INPUT's clips.
 CARRY = pa.struct([("clip_id", pa.string()), (TODO, pa.bool_()), ("caption_key", pa.string()), ("judge_key", pa.string()),
@@ -67,7 +67,7 @@ class ExtractForCaptions(Stage):
 
 class PrepareFrames(Stage):
     """The frames the caption stage will see, decoded from each clip file on a CPU worker:
-    the transient frame columns (curation/frames.py) with the clip's timing (start_s = 0, its
+    the transient frame columns (curation/core/frames.py) with the clip's timing (start_s = 0, its
     frame rate and count) and `frames_from = "clip"`. Rows with nothing to do, or whose file
     cannot be read, pass without frames (the caption stage then reads the file itself and says
     what is wrong with it)."""

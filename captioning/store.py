@@ -41,10 +41,10 @@ from captioning.caption_clips import (
     judge_key,
     judged_out,
 )
-from curation.config import CaptionConfig, JudgeConfig
-from curation.manifest import Layout, lookup, read_dataset, write_table_atomic
-from curation.schema import CAPTION_COLUMNS, JUDGE_COLUMNS, JUDGE_TAGS, judge_column
-from curation.stage import Stage
+from curation.core.config import CaptionConfig, JudgeConfig
+from curation.core.manifest import Layout, lookup, read_dataset, write_table_atomic
+from curation.core.schema import CAPTION_COLUMNS, JUDGE_COLUMNS, JUDGE_TAGS, judge_column
+from curation.core.stage import Stage
 
 log = logging.getLogger("videomill")
 # (stages, rows, write, rows_per_part) -> each written part's counts: flows/run_ray.py

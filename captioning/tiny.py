@@ -19,7 +19,7 @@ import os
 import shutil
 from pathlib import Path
 
-from curation.stage import warn_once
+from curation.core.stage import warn_once
 
 log = logging.getLogger("videomill")
 
@@ -58,7 +58,7 @@ def _judge_corpus() -> str:
     """A VLM judge's answer (captioning/judge.py) in the corpus: the tokenizer then has the JSON
     characters ({ } " : _ ,), the tag names and yes/no. Without them its BPE (no byte fallback)
     dropped every brace, quote and colon: the tiny model could not write the answer at all."""
-    from curation.schema import JUDGE_TAGS
+    from curation.core.schema import JUDGE_TAGS
 
     return "{" + ", ".join(f'"{t}": "{"yes" if i % 2 else "no"}"' for i, t in enumerate(JUDGE_TAGS)) + "}"
 

@@ -30,10 +30,10 @@ import pyarrow.compute as pc
 from captioning.caption_clips import TODO, CaptionClips
 from captioning.prepare import CARRY, STREAM_INPUT, ExtractForCaptions, PrepareFrames
 from captioning.store import RESULT, WriteParts, counts, join_captions, plan, with_judge
-from curation.config import RunConfig
-from curation.decide import apply_judge
-from curation.extract_clips import ExtractClips
-from curation.manifest import Layout
+from curation.core.config import RunConfig
+from curation.decisions.decide import apply_judge
+from curation.outputs.extract_clips import ExtractClips
+from curation.core.manifest import Layout
 from flows.logs import run_logger
 
 

@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("out")
     cal = sub.add_parser("calibrate", help="per tag and rule precision/recall of OUT's verdicts against labelled clips")
     cal.add_argument("out")
-    cal.add_argument("--labels", required=True, help="CSV of labelled clips (format: curation/calibrate.py)")
+    cal.add_argument("--labels", required=True, help="CSV of labelled clips (format: curation/decisions/calibrate.py)")
     cal.add_argument("--target-precision", type=float, default=0.9, help="suggest thresholds reaching this precision (default 0.9)")
     return p
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "offline", False):  # before huggingface_hub is imported: it reads this once
         os.environ["HF_HUB_OFFLINE"] = "1"
     if args.cmd == "samples":
-        from curation.synthetic import make_samples
+        from curation.corpora.synthetic import make_samples
 
         for name, want in sorted(make_samples(args.folder).items()):
             print(f"{name:24s} {want.get('note', want['status'])}")
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "tags":  # reads OUT's embeddings only: no Prefect server, no Ray
         return _tags_train(args)
     if args.cmd == "report":  # reads OUT only: no Prefect server, no Ray
-        from curation.report import write_report
+        from curation.outputs.report import write_report
         from flows.preflight import existing_run
 
         try:
@@ -148,7 +148,7 @@ def _preflight(args: argparse.Namespace) -> None:
     """What run/fetch/decide/shard check before any work, cheapest first: the configuration,
     the inputs and OUT, the scores already in OUT, the Prefect API, then the models (named,
     fetched when missing, refused in one line offline) and the caption server."""
-    from curation.config import RunConfig
+    from curation.core.config import RunConfig
     from flows.models import check_services, prepare_models
     from flows.preflight import (
         ONLY_AFTER_SCORING,
@@ -182,8 +182,8 @@ def _preflight(args: argparse.Namespace) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from curation.calibrate import calibrate_run, format_table
-    from curation.report import write_report
+    from curation.decisions.calibrate import calibrate_run, format_table
+    from curation.outputs.report import write_report
 
     try:
         result = calibrate_run(args.out, args.labels, args.target_precision)
@@ -201,9 +201,9 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 def _tags_train(args: argparse.Namespace) -> int:
     """`videomill tags train`: fit the probe, print held-out figures, write PROBE."""
-    from curation.embeddings import read_embeddings
-    from curation.manifest import Layout
-    from curation.tag_probe import format_metrics, read_labels, save_probe, train_probe
+    from curation.models.embeddings import read_embeddings
+    from curation.core.manifest import Layout
+    from curation.models.tag_probe import format_metrics, read_labels, save_probe, train_probe
 
     try:
         clips, tags, y = read_labels(args.labels)

@@ -2,7 +2,7 @@
 
 Scoring is ONE streaming pipeline over every source still to do (flows/run_ray.py): probe,
 split into clip rows, the clip-level model stages (flows/stages.py), and a writer that turns
-each batch of clip rows into a manifest part, the unit of resume (curation/manifest.py).
+each batch of clip rows into a manifest part, the unit of resume (curation/core/manifest.py).
 Prefect tasks stay coarse: the streaming scoring step and each global step (decide, extract,
 shards, report), retried as wholes; a retried or rerun scoring step skips complete sources.
 `runtime.executor = "local"` runs the same stages in-process.
@@ -18,13 +18,13 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE as NO_CACHE
 
-from curation.config import TINY_MODEL, RunConfig, to_dict
-from curation.decide import decide
-from curation.embeddings import embeddings_dir
-from curation.global_scores import add_global_scores
-from curation.model_scoring import TINY_WARNING, model_metadata
-from curation.extract_clips import EXTRACT_INPUT, ExtractClips, prune_clips, remove_temporaries
-from curation.manifest import (
+from curation.core.config import TINY_MODEL, RunConfig, to_dict
+from curation.decisions.decide import decide
+from curation.models.embeddings import embeddings_dir
+from curation.decisions.global_scores import add_global_scores
+from curation.models.model_scoring import TINY_WARNING, model_metadata
+from curation.outputs.extract_clips import EXTRACT_INPUT, ExtractClips, prune_clips, remove_temporaries
+from curation.core.manifest import (
     Layout,
     WriteParts,
     committed_parts,
@@ -40,12 +40,12 @@ from curation.manifest import (
     write_part,
     write_table_atomic,
 )
-from curation.media import media_type, source_id
-from curation.report import count_list_values, write_report
-from curation.report import funnel as funnel_counts
-from curation.schema import SOURCE_ROW, analyzed_clip_schema, clip_schema, source_schema
-from curation.stage import Stage, warn_once
-from curation.write_shards import write_shards
+from curation.media.container import media_type, source_id
+from curation.outputs.report import count_list_values, write_report
+from curation.outputs.report import funnel as funnel_counts
+from curation.core.schema import SOURCE_ROW, analyzed_clip_schema, clip_schema, source_schema
+from curation.core.stage import Stage, warn_once
+from curation.outputs.write_shards import write_shards
 from flows.logs import run_logger
 from flows.progress import Live, Progress, count_extracted, count_model_scored, count_scored
 from flows.preflight import (  # noqa: F401 - ConfigError, scoring_fingerprint: this module's API too
@@ -277,7 +277,7 @@ def warn_untrained(cfg: RunConfig) -> None:
 def check_models(cfg: RunConfig, scoring: bool = True) -> None:
     """Before any work: every model named, the missing ones fetched; offline, or a model or
     server that cannot be had, stops the run in one line (flows/models.py)."""
-    from curation.hub import MissingModel
+    from curation.models.hub import MissingModel
     from flows.models import check_services, prepare_models
 
     try:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 
-from curation.config import RunConfig
-from curation.hub import MissingModel, Model, human_size, missing_line, offline, unreachable
+from curation.core.config import RunConfig
+from curation.models.hub import MissingModel, Model, human_size, missing_line, offline, unreachable
 
 log = logging.getLogger("videomill")
 _READY: set[tuple] = set()  # model sets already prepared in this process: listed once
@@ -22,7 +22,7 @@ _READY: set[tuple] = set()  # model sets already prepared in this process: liste
 def run_models(cfg: RunConfig, scoring: bool = True, captions: bool = True) -> list[Model]:
     """Every model `cfg` loads: (with `scoring`) model scoring's CLIP and aesthetic head, and
     (with `captions`) the caption VLM, summary LLM and budget tokenizer."""
-    from curation.clip_models import ModelNotFound, models
+    from curation.models.clip_models import ModelNotFound, models
 
     try:
         out = models(cfg.models) if scoring else []

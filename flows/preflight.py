@@ -18,9 +18,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from curation.config import RunConfig, load_config, load_config_over, to_dict
-from curation.inputs import MEDIA_EXTS, expand_inputs, is_url
-from curation.manifest import Layout, fingerprint
+from curation.core.config import RunConfig, load_config, load_config_over, to_dict
+from curation.media.inputs import MEDIA_EXTS, expand_inputs, is_url
+from curation.core.manifest import Layout, fingerprint
 
 
 class ConfigError(ValueError):
@@ -43,7 +43,7 @@ def check_inputs(inputs: list[str]) -> list[str]:
     if not sources:
         exts = " ".join(sorted(MEDIA_EXTS)[:8])
         raise ConfigError(f"no media files in {' '.join(inputs)} (folders and globs keep files named {exts} ...: "
-                          "see curation/inputs.py); nothing to curate")
+                          "see curation/media/inputs.py); nothing to curate")
     return sources
 
 

@@ -23,7 +23,7 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.schema import SOURCE_ROW
+from curation.core.schema import SOURCE_ROW
 
 Counts = tuple[int, int, int]  # (done, clips, failed)
 EVERY_S = 5.0  # a line this often during a step's first minute...

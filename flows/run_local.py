@@ -7,8 +7,8 @@ from typing import Callable, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.schema import check_chain
-from curation.stage import Stage
+from curation.core.schema import check_chain
+from curation.core.stage import Stage
 from flows.progress import Live
 
 

@@ -9,7 +9,7 @@ streaming executor keeps every stage busy across part boundaries and provides th
 backpressure; there is no scheduler of ours.
 
 Fault isolation: stages turn any exception on one item into its error row themselves
-(curation.stage.item_error). A worker that *dies* on an item (segfault, os._exit, OOM kill)
+(curation.core.stage.item_error). A worker that *dies* on an item (segfault, os._exit, OOM kill)
 is retried `max_retries` times by Ray; then its block is dropped (`max_errored_blocks`) and
 the flow, finding those sources missing from the manifest, retries them one per block and
 finally writes them as `worker_died` error rows (flows/curate.py).
@@ -29,8 +29,8 @@ from typing import Callable, Iterator, Sequence
 import pyarrow as pa
 import ray
 
-from curation.schema import check_chain
-from curation.stage import Stage
+from curation.core.schema import check_chain
+from curation.core.stage import Stage
 from flows.logs import run_logger
 from flows.progress import Live
 from flows.run_local import apply_clip_stage

@@ -25,7 +25,7 @@ from prefect import flow
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from curation.config import build_config
+from curation.core.config import build_config
 from flows.logs import run_logger
 from flows.run_ray import ray_session
 from training.config import TrainConfig, check_model_fit, config_dict, load_train_config
@@ -244,7 +244,7 @@ def fit(cfg: TrainConfig, *, crash_once_at: int | None = None,
 
 def warn_if_untrained(cfg: TrainConfig, show: Callable[[str], None]) -> None:
     """Tiny models say so on the console, once (the workers' own warnings stay in Ray's logs)."""
-    from curation.stage import warn_once
+    from curation.core.stage import warn_once
     from training.models import TINY_MARKER, tiny_warning
 
     if (Path(cfg.model.pretrained) / TINY_MARKER).exists():

@@ -63,7 +63,7 @@ def prefect_server():
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
     """The mixed folder of good and bad inputs, with what a run must find for each file."""
-    from curation.synthetic import make_corpus
+    from curation.corpora.synthetic import make_corpus
 
     root = tmp_path_factory.mktemp("corpus")
     expect = make_corpus(root, seconds=3.0)

@@ -3,7 +3,7 @@ sample gets, decided from its KEY.json alone (no decoding).
 
 **Buckets** (Open-Sora style) come from `DataConfig.buckets`, not from the shards, so the
 trainer can train at sizes curation did not bucket for. A sample goes to the config buckets
-of its media whose aspect is nearest its own (log space, `curation.buckets.ASPECT_TOL`), tried
+of its media whose aspect is nearest its own (log space, `curation.core.buckets.ASPECT_TOL`), tried
 in order: resolutions needing no upscaling largest first, then the others smallest first; at
 each resolution the longest frame count the clip can fill at the bucket's fps. Each candidate
 keeps the sample with its `keep_prob`, else the next one is tried (so a keep_prob < 1 on a big
@@ -32,7 +32,7 @@ from typing import Iterator
 
 import torch
 
-from curation.buckets import ASPECT_TOL, SIZE_MULTIPLE, Resolution, bucket_name, parse_bucket
+from curation.core.buckets import ASPECT_TOL, SIZE_MULTIPLE, Resolution, bucket_name, parse_bucket
 from training.video_io import frame_times, time_slack
 
 MEDIA = ("video", "image")
@@ -141,7 +141,7 @@ DEFAULT_BUCKETS: tuple[BucketSpec, ...] = (
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    shards: str = ""  # OUT, OUT/shards or OUT/shards/index.json (curation/write_shards.py)
+    shards: str = ""  # OUT, OUT/shards or OUT/shards/index.json (curation/outputs/write_shards.py)
     cache_dir: str | None = None  # read latents and text embeddings from here instead of pixels
     buckets: tuple[BucketSpec, ...] = DEFAULT_BUCKETS
     # Default bucket fps; a list: multi-frame-rate (one drawn per sample, clip length
@@ -261,7 +261,7 @@ class Planner:
 
     def candidates(self, media: str, width: int, height: int) -> list[BucketSpec]:
         """Same-aspect buckets in the order they are offered the sample: the ordered form of
-        curation.buckets.choose_resolution (no upscaling largest first, then smallest first),
+        curation.core.buckets.choose_resolution (no upscaling largest first, then smallest first),
         longest frame count first at each resolution."""
         k = (media, width, height)
         if k not in self._candidates:

@@ -254,7 +254,7 @@ def _validate(state: TrainState, step: int, out: Path, rank: int) -> None:
             if v.images:
                 from PIL import Image
 
-                from curation.images import read_image  # 16-bit, alpha and orientation as curation reads them
+                from curation.media.images import read_image  # 16-bit, alpha and orientation as curation reads them
 
                 image = Image.fromarray(read_image(str(v.images[i])))
             frames = generate(pipe, fps_prompt(prompt, v.fps, cond), image=image, num_frames=v.num_frames, height=v.height, width=v.width,

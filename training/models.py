@@ -243,7 +243,7 @@ def tiny_warning(path: str) -> str:
 
 def _warn_tiny(path: str) -> None:
     """Once per process and folder: loaded again (a restart, an export), it is the same warning."""
-    from curation.stage import warn_once
+    from curation.core.stage import warn_once
 
     warn_once(tiny_warning(path), log.warning)
 

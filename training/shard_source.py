@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from curation.buckets import parse_bucket
+from curation.core.buckets import parse_bucket
 from training.bucket_plan import (
     MEDIA,
     PIXEL_DTYPES,

@@ -1,12 +1,12 @@
 """Stage: one decode pass per source -> shot cuts, clip windows, motion and tag scores.
 
-Frames stream through once (curation/decode.py). Cut detection sees every frame; clips close
+Frames stream through once (curation/media/decode.py). Cut detection sees every frame; clips close
 as soon as their window is known and are scored from the samples buffered for them, so
 memory holds one open window's samples, not the video. Source-level facts known only at the
 end (cut rate, frame rate, VFR, truncation) are filled in after the pass.
 
 Rows out are clips (schema.analyzed_clip_schema), so later stages batch by clip: each carries
-its scores, the RGB frames model stages read (curation/frames.py, `[frames]` config), and the
+its scores, the RGB frames model stages read (curation/core/frames.py, `[frames]` config), and the
 first clip of a source carries the source's own row in `source_row`.
 """
 
@@ -18,16 +18,16 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from curation.config import RunConfig
-from curation.decode import DecodeStats, Frame, check_complete, iter_frames, scaled_size
-from curation.media import MediaError
-from curation.frames import pack_frames
-from curation.images import read_image  # noqa: F401 - curation/report_figures.py imports it from here
-from curation.schema import SOURCE_ROW, analyzed_clip_schema, source_schema, to_table
-from curation.score_motion import MotionScorer, PairScores
-from curation.split_scenes import Splitter, Window
-from curation.stage import Stage, item_error
-from curation.tag_negatives import FrameJumps, FrameMeasures, flicker, measure_frame, tag_scores
+from curation.core.config import RunConfig
+from curation.media.decode import DecodeStats, Frame, check_complete, iter_frames, scaled_size
+from curation.media.container import MediaError
+from curation.core.frames import pack_frames
+from curation.media.images import read_image  # noqa: F401 - curation/outputs/report_figures.py imports it from here
+from curation.core.schema import SOURCE_ROW, analyzed_clip_schema, source_schema, to_table
+from curation.analysis.score_motion import MotionScorer, PairScores
+from curation.analysis.split_scenes import Splitter, Window
+from curation.core.stage import Stage, item_error
+from curation.analysis.tag_negatives import FrameJumps, FrameMeasures, flicker, measure_frame, tag_scores
 
 # The source row fields this stage reads (written by ProbeSources).
 _PROBED = ("source", "source_id", "media_type", "status", "width", "height", "duration_s", "bit_rate")
@@ -154,7 +154,7 @@ def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer, frames: bool 
     """Returns (source field updates, clip rows). Raises MediaError for a broken video.
 
     With `frames`, each clip row carries its model-stage frames (`cfg.frames`); with
-    `shot_model` (curation/shot_model.py), the split takes its second opinion."""
+    `shot_model` (curation/analysis/shot_model.py), the split takes its second opinion."""
     splitter = Splitter(cfg.split, shot_model)
     jumps = FrameJumps()
     scorer = _ClipScorer(cfg, motion, row, jumps)
@@ -290,7 +290,7 @@ class SplitAndScore(Stage):
         cv2.setNumThreads(1)  # parallelism comes from running many sources at once
         self._motion = MotionScorer(self.cfg.motion)
         if self.shot_model and self._shot_model is None:
-            from curation import shot_model
+            from curation.analysis import shot_model
 
             self._shot_model = shot_model.load(self.cfg.split.model_device)
 

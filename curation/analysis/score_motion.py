@@ -45,8 +45,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from curation.config import MotionConfig
-from curation.media import MediaError
+from curation.core.config import MotionConfig
+from curation.media.container import MediaError
 
 _CHANGED_LEVELS = 12  # grey-level change that counts as "this pixel changed"
 _UNEXPLAINED_LEVELS = 16  # residual after warping that counts as "flow did not explain this pixel"

@@ -33,7 +33,7 @@ _YUV2RGB = np.array([[1.164, 0.0, 1.596], [1.164, -0.392, -0.813], [1.164, 2.017
 
 
 def thumb_rgb(thumb: np.ndarray) -> np.ndarray:
-    """A Y/U/V thumbnail (curation/decode.py) as the model's 48x27 RGB frame."""
+    """A Y/U/V thumbnail (curation/media/decode.py) as the model's 48x27 RGB frame."""
     yuv = cv2.resize(thumb, SIZE, interpolation=cv2.INTER_AREA).astype(np.float32) - np.array([16, 128, 128], np.float32)
     return np.clip(yuv @ _YUV2RGB.T + 0.5, 0, 255).astype(np.uint8)
 

@@ -5,7 +5,7 @@ analysis pass is decode-bound, so a second decode would halve it; and on the lab
 benchmark (bench/shots.py, bench/RESULTS.md) both leave transition frames in clips
 (PySceneDetect misses most dissolves, TransNetV2 cuts between similar framings of one scene)
 and fire on hard motion. The detector here reads the Y/U/V thumbnails the pass already holds
-(curation/decode.py) and costs ~55 us of CPU a frame (~40 for the detector it replaced).
+(curation/media/decode.py) and costs ~55 us of CPU a frame (~40 for the detector it replaced).
 
 Hard cuts. A cut changes the whole picture once: the frame's change from the one before
 (mean |Y/U/V delta| of 3x3-smoothed thumbnails) stands `cut_isolation` times above every
@@ -38,7 +38,7 @@ can change them, and each dissolve's frames go with a margin (`gradual_margin`: 
 ends can be a few frames off). Every cut counts, however close to another; the short piece
 between is dropped by the windows (`min_clip_s`). A change of frame size mid-stream is a cut.
 
-TransNetV2 (curation/shot_model.py) is a second opinion on the gpu profile only
+TransNetV2 (curation/analysis/shot_model.py) is a second opinion on the gpu profile only
 (`split.model`): on two CPU cores it scores ~20-120 frames/s where this pass decodes
 ~1000-3000, and scoring only 100-frame windows around candidates would still cost more than
 decoding the whole shot. Its boundaries join ours only where our measurements agree (a cut
@@ -56,8 +56,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from curation.config import SplitConfig
-from curation.shot_model import WindowedScores, thumb_rgb
+from curation.core.config import SplitConfig
+from curation.analysis.shot_model import WindowedScores, thumb_rgb
 
 LOOKAHEAD = 3  # frames after a cut candidate that the transient check needs
 _BATCH = 8  # dissolve spans are tested for this many end frames at a time
@@ -234,7 +234,7 @@ class ShotDetector:
         self._dark: int | None = None  # index of the darkest frame of an open dip to dark
         self._top = 0.0  # the brightest recent energy
         self._found: list[Transition] = []  # decided, not yet released
-        # TransNetV2's second opinion (curation/shot_model.py), when a model is given.
+        # TransNetV2's second opinion (curation/analysis/shot_model.py), when a model is given.
         self._scores = WindowedScores(model) if model is not None else None
         self._run: int | None = None  # first frame of an open run of model scores above the threshold
         self._model: list[Transition] = []  # the model's boundaries, checked against our measurements
@@ -242,7 +242,7 @@ class ShotDetector:
         self._gaps: dict[int, _Frame] = {}  # frame after a recording gap -> the frame before it, aligned
 
     def push(self, index: int, thumb: np.ndarray, step: float = 1.0) -> list[Transition]:
-        """`step`: time since the previous frame in nominal frame durations (curation/decode.py
+        """`step`: time since the previous frame in nominal frame durations (curation/media/decode.py
         Frame.step); above GAP_STEP the frame follows a gap in the recording."""
         f, row = describe(index, thumb)
         out: list[Transition] = []

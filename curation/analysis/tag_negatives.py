@@ -1,6 +1,6 @@
 """Heuristic negative tags: the cheap CPU tier of CogVideoX's six negative labels.
 
-Every tag is a score in [0, 1]; the decision step (curation/decide.py) compares it with the
+Every tag is a score in [0, 1]; the decision step (curation/decisions/decide.py) compares it with the
 tag's threshold (default 0.5). The raw measures behind the scores are kept in the manifest
 too (text_area, sharpness, border_frac, bits_per_pixel), so thresholds can be re-tuned
 without re-scoring. Per-frame measures run on the tag samples (RGB at the tags short side);
@@ -35,7 +35,7 @@ Scores (x+ means clip(x, 0, 1)):
                     monitor 15.5 and 8.3 (the first divisors, 8 and 6, rejected heavy grain).
 * incoherent_motion = max(((1 - motion_coherence) / 1.1)+, 1 - 0.5 ** transients): 0.5 at
                     coherence 0.45 (real footage 0.57-0.99, dissolves and snow 0.20-0.25; see
-                    curation/score_motion.py), or on one flash/glitch frame (see FrameJumps).
+                    curation/analysis/score_motion.py), or on one flash/glitch frame (see FrameJumps).
 * over_edited     = rate / (rate + R), rate = (jumps - 1)+ per minute of the clip, R =
                     over_edited_cuts_per_min (its name kept from the source-cut-rate days): editing inside the clip (jump cuts, cuts too
                     close together to split at). A lone jump does not count. It describes the
@@ -52,8 +52,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from curation.config import TagsConfig
-from curation.schema import neg_column
+from curation.core.config import TagsConfig
+from curation.core.schema import neg_column
 
 
 @dataclass(frozen=True)

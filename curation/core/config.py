@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from curation.buckets import DEFAULT_FRAME_BUCKETS, DEFAULT_RESOLUTIONS, Resolution, check_frame_buckets
-from curation.schema import JUDGE_TAGS, NEG_TAGS, neg_column
+from curation.core.buckets import DEFAULT_FRAME_BUCKETS, DEFAULT_RESOLUTIONS, Resolution, check_frame_buckets
+from curation.core.schema import JUDGE_TAGS, NEG_TAGS, neg_column
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,7 +44,7 @@ class DecodeConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class SplitConfig:
-    """Shot boundaries (curation/split_scenes.py) and clip windows. Thresholds were chosen on
+    """Shot boundaries (curation/analysis/split_scenes.py) and clip windows. Thresholds were chosen on
     the development part of the shot benchmark (bench/shotset.py, bench/shots.py); the
     held-back part was not used to set them."""
 
@@ -84,7 +84,7 @@ class SplitConfig:
     # The two sides of a dip to dark with less structure change than this are one scene (a hand
     # over the lens): no boundary.
     fade_same_scene: float = 0.15
-    # TransNetV2 beside the measurements above (curation/shot_model.py): "off", "transnetv2",
+    # TransNetV2 beside the measurements above (curation/analysis/shot_model.py): "off", "transnetv2",
     # or "auto" (TransNetV2 on the gpu profile, off elsewhere: on CPU it costs ~10x the decode).
     # Its boundaries (frames scored above model_threshold) that ours do not cover are added
     # when our checks do not contradict them (flashes, a scene that comes back).
@@ -156,7 +156,7 @@ class TagsConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class FramesConfig:
-    """RGB frames the analysis pass hands to model stages (curation/frames.py).
+    """RGB frames the analysis pass hands to model stages (curation/core/frames.py).
 
     Each sampled frame costs a colour conversion and scaling in the analysis pass (~0.7 ms at
     336 px from SD video, as much as decoding it), so by default the pass samples what its
@@ -181,17 +181,17 @@ TINY_MODEL = "tiny"  # [models] clip / aesthetic_head: random-initialised, built
 
 @dataclass(frozen=True, kw_only=True)
 class ModelsConfig:
-    """Model scoring (curation/score_clip.py, curation/score_text.py): one CLIP forward per
+    """Model scoring (curation/models/score_clip.py, curation/models/score_text.py): one CLIP forward per
     sampled frame feeds the aesthetic score, the zero-shot tags and the clip embedding.
 
     ``clip`` is an open_clip architecture (``open_clip.list_models()``), ``hf-hub:org/repo``,
     or ``tiny``; ``clip_pretrained`` an open_clip tag (``openai``) or a local checkpoint file.
     ``aesthetic_head`` is a local ``.pth``/``.safetensors`` file, ``hf-hub:org/repo/file``,
     ``tiny``, or empty (no aesthetic score). A model that cannot be found stops the run at
-    start-up (curation/clip_models.py: ModelNotFound)."""
+    start-up (curation/models/clip_models.py: ModelNotFound)."""
 
     # CLIP scoring (aesthetic, zero-shot tags, embeddings -> dedup and the tag probe), in every
-    # profile; the weights are fetched on first use (curation/hub.py). The cpu profile's cost,
+    # profile; the weights are fetched on first use (curation/models/hub.py). The cpu profile's cost,
     # measured on a 2-core VM (bench/RESULTS.md, "CLIP on the cpu profile"): ViT-B/32 ~110 ms
     # of one core per 224 px frame against ~0.14-0.25 s to decode and analyse a clip of the
     # opencv-doc videos, and seconds per clip for its SmolVLM2 captions. At 1 fps x 8 frames
@@ -227,7 +227,7 @@ class ModelsConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class DedupConfig:
-    """Near-duplicate removal over clip embeddings (curation/dedup.py), before decide."""
+    """Near-duplicate removal over clip embeddings (curation/decisions/dedup.py), before decide."""
 
     enabled: bool = True
     # Cosine similarity at or above which two clips are duplicates (SemDeDup's 1 - eps;
@@ -284,7 +284,7 @@ class Rule:
 class TagSignal:
     """A model signal for a negative tag: the tag also fires when `column` >= `at`.
 
-    The combined rule (curation/decide.py): a tag fires when its heuristic score reaches its
+    The combined rule (curation/decisions/decide.py): a tag fires when its heuristic score reaches its
     threshold OR any of its signals reaches its own; a null or absent signal never fires."""
 
     tag: str
@@ -322,7 +322,7 @@ class DecideConfig:
     keep_tags: tuple[str, ...] = ()
     rules: tuple[Rule, ...] = field(default_factory=_default_rules)
     tag_signals: tuple[TagSignal, ...] = field(default_factory=_default_tag_signals)
-    drop_duplicates: bool = True  # a near-duplicate (dup_of set, curation/dedup.py) is rejected
+    drop_duplicates: bool = True  # a near-duplicate (dup_of set, curation/decisions/dedup.py) is rejected
     keep_probe_tags: tuple[str, ...] = ()  # tag-probe tags that tag a clip without rejecting it
 
     def __post_init__(self) -> None:
@@ -355,13 +355,13 @@ class ExtractConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ShardConfig:
-    """WebDataset shards of the accepted clips (curation/write_shards.py)."""
+    """WebDataset shards of the accepted clips (curation/outputs/write_shards.py)."""
 
     # A shard closes before the sample that would pass either limit (None: no limit on
     # that axis); a single sample larger than max_bytes gets a shard of its own.
     max_samples_per_shard: int | None = 1000
     max_bytes_per_shard: int | None = 1 << 30  # 1 GiB: large sequential reads, few files
-    bucketing: bool = True  # group shards by training bucket (curation/buckets.py)
+    bucketing: bool = True  # group shards by training bucket (curation/core/buckets.py)
     resolutions: tuple[Resolution, ...] = DEFAULT_RESOLUTIONS
     frame_buckets: tuple[int, ...] = DEFAULT_FRAME_BUCKETS
     shuffle_seed: int | None = None  # None: clips in clip_id order; else a seeded shuffle across shards
@@ -477,7 +477,7 @@ class CaptionConfig:
             raise ValueError("caption.model: give a hub id, a local path or 'tiny'")
 
 
-# The questions of the VLM-judged tags (curation/schema.py JUDGE_TAGS): CogVideoX's six negative
+# The questions of the VLM-judged tags (curation/core/schema.py JUDGE_TAGS): CogVideoX's six negative
 # tags (arXiv:2408.06072, sec. 3.1, tagged there with Video-LLaMA) and Cosmos-Curate's artefact
 # criteria (its VLM "video quality" yes/no questions).
 JUDGE_QUESTIONS: dict[str, str] = {
@@ -500,12 +500,12 @@ JUDGE_QUESTIONS: dict[str, str] = {
     "fast_zoom": "Does the camera zoom in or out quickly?",
     "unnatural_speed": "Does the video play at an unnatural speed: sped up, slowed down or time-lapse?",
 }
-assert tuple(JUDGE_QUESTIONS) == JUDGE_TAGS, "curation/schema.py lists the judged tags"
+assert tuple(JUDGE_QUESTIONS) == JUDGE_TAGS, "curation/core/schema.py lists the judged tags"
 
 
 @dataclass(frozen=True, kw_only=True)
 class JudgeQuestion:
-    """One VLM-judged tag: `name` (one of curation/schema.py JUDGE_TAGS, its column `vlm_<name>`),
+    """One VLM-judged tag: `name` (one of curation/core/schema.py JUDGE_TAGS, its column `vlm_<name>`),
     the yes/no `question`, and the P(yes) at or above which the tag fires."""
 
     name: str
@@ -515,7 +515,7 @@ class JudgeQuestion:
     def __post_init__(self) -> None:
         if self.name not in JUDGE_TAGS:
             raise ValueError(f"judge.questions: unknown tag {self.name!r}; known: {list(JUDGE_TAGS)} "
-                             "(a new tag is a new manifest column: add it to curation/schema.py JUDGE_TAGS)")
+                             "(a new tag is a new manifest column: add it to curation/core/schema.py JUDGE_TAGS)")
         if not self.question:
             object.__setattr__(self, "question", JUDGE_QUESTIONS[self.name])
         if not 0 < self.threshold <= 1:

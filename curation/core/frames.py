@@ -1,6 +1,6 @@
 """The frames a clip carries to the model stages: decoded once, never written.
 
-The analysis pass (curation/analyze.py) samples RGB frames of each clip at
+The analysis pass (curation/analysis/analyze.py) samples RGB frames of each clip at
 ``frames.fps`` (capped at ``frames.max_frames``; both default to what the model stages read,
 ``RunConfig.frames_plan``; scaled so the short side is ``frames.short_side``, never
 upscaled) and puts them on the clip row. Model stages

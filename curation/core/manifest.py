@@ -33,8 +33,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation.frames import drop_transient
-from curation.schema import METADATA_KEY, SCHEMA_VERSION, SOURCE_ROW, scored_clip_schema, source_schema
+from curation.core.frames import drop_transient
+from curation.core.schema import METADATA_KEY, SCHEMA_VERSION, SOURCE_ROW, scored_clip_schema, source_schema
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def split_rows(batch: pa.Table) -> tuple[pa.Table, pa.Table]:
 
 # Clip-stage outputs kept beside the scores, not in them: column -> folder under OUT/manifest,
 # one file per part (same name), `clip_id` + the column for rows that have it
-# (curation/embeddings.py reads them).
+# (curation/models/embeddings.py reads them).
 SIDE_COLUMNS = {"embedding": "embeddings"}
 
 

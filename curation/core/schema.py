@@ -42,7 +42,7 @@ SOURCE_COLUMNS = _cols(
     Column(
         "error_code",
         pa.string(),
-        "Short machine code grouping `error` in the report; null when ok. Media codes (curation/media.py, "
+        "Short machine code grouping `error` in the report; null when ok. Media codes (curation/media/container.py, "
         "decode.py): `empty`, `not_found`, `unreadable`, `not_a_file`, `not_media`, `no_video` (none, or only "
         "cover art), `no_size`, `unsupported_codec`, `too_large` (over [decode] max_pixels), `too_small` (under [decode] min_side), `undecodable`, "
         "`decode`, `truncated`, `timeout` (decoder stalled); `extract` for a failed clip extraction; "
@@ -115,7 +115,7 @@ CLIP_COLUMNS = _cols(
         "motion_coherence",
         pa.float64(),
         "In [0,1]: the share of the change between sampled frames that optical flow explains, "
-        "1 - unexplained / max(changed, 0.25 x frame) in pixels (curation/score_motion.py); ~1 for "
+        "1 - unexplained / max(changed, 0.25 x frame) in pixels (curation/analysis/score_motion.py); ~1 for "
         "rigid and natural motion, low for dissolves, snow and chaos. Null when under 0.5% of pixels changed.",
     ),
     Column(
@@ -128,7 +128,7 @@ CLIP_COLUMNS = _cols(
     Column("border_frac", pa.float64(), "Fraction of the frame covered by black borders (letterbox/pillarbox)."),
     Column("text_area", pa.float64(), "Median fraction of the frame covered by text-like regions."),
     *(
-        Column(neg_column(t), pa.float64(), f"Negative tag score for `{t}` in [0,1] (see curation/tag_negatives.py).")
+        Column(neg_column(t), pa.float64(), f"Negative tag score for `{t}` in [0,1] (see curation/analysis/tag_negatives.py).")
         for t in NEG_TAGS
     ),
     Column("neg_tags", pa.list_(pa.string()), "Negative tags whose score reached their threshold."),
@@ -140,7 +140,7 @@ CLIP_COLUMNS = _cols(
     Column(
         "bucket",
         pa.string(),
-        "Training bucket (curation/buckets.py): `<W>x<H>_f<frames>` for video, `image_<W>x<H>` for "
+        "Training bucket (curation/core/buckets.py): `<W>x<H>_f<frames>` for video, `image_<W>x<H>` for "
         "images. Null unless accepted and bucketed (see `unsharded` in OUT/shards/index.json).",
     ),
     Column(
@@ -178,12 +178,12 @@ CAPTION_COLUMNS = _cols(
 )
 CLIP_COLUMNS.update(CAPTION_COLUMNS)
 
-# Model scores (issue 10: curation/score_clip.py, curation/score_text.py), and the columns
-# of the global steps between scoring and decide (curation/dedup.py, curation/tag_probe.py).
+# Model scores (issue 10: curation/models/score_clip.py, curation/models/score_text.py), and the columns
+# of the global steps between scoring and decide (curation/decisions/dedup.py, curation/models/tag_probe.py).
 ZS_TAGS: tuple[str, ...] = ("low_quality", "lecture", "text_dominated", "noisy_screen")  # = score_clip.ZS_TAGS
 CLIP_COLUMNS.update(
     _cols(
-        Column("aesthetic_score", pa.float64(), "Mean over the clip's scored frames of the LAION aesthetic head on the CLIP image embedding (~1-10; curation/score_clip.py)."),
+        Column("aesthetic_score", pa.float64(), "Mean over the clip's scored frames of the LAION aesthetic head on the CLIP image embedding (~1-10; curation/models/score_clip.py)."),
         Column("aesthetic_min", pa.float64(), "Minimum per-frame aesthetic score (Cosmos-Curate filters on this at 1 fps)."),
         Column("aesthetic_p10", pa.float64(), "10th percentile of the per-frame aesthetic scores."),
         *(
@@ -191,10 +191,10 @@ CLIP_COLUMNS.update(
             for t in ZS_TAGS
         ),
         Column("model_frames", pa.int32(), "Frames the CLIP stage scored (~1 fps of the carried frames, capped)."),
-        Column("ocr_text_area", pa.float64(), "Median fraction of the frame covered by text the PP-OCRv4 detector finds and reads (curation/score_text.py)."),
+        Column("ocr_text_area", pa.float64(), "Median fraction of the frame covered by text the PP-OCRv4 detector finds and reads (curation/models/score_text.py)."),
         Column("ocr_text_area_max", pa.float64(), "Largest per-frame OCR text-area fraction."),
         Column("dedup", pa.string(), "Near-duplicate verdict: `kept` | `duplicate`; null when the clip has no embedding (error, models off)."),
-        Column("dup_of", pa.string(), "Near-duplicate removal: the kept clip this one duplicates (null when kept or unscored; curation/dedup.py)."),
+        Column("dup_of", pa.string(), "Near-duplicate removal: the kept clip this one duplicates (null when kept or unscored; curation/decisions/dedup.py)."),
         Column("dup_sim", pa.float64(), "Cosine similarity of the clip embedding to its nearest better-ranked clip (null: none, or no embedding)."),
         Column("probe_tags", pa.list_(pa.string()), "Tags the trained tag probe (`[probe] path`) puts on the clip; null without a probe."),
         Column("probe_scores", pa.map_(pa.string(), pa.float64()), "The tag probe's probability per tag; null without a probe."),
@@ -202,7 +202,7 @@ CLIP_COLUMNS.update(
 )
 # VLM-judged tags (captioning/judge.py): the caption model's answer to one yes/no question per
 # tag, on clips the cheap filters accepted. The names are fixed here (the schema is code); the
-# questions' wording and thresholds are configuration ([judge], curation/config.py).
+# questions' wording and thresholds are configuration ([judge], curation/core/config.py).
 JUDGE_TAGS: tuple[str, ...] = (
     # CogVideoX's six negative tags, asked of the VLM
     "over_edited", "incoherent_motion", "low_quality", "lecture", "text_dominated", "noisy_screen",
@@ -231,7 +231,7 @@ GLOBAL_COLUMNS = ("dedup", "dup_of", "dup_sim", "probe_tags", "probe_scores")
 
 # Columns the decision step owns; scoring leaves them out.
 DECISION_COLUMNS = ("neg_tags", "status", "reject_reasons", "clip_path")
-# Columns the shard writer owns (curation/write_shards.py); scoring leaves them out too.
+# Columns the shard writer owns (curation/outputs/write_shards.py); scoring leaves them out too.
 SHARD_COLUMNS = ("bucket", "shard")
 SCORE_COLUMNS = tuple(c for c in CLIP_COLUMNS
                       if c not in DECISION_COLUMNS + SHARD_COLUMNS + tuple(CAPTION_COLUMNS) + tuple(JUDGE_COLUMNS) + GLOBAL_COLUMNS)
@@ -284,13 +284,13 @@ SOURCE_ROW = "source_row"
 def analyzed_clip_schema() -> pa.Schema:
     """Clip rows as the analysis stage emits them, before any decision.
 
-    The scored clip columns, the transient frame columns (curation/frames.py) and
+    The scored clip columns, the transient frame columns (curation/core/frames.py) and
     `source_row`: the source's own `sources` row as a struct, set on exactly one row per
     source (its first clip). A source with no clip (an error, or too short) is one row with a
     null `clip_id` that carries only its `source_row`. The manifest writer splits the two
     apart; neither `source_row` nor the frames are written with the clips.
     """
-    from curation.frames import frame_fields
+    from curation.core.frames import frame_fields
 
     fields = [*scored_clip_schema(), *frame_fields(), pa.field(SOURCE_ROW, pa.struct(list(source_schema())))]
     return pa.schema(fields, metadata={METADATA_KEY: str(SCHEMA_VERSION).encode()})

@@ -61,7 +61,7 @@ def item_error(e: BaseException, default_code: str = "exception") -> dict:
     """
     import traceback
 
-    from curation.media import MediaError
+    from curation.media.container import MediaError
 
     if isinstance(e, MediaError):
         return {"error": str(e), "error_code": e.code, "error_detail": None}

@@ -19,7 +19,7 @@ import av
 import cv2
 import numpy as np
 
-from curation.synthetic import moving, texture, write_audio_only, write_video
+from curation.corpora.synthetic import moving, texture, write_audio_only, write_video
 
 SIZE = (320, 240)
 FAST = {"preset": "ultrafast"}

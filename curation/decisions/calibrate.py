@@ -4,7 +4,7 @@
 labels a person wrote, and reports, per tag and per rule, the confusion (TP/FP/FN/TN),
 precision and recall of what fired, and the threshold that would reach a target precision on
 these clips. It is the measurement the CogVideoX team made on their 20k labelled clips, for a
-user's own few hundred; thresholds and defaults in curation/config.py were chosen with it on
+user's own few hundred; thresholds and defaults in curation/core/config.py were chosen with it on
 the real development set (bench/realset.py, tests/data/realset_labels.csv).
 
 Labels CSV, one row per labelled clip or span (header required; `#` lines are comments):
@@ -43,10 +43,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from curation.config import RunConfig, from_dict
-from curation.decide import resolve_rules
-from curation.manifest import Layout, read_dataset, write_json_atomic
-from curation.schema import NEG_TAGS, judge_column, neg_column
+from curation.core.config import RunConfig, from_dict
+from curation.decisions.decide import resolve_rules
+from curation.core.manifest import Layout, read_dataset, write_json_atomic
+from curation.core.schema import NEG_TAGS, judge_column, neg_column
 
 VERDICTS = ("accept", "reject")
 CALIBRATION_FILE = "calibration.json"

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from curation.config import DecideConfig, JudgeConfig, Rule
-from curation.schema import NEG_TAGS, judge_column, neg_column
+from curation.core.config import DecideConfig, JudgeConfig, Rule
+from curation.core.schema import NEG_TAGS, judge_column, neg_column
 
 
 DUPLICATE = "duplicate"  # the reject reason of a near-duplicate; its kept clip is in `dup_of`

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curation.config import DedupConfig
+from curation.core.config import DedupConfig
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """The global steps between scoring and decide, over the whole run's stored embeddings.
 
-* near-duplicate removal (curation/dedup.py) -> ``dup_of``, ``dup_sim``;
-* the tag probe (curation/tag_probe.py, ``[probe] path``) -> ``probe_tags``, ``probe_scores``.
+* near-duplicate removal (curation/decisions/dedup.py) -> ``dup_of``, ``dup_sim``;
+* the tag probe (curation/models/tag_probe.py, ``[probe] path``) -> ``probe_tags``, ``probe_scores``.
 
-Both read OUT/manifest/embeddings (curation/embeddings.py), never frames, so `videomill
+Both read OUT/manifest/embeddings (curation/models/embeddings.py), never frames, so `videomill
 decide` reruns them in seconds: changing the dedup threshold or the probe needs no re-scoring.
 Clips without an embedding (errors, models disabled) get nulls.
 """
@@ -15,11 +15,11 @@ import logging
 import numpy as np
 import pyarrow as pa
 
-from curation.config import RunConfig
-from curation.dedup import duplicate_groups, find_duplicates
-from curation.embeddings import read_embeddings
-from curation.manifest import Layout
-from curation.schema import GLOBAL_COLUMNS
+from curation.core.config import RunConfig
+from curation.decisions.dedup import duplicate_groups, find_duplicates
+from curation.models.embeddings import read_embeddings
+from curation.core.manifest import Layout
+from curation.core.schema import GLOBAL_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def add_global_scores(layout: Layout, scored: pa.Table, cfg: RunConfig) -> tuple
     probe_tags: list = [None] * n
     probe_scores: list = [None] * n
     if cfg.probe.path:
-        from curation.tag_probe import load_probe
+        from curation.models.tag_probe import load_probe
 
         probe = load_probe(cfg.probe.path)
         if probe.model and model and probe.model != model:

@@ -13,7 +13,7 @@ from typing import Iterator
 import av
 import fsspec
 
-from curation.inputs import is_image, is_url
+from curation.media.inputs import is_image, is_url
 
 
 class MediaError(Exception):
@@ -39,7 +39,7 @@ def file_size(uri: str) -> int:
 
 # How long one demuxer read (or the open) may block before FFmpeg's interrupt callback gives
 # up: a stalled network mount or device must not hang the run. Decoding itself is not
-# interruptible; curation/decode.py bounds it with its own stall timeout.
+# interruptible; curation/media/decode.py bounds it with its own stall timeout.
 IO_TIMEOUT_S = 60.0
 
 

@@ -31,7 +31,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from curation.media import (
+from curation.media.container import (
     MediaError,
     declared_video_span,
     display_rotation,
@@ -490,7 +490,7 @@ def iter_frames(
     MediaError(code="timeout"): an FFmpeg decode call cannot be interrupted, so the stuck
     thread is abandoned (a daemon) and the run goes on with the next item. With
     `model_short_side` and `model_fps`, frames are also sampled as RGB at that size for model
-    stages (curation/frames.py)."""
+    stages (curation/core/frames.py)."""
     stats = stats if stats is not None else DecodeStats()
     motion = _Sampler(work_short_side, "gray", motion_fps)
     tags = _Sampler(tags_short_side, "rgb24", tags_fps)

@@ -6,11 +6,11 @@ import fsspec
 import pyarrow as pa
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from curation.config import DecodeConfig
-from curation.inputs import is_url
-from curation.media import MediaError, check_pixels, check_regular_file, check_side, file_size, media_type, probe_video, source_id
-from curation.schema import SOURCE_COLUMNS, source_schema, to_table
-from curation.stage import Stage, item_error
+from curation.core.config import DecodeConfig
+from curation.media.inputs import is_url
+from curation.media.container import MediaError, check_pixels, check_regular_file, check_side, file_size, media_type, probe_video, source_id
+from curation.core.schema import SOURCE_COLUMNS, source_schema, to_table
+from curation.core.stage import Stage, item_error
 
 
 def probe_image(uri: str, max_pixels: int = DecodeConfig.max_pixels, min_side: int = DecodeConfig.min_side) -> dict:
@@ -38,7 +38,7 @@ def probe_image(uri: str, max_pixels: int = DecodeConfig.max_pixels, min_side: i
 
 def probe_source(uri: str, decode: DecodeConfig | None = None) -> dict:
     """One `sources` row for `uri`; a problem with the file becomes status=error with an
-    `error_code` (see curation/media.py)."""
+    `error_code` (see curation/media/container.py)."""
     decode = decode or DecodeConfig()
     max_pixels, min_side = decode.max_pixels, decode.min_side
     row = {"source": uri, "source_id": source_id(uri), "media_type": media_type(uri), "status": "ok", "num_clips": 0}

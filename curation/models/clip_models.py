@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curation.config import TINY_MODEL, ModelsConfig
-from curation.hub import MissingModel, Model
+from curation.core.config import TINY_MODEL, ModelsConfig
+from curation.models.hub import MissingModel, Model
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def resolve_clip(cfg: ModelsConfig) -> ClipSpec:
 
 
 # The LAION aesthetic heads by file name: GitHub files at a pinned commit, checked by sha256
-# (fetched on first use into torch.hub's checkpoint folder, curation/hub.py).
+# (fetched on first use into torch.hub's checkpoint folder, curation/models/hub.py).
 _LAION = "https://github.com/LAION-AI/aesthetic-predictor/raw/6d122adad522ab246644d9dc1c6d7a3810ee255f/"
 _IMPROVED = "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/6934dd81792f086e613a121dbce43082cb8be85e/"
 KNOWN_HEADS: dict[str, tuple[str, str]] = {
@@ -96,7 +96,7 @@ KNOWN_HEADS: dict[str, tuple[str, str]] = {
 
 
 def clip_model(cfg: ModelsConfig) -> Model | None:
-    """Where the CLIP weights come from (curation/hub.py); None for tiny or random weights.
+    """Where the CLIP weights come from (curation/models/hub.py); None for tiny or random weights.
 
     An open_clip tag is the file open_clip itself downloads for it (its ``hf_hub`` entry:
     ``open_clip_model.safetensors`` first, as open_clip prefers, then the ``.bin``; or its URL);

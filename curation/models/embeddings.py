@@ -1,9 +1,9 @@
 """The clip embeddings side file: OUT/manifest/embeddings/part-*.parquet.
 
 Columns ``clip_id`` (string) and ``embedding`` (``fixed_size_list<halffloat>[D]``, the
-L2-normalised mean CLIP image embedding of the clip, curation/score_clip.py). The scoring
+L2-normalised mean CLIP image embedding of the clip, curation/models/score_clip.py). The scoring
 stream's writer puts them there, one file per manifest part with the part's name
-(curation/manifest.py ``SIDE_COLUMNS``), before the part commits; the global steps before
+(curation/core/manifest.py ``SIDE_COLUMNS``), before the part commits; the global steps before
 decide (near-duplicate removal, the tag probe) and `videomill tags train` read them: a
 re-decide never recomputes an embedding. The model that made them is the run's
 ``[models]`` (config.resolved.json), so a probe trained on one model refuses another's.
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from curation.manifest import Layout, read_dataset, write_table_atomic
-from curation.score_clip import EMBEDDING
+from curation.core.manifest import Layout, read_dataset, write_table_atomic
+from curation.models.score_clip import EMBEDDING
 
 MODEL_KEY = b"videomill.embedding_model"
 

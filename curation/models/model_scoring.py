@@ -4,10 +4,10 @@ the scoring stream), and the metadata that names their models in the manifest.""
 from __future__ import annotations
 
 import logging
-from curation.config import TINY_MODEL, RunConfig
-from curation.score_clip import ScoreWithClip
-from curation.score_text import ScoreText
-from curation.stage import Stage
+from curation.core.config import TINY_MODEL, RunConfig
+from curation.models.score_clip import ScoreWithClip
+from curation.models.score_text import ScoreText
+from curation.core.stage import Stage
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Model scoring with CLIP: one image-encoder forward per sampled frame feeds three things.
 
 * **Aesthetic score**: the LAION aesthetic head on the L2-normalised image embedding
-  (curation/clip_models.py), per frame; per clip the mean, the minimum and the 10th
+  (curation/models/clip_models.py), per frame; per clip the mean, the minimum and the 10th
   percentile over its frames (Cosmos-Curate filters on the minimum at 1 fps, Open-Sora on the
   mean of 3 frames). ~1-10 scale.
 * **Zero-shot tags** ``zs_<tag>``: for each negative tag a few positive and negative prompts,
@@ -14,12 +14,12 @@
   file ``OUT/manifest/embeddings/`` keyed by ``clip_id`` (dedup and the tag probe read it
   there; a re-decide never recomputes it) and it is never part of the clip manifest.
 
-Frames come from the clip row (curation/frames.py): of the carried frames, ~``sample_fps``
+Frames come from the clip row (curation/core/frames.py): of the carried frames, ~``sample_fps``
 per second, at most ``max_frames``. Frames of several clips, of any sizes, are batched into
 forwards of ``frames_per_forward``. Preprocessing is open_clip's transform for the model's tag
 (``model.visual.preprocess_cfg``: resize mode, interpolation, size, mean/std), done on each
-batch in torch where the frames are instead of per image in PIL (curation/preprocess_clip.py).
-The model runs in open_clip's own precision handling (curation/clip_models.py build_clip).
+batch in torch where the frames are instead of per image in PIL (curation/models/preprocess_clip.py).
+The model runs in open_clip's own precision handling (curation/models/clip_models.py build_clip).
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
-from curation.config import ModelsConfig
-from curation.frames import FRAMES, FRAMES_SHAPE, FRAMES_T, unpack_frames
-from curation import schema
-from curation.stage import Stage
+from curation.core.config import ModelsConfig
+from curation.core.frames import FRAMES, FRAMES_SHAPE, FRAMES_T, unpack_frames
+from curation.core import schema
+from curation.core.stage import Stage
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ ZERO_SHOT_PROMPTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
 }
 ZS_TAGS: tuple[str, ...] = tuple(ZERO_SHOT_PROMPTS)
-assert ZS_TAGS == schema.ZS_TAGS, "curation/schema.py lists the zero-shot columns"
+assert ZS_TAGS == schema.ZS_TAGS, "curation/core/schema.py lists the zero-shot columns"
 
 
 def zs_column(tag: str) -> str:
@@ -105,7 +105,7 @@ class ScoreWithClip(Stage):
         import open_clip
         import torch
 
-        from curation.clip_models import build_clip, device_and_precision, load_head, tokenizer
+        from curation.models.clip_models import build_clip, device_and_precision, load_head, tokenizer
 
         if self.model is not None:
             return
@@ -131,17 +131,17 @@ class ScoreWithClip(Stage):
         head = load_head(cfg, self.embed_dim)
         self.head = head.to(self.device) if head is not None else None  # fp32: 1M params, cheap
         if cfg.clip == "tiny":
-            from curation.model_scoring import TINY_WARNING
-            from curation.stage import warn_once
+            from curation.models.model_scoring import TINY_WARNING
+            from curation.core.stage import warn_once
 
             warn_once(TINY_WARNING, log.warning)
 
     def preprocess(self, frames: np.ndarray):
         """(N, H, W, 3) uint8 frames of one size -> (N, 3, h, w) model input in the model's
-        input dtype: open_clip's transform for the model and tag (curation/preprocess_clip.py)."""
+        input dtype: open_clip's transform for the model and tag (curation/models/preprocess_clip.py)."""
         import torch
 
-        from curation.preprocess_clip import preprocess_frames
+        from curation.models.preprocess_clip import preprocess_frames
 
         x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
         return preprocess_frames(x, self.pp).to(self.dtype)

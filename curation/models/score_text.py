@@ -13,7 +13,7 @@ up by the engine's text-direction classifier (text filmed upside down or sideway
 slide would cost ~7 s per frame on 2 cores; three boxes cost ~0.1 s. Per clip: ``ocr_text_area``, the median over ``ocr_frames`` evenly spaced
 carried frames, and ``ocr_text_area_max``. A frame of subtitles scores ~0.02-0.05, a slide
 of bullet points 0.1-0.4, natural footage ~0 (tests/curation/test_score_text.py). It sits
-beside the heuristic ``text_area`` (curation/tag_negatives.py); decide combines them
+beside the heuristic ``text_area`` (curation/analysis/tag_negatives.py); decide combines them
 (``decide.tag_signals``).
 """
 
@@ -25,9 +25,9 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from curation.config import ModelsConfig
-from curation.frames import FRAMES, FRAMES_SHAPE, FRAMES_T, unpack_frames
-from curation.stage import Stage
+from curation.core.config import ModelsConfig
+from curation.core.frames import FRAMES, FRAMES_SHAPE, FRAMES_T, unpack_frames
+from curation.core.stage import Stage
 
 OCR_COLUMNS = ("ocr_text_area", "ocr_text_area_max")
 VERIFY = 3  # largest detected boxes read by the recogniser per frame

@@ -3,7 +3,7 @@
 One decode pass per source serves all its accepted clips, in order. Output is constant frame
 rate: the source frame showing at each output tick is taken (frames are repeated or dropped
 as needed), so VFR sources and `target_fps` both come out with true motion timing. Frame
-times come from the same `Timeline` the analysis used (curation/decode.py: missing,
+times come from the same `Timeline` the analysis used (curation/media/decode.py: missing,
 restarting and jumping timestamps repaired the same way), so a clip's `start_s`/`end_s`
 select the frames the analysis scored. The pass decodes from the start of the file rather
 than seeking: after a seek the repaired timeline could not be reproduced (its cost is at
@@ -35,11 +35,11 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from curation.config import DecodeConfig, ExtractConfig
-from curation.decode import decoded_frames, run_ahead, scaled_size
-from curation.images import read_image
-from curation.media import MediaError, display_rotation, display_size, open_container, video_stream
-from curation.stage import Stage
+from curation.core.config import DecodeConfig, ExtractConfig
+from curation.media.decode import decoded_frames, run_ahead, scaled_size
+from curation.media.images import read_image
+from curation.media.container import MediaError, display_rotation, display_size, open_container, video_stream
+from curation.core.stage import Stage
 
 EXTRACT_INPUT = pa.schema(
     [
@@ -202,7 +202,7 @@ def extract_video(
     queue = list(todo)
     try:
         # Decoded in a thread, so a decoder call that hangs fails this source after
-        # stall_timeout_s instead of hanging the run (curation/decode.py: run_ahead).
+        # stall_timeout_s instead of hanging the run (curation/media/decode.py: run_ahead).
         items = run_ahead(lambda: _source_frames(source, threads), stall_timeout_s=stall_timeout_s, name=f"extract:{source}")
         with contextlib.closing(items):
             sar, colour = next(items)

@@ -30,10 +30,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.config import RunConfig, from_dict
-from curation.decide import resolve_rules
-from curation.manifest import Layout, read_dataset, read_scores, read_sources, write_bytes_atomic, write_json_atomic
-from curation.schema import NEG_TAGS, SCHEMA_VERSION, clip_schema, judge_column, neg_column, source_schema
+from curation.core.config import RunConfig, from_dict
+from curation.decisions.decide import resolve_rules
+from curation.core.manifest import Layout, read_dataset, read_scores, read_sources, write_bytes_atomic, write_json_atomic
+from curation.core.schema import NEG_TAGS, SCHEMA_VERSION, clip_schema, judge_column, neg_column, source_schema
 
 REPORT_VERSION = 1
 PER_SHEET = 8  # thumbnails per contact sheet: enough to judge a tag, small enough to scan
@@ -48,7 +48,7 @@ _TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 def write_report(out: str | Path) -> dict:
     """Write OUT/report.json and OUT/report.html; return the report dict (what the JSON holds)."""
-    from curation.report_figures import render_figures  # matplotlib + decoding: only when rendering
+    from curation.outputs.report_figures import render_figures  # matplotlib + decoding: only when rendering
 
     layout = Layout.at(out)
     sources, clips, scored, cfg_dict = load_run(layout)
@@ -90,7 +90,7 @@ def build_report(layout: Layout, sources: pa.Table, clips: pa.Table, scored: pa.
         "sources_failed_by_reason": _count(sources, "error", pc.equal(sources.column("status"), "error")),
         "rejected_by_reason": count_list_values(clips, "reject_reasons"),
         "clip_errors_by_reason": _count(clips, "error", pc.equal(clips.column("status"), "error")),
-        # the same errors grouped by their short code (curation/media.py: empty, not_media, ...)
+        # the same errors grouped by their short code (curation/media/container.py: empty, not_media, ...)
         "sources_failed_by_code": _count(sources, "error_code", pc.equal(sources.column("status"), "error")),
         "clip_errors_by_code": _count(clips, "error_code", pc.equal(clips.column("status"), "error")),
         "tags_fired": count_list_values(clips, "neg_tags"),
@@ -122,7 +122,7 @@ def build_report(layout: Layout, sources: pa.Table, clips: pa.Table, scored: pa.
 
 def calibration(layout: Layout) -> dict | None:
     """OUT/calibration.json when `videomill calibrate OUT --labels ...` has run (per tag and
-    rule precision/recall against labelled clips, curation/calibrate.py); else None."""
+    rule precision/recall against labelled clips, curation/decisions/calibrate.py); else None."""
     path = layout.root / "calibration.json"
     if not path.exists():
         return None
@@ -279,7 +279,7 @@ def captions(clips: pa.Table, cfg: RunConfig | None = None) -> dict:
 def shards(layout: Layout, clips: pa.Table) -> dict:
     index = layout.root / "shards" / "index.json"
     out: dict[str, Any] = {"index": None, "index_entries": None, "sharded_clips": _non_null(clips, "shard")}
-    if index.exists():  # written by curation/write_shards.py; read defensively, it may evolve
+    if index.exists():  # written by curation/outputs/write_shards.py; read defensively, it may evolve
         data = json.loads(index.read_text())
         entries = data.get("shards", data) if isinstance(data, dict) else data
         out |= {"index": str(index.relative_to(layout.root)), "index_entries": len(entries)}
@@ -440,7 +440,7 @@ def stages_run(cfg: RunConfig, clips: pa.Table) -> list[dict]:
 def config_rows(cfg_dict: dict) -> list[dict]:
     """The configuration as rows (section, key, value), each marked when it differs from the
     defaults of the run's profile: the settings that made this run what it is, first."""
-    from curation.config import load_config, to_dict
+    from curation.core.config import load_config, to_dict
 
     try:  # as JSON has it (lists, not tuples), in RunConfig's order
         base = json.loads(json.dumps(to_dict(load_config(profile=cfg_dict.get("profile") or "cpu")), default=str))
@@ -483,7 +483,7 @@ MAX_GROUPS = 12  # duplicate groups shown with thumbnails
 
 
 def duplicates(clips: pa.Table, cfg: RunConfig) -> dict:
-    """Near-duplicate groups (curation/dedup.py): each kept clip with the clips rejected as its
+    """Near-duplicate groups (curation/decisions/dedup.py): each kept clip with the clips rejected as its
     twins. Grouped in Arrow: only the rows shown become Python objects. A run that looked for
     none says which setting turned them off (`off`)."""
     if reason := off(cfg).get("dedup"):
@@ -511,7 +511,7 @@ def probe_section(clips: pa.Table, cfg: RunConfig) -> dict | None:
     """The tag probe's held-out figures (from the PROBE file) and how often each tag fired here."""
     if not cfg.probe.path:
         return None
-    from curation.tag_probe import load_probe
+    from curation.models.tag_probe import load_probe
 
     try:
         probe = load_probe(cfg.probe.path)

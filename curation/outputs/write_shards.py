@@ -32,11 +32,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import webdataset as wds
 
-from curation.buckets import assign_bucket
-from curation.config import ExtractConfig, ShardConfig
-from curation.decode import scaled_size
-from curation.extract_clips import output_fps
-from curation.manifest import Layout, lookup, write_json_atomic
+from curation.core.buckets import assign_bucket
+from curation.core.config import ExtractConfig, ShardConfig
+from curation.media.decode import scaled_size
+from curation.outputs.extract_clips import output_fps
+from curation.core.manifest import Layout, lookup, write_json_atomic
 
 log = logging.getLogger("videomill")
 
@@ -104,7 +104,7 @@ def _tar_size(members: int) -> int:
 
 
 def _file_shape(row: dict, extract: ExtractConfig) -> tuple[int, int, int]:
-    """(width, height, frames) of the clip file as curation/extract_clips.py wrote it."""
+    """(width, height, frames) of the clip file as curation/outputs/extract_clips.py wrote it."""
     w, h = row["width"] or 0, row["height"] or 0
     if w and h and extract.short_side:
         w, h = scaled_size(w, h, extract.short_side)

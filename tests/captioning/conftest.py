@@ -17,7 +17,7 @@ import cv2
 import pyarrow as pa
 import pytest
 
-from curation import synthetic
+from curation.corpora import synthetic
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
 

@@ -14,9 +14,9 @@ from captioning.backends import Reply
 from captioning.caption_clips import OUTPUT_SCHEMA, CaptionClips, model_label
 from captioning.prompts import PROMPT_VERSION
 from captioning.store import caption_dir, caption_missing, join_captions
-from curation.config import load_config
-from curation.manifest import Layout, write_table_atomic
-from curation.schema import clip_schema
+from curation.core.config import load_config
+from curation.core.manifest import Layout, write_table_atomic
+from curation.core.schema import clip_schema
 from flows.run_local import run_local, stream_table_local
 from tests.captioning.conftest import clip_table
 
@@ -120,7 +120,7 @@ LONG = "A man in a grey coat walks a small dog along a wet street. Rain falls in
 def run_scripted(reply, **kw):
     import tempfile
 
-    from curation.synthetic import moving, write_video
+    from curation.corpora.synthetic import moving, write_video
 
     root = tempfile.mkdtemp()
     import pathlib

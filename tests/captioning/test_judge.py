@@ -14,8 +14,8 @@ import pytest
 from captioning import judge as J
 from captioning.backends import Reply, Request, Sampling
 from captioning.caption_clips import JUDGED_OUT, CaptionClips, judge_key
-from curation.config import JUDGE_QUESTIONS, load_config
-from curation.schema import judge_column
+from curation.core.config import JUDGE_QUESTIONS, load_config
+from curation.core.schema import judge_column
 from tests.captioning.conftest import clip_table
 from tests.captioning.test_caption_clips import LONG, WordCount
 
@@ -245,7 +245,7 @@ def test_stored_answers_are_used_and_a_stored_caption_is_not_made_again(clips_ro
 
 
 def test_windows_each_get_a_caption_and_the_judge_takes_the_largest_answer(tmp_path):
-    from curation.synthetic import moving, write_video
+    from curation.corpora.synthetic import moving, write_video
 
     (tmp_path / "clips").mkdir()
     write_video(tmp_path / "clips" / "v0.mp4", moving(60, (64, 48), seed=1), 24)  # 60 frames: windows of 24, 24, 12
@@ -275,8 +275,8 @@ def test_judged_out_clips_get_no_caption_and_a_looser_threshold_captions_them_wi
     import shutil
 
     from captioning.store import caption_dir, caption_missing, judge_dir, stored, stored_judge
-    from curation.manifest import Layout
-    from curation.schema import clip_schema
+    from curation.core.manifest import Layout
+    from curation.core.schema import clip_schema
     from flows.run_local import stream_table_local
 
     out = tmp_path / "out"

@@ -13,7 +13,7 @@ import cv2
 import pyarrow.dataset as pads
 import pytest
 
-from curation import synthetic
+from curation.corpora import synthetic
 from tests.captioning.test_caption_flow import check_captions, clips, shard_texts
 
 pytestmark = pytest.mark.slow
@@ -67,7 +67,7 @@ def test_the_judge_fills_its_columns_and_decide_rejects_on_them_by_name(judged):
 
 
 def test_calibrate_scores_a_judged_tag_like_the_others(judged):
-    from curation.calibrate import calibrate_run
+    from curation.decisions.calibrate import calibrate_run
 
     _, out, _ = judged
     labels = out.parent / "judge_labels.csv"
@@ -104,8 +104,8 @@ def test_a_run_of_many_blocks_loads_the_model_once_per_actor(judged, tmp_path):
 
     import pyarrow as pa
 
-    from curation.config import load_config
-    from curation.manifest import Layout
+    from curation.core.config import load_config
+    from curation.core.manifest import Layout
     from flows.captions import extract_and_caption
 
     _, judged_out, _ = judged

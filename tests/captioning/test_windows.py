@@ -28,7 +28,7 @@ def test_prepared_frames_are_the_ones_the_stage_reads_from_the_file(clips_root, 
 
     from captioning.caption_clips import TODO, CaptionClips, _Row
     from captioning.prepare import PrepareFrames
-    from curation.config import load_config
+    from curation.core.config import load_config
 
     base = load_config(profile="tiny").caption
     for policy in ("spread", "windows"):

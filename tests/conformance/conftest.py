@@ -18,7 +18,7 @@ CLIPS = {"a2s": (2.0, 24.0), "b10s": (10.0, 24.0), "c8s": (8.0, 25.0), "d5s": (5
 
 @pytest.fixture(scope="session")
 def clip_files(tmp_path_factory) -> dict[str, Path]:
-    from curation import synthetic
+    from curation.corpora import synthetic
 
     root = tmp_path_factory.mktemp("conformance_clips")
     out = {}

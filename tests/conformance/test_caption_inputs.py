@@ -106,7 +106,7 @@ def test_the_caption_stage_hands_each_clip_its_timing_at_the_model_call(clip_fil
     import pyarrow as pa
 
     from captioning.caption_clips import CaptionClips
-    from curation.config import load_config
+    from curation.core.config import load_config
 
     cfg = dataclasses.replace(load_config(profile="tiny").caption, fps=QWEN_FPS, max_frames=QWEN_MAX_FRAMES,
                               frame_source="clip", max_new_tokens=4)

@@ -6,7 +6,7 @@ merges for ``pretrained=tag`` (``PreprocessCfg`` defaults <- ``get_pretrained_cf
 ``image_transform_v2(PreprocessCfg(**cfg), is_train=False)`` applied to a PIL image of each
 photograph. Ours: ``build_clip(cfg, load_weights=False).visual.preprocess_cfg`` (the
 architecture on the meta device: no weights, no download) through
-``curation.preprocess_clip.preprocess_frames``, the path of ``ScoreWithClip.preprocess``.
+``curation.models.preprocess_clip.preprocess_frames``, the path of ``ScoreWithClip.preprocess``.
 
 The bound, from measurements (Pillow 13.0, torch 2.15, the photographs of conftest.py, the
 four tags and the mode grid below): our CPU path (uint8 kernels) is within 2 grey levels of
@@ -35,8 +35,8 @@ from PIL import Image  # noqa: E402
 from clip_fixtures import local_clip, photos  # noqa: E402, F401 (fixtures)
 from curation import clip_models as cm  # noqa: E402
 from curation import preprocess_clip  # noqa: E402
-from curation.config import load_config  # noqa: E402
-from curation.preprocess_clip import PREPROCESS_KEYS, preprocess_frames  # noqa: E402
+from curation.core.config import load_config  # noqa: E402
+from curation.models.preprocess_clip import PREPROCESS_KEYS, preprocess_frames  # noqa: E402
 
 MAX_LEVELS = 2 + 1e-3  # grey levels (of 255) anywhere, plus float32 slack of the normalisation
 MAX_OFF = 0.01  # fraction of values off by any level
@@ -170,7 +170,7 @@ def test_the_bound_catches_wrong_mean_std_resize_mode_and_rounding(photos, monke
 def test_the_stage_preprocesses_as_open_clips_own_transform(local_clip, photos):
     """ScoreWithClip.setup + preprocess on a local open_clip model whose config asks for
     SigLIP's preprocessing, against the transform create_model_and_transforms returns for it."""
-    from curation.score_clip import ScoreWithClip
+    from curation.models.score_clip import ScoreWithClip
 
     siglip_pp = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic", "resize_mode": "squash"}
     name = local_clip("native", siglip_pp)

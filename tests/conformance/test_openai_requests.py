@@ -21,7 +21,7 @@ import pytest
 
 from captioning.backends import OpenAIBackend, Request, Sampling, mp4_b64
 from captioning.frames import read_clip
-from curation.config import load_config
+from curation.core.config import load_config
 
 SAMPLING = Sampling(max_new_tokens=64, temperature=0.2, top_p=0.9, repetition_penalty=1.05, seed=0)
 

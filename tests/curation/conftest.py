@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation.analyze import SplitAndScore, group_sources
-from curation.config import load_config
-from curation.probe import ProbeSources
-from curation.synthetic import write_video
+from curation.analysis.analyze import SplitAndScore, group_sources
+from curation.core.config import load_config
+from curation.media.probe import ProbeSources
+from curation.corpora.synthetic import write_video
 
 FPS = 25.0
 

@@ -6,12 +6,12 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from curation import synthetic
-from curation.analyze import SplitAndScore
-from curation.config import load_config
-from curation.frames import unpack_frames
-from curation.probe import ProbeSources
-from curation.schema import SOURCE_ROW, analyzed_clip_schema
+from curation.corpora import synthetic
+from curation.analysis.analyze import SplitAndScore
+from curation.core.config import load_config
+from curation.core.frames import unpack_frames
+from curation.media.probe import ProbeSources
+from curation.core.schema import SOURCE_ROW, analyzed_clip_schema
 
 
 def _run(paths, frames=True, overrides=None):
@@ -58,7 +58,7 @@ def test_frames_off_leaves_them_null(make_video):
 
 
 def test_any_exception_analysing_a_source_is_its_error_row(make_video, monkeypatch):
-    import curation.analyze as analyze
+    import curation.analysis.analyze as analyze
 
     video = make_video("rows_two_shots", synthetic.with_cuts(120, (640, 360), [60], seed=5))
 
@@ -74,7 +74,7 @@ def test_any_exception_analysing_a_source_is_its_error_row(make_video, monkeypat
 
 
 def test_any_exception_probing_a_source_is_its_error_row(tmp_path, monkeypatch):
-    import curation.probe as probe
+    import curation.media.probe as probe
 
     def boom(*args, **kwargs):
         raise ZeroDivisionError("odd container")

@@ -7,10 +7,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation.calibrate import calibrate, format_table, match_labels, read_labels, threshold_for_precision
-from curation.config import load_config
-from curation.decide import decide
-from curation.schema import NEG_TAGS, neg_column
+from curation.decisions.calibrate import calibrate, format_table, match_labels, read_labels, threshold_for_precision
+from curation.core.config import load_config
+from curation.decisions.decide import decide
+from curation.core.schema import NEG_TAGS, neg_column
 
 CFG = load_config()
 

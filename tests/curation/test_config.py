@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from curation.config import RunConfig, from_dict, load_config, to_dict
+from curation.core.config import RunConfig, from_dict, load_config, to_dict
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

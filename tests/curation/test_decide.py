@@ -1,9 +1,9 @@
 
 import pytest
 
-from curation.config import load_config
-from curation.decide import decide
-from curation.schema import NEG_TAGS, neg_column, scored_clip_schema, to_table
+from curation.core.config import load_config
+from curation.decisions.decide import decide
+from curation.core.schema import NEG_TAGS, neg_column, scored_clip_schema, to_table
 
 
 def table(rows):
@@ -66,14 +66,14 @@ def test_empty_table():
 
 
 def test_vlm_judged_tags_fire_at_their_threshold_and_applying_them_later_gives_the_same_verdicts():
-    from curation.decide import apply_judge
+    from curation.decisions.decide import apply_judge
 
     judge = load_config(overrides={"judge": {"enabled": True, "keep": ["fast_zoom"], "questions": [
         {"name": "slideshow", "threshold": 0.6}, {"name": "fast_zoom", "threshold": 0.5}]}}).judge
     rows = [{"clip_id": "a", "motion_score": 0.1, "vlm_slideshow": 0.7}, {"clip_id": "b", "motion_score": 0.1, "vlm_slideshow": 0.5},
             {"clip_id": "c", "motion_score": 0.1, "vlm_fast_zoom": 0.9}, {"clip_id": "d", "motion_score": 0.1},  # d: not judged, passes
             {"clip_id": "e", "motion_score": 0.0, "vlm_slideshow": 0.9}, {"clip_id": "f", "motion_score": 0.1, "error": "x", "vlm_slideshow": 1.0}]
-    from curation.schema import clip_schema
+    from curation.core.schema import clip_schema
 
     t = to_table([{**{neg_column(x): 0.0 for x in NEG_TAGS}, **r} for r in rows], clip_schema())
     once, _ = decide(t, cfg(), judge)

@@ -1,5 +1,5 @@
-"""The analysis pass's cheaper paths (curation/decode.py, curation/analyze.py,
-curation/config.py `frames_plan`) must give what the plain paths give."""
+"""The analysis pass's cheaper paths (curation/media/decode.py, curation/analysis/analyze.py,
+curation/core/config.py `frames_plan`) must give what the plain paths give."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import av
 import numpy as np
 import pytest
 
-from curation import decode
-from curation.config import load_config
-from curation.decode import ThumbReader, _Reorder, iter_frames, reorder_depth
-from curation.score_motion import MotionScorer
+from curation.media.container import decode
+from curation.core.config import load_config
+from curation.media.decode import ThumbReader, _Reorder, iter_frames, reorder_depth
+from curation.analysis.score_motion import MotionScorer
 from tests.curation.real_images import natural_frames
 
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")

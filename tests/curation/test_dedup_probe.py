@@ -9,12 +9,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation.config import DedupConfig, load_config
-from curation.decide import decide
-from curation.dedup import duplicate_groups, find_duplicates, rank
-from curation.embeddings import read_embeddings, split_embeddings, write_embeddings
-from curation.manifest import Layout
-from curation.schema import NEG_TAGS, neg_column, scored_clip_schema, to_table
+from curation.core.config import DedupConfig, load_config
+from curation.decisions.decide import decide
+from curation.decisions.dedup import duplicate_groups, find_duplicates, rank
+from curation.models.embeddings import read_embeddings, split_embeddings, write_embeddings
+from curation.core.manifest import Layout
+from curation.core.schema import NEG_TAGS, neg_column, scored_clip_schema, to_table
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -111,9 +111,9 @@ def test_probe_learns_text_slides_vs_photographs_and_cli_reports_recall(tmp_path
     prints and stores, measured on held-out clips."""
     from real_images import natural_frames, text_frames
 
-    from curation.frames import pack_frames
-    from curation.score_clip import ScoreWithClip
-    from curation.tag_probe import load_probe
+    from curation.core.frames import pack_frames
+    from curation.models.score_clip import ScoreWithClip
+    from curation.models.tag_probe import load_probe
     from flows.cli import main
 
     tiny = load_config(profile="tiny").models
@@ -144,7 +144,7 @@ def test_probe_learns_text_slides_vs_photographs_and_cli_reports_recall(tmp_path
 
 @pytest.mark.parametrize("hidden", [0, 32])
 def test_probe_is_exact_on_separable_features(hidden):
-    from curation.tag_probe import train_probe
+    from curation.models.tag_probe import train_probe
 
     rng = np.random.default_rng(0)
     centre = _unit(rng.normal(size=(2, 64))).astype(np.float32)
@@ -158,7 +158,7 @@ def test_probe_is_exact_on_separable_features(hidden):
 
 
 def test_probe_labels_are_checked(tmp_path):
-    from curation.tag_probe import read_labels
+    from curation.models.tag_probe import read_labels
 
     bad = tmp_path / "bad.csv"
     bad.write_text("a,text,1\nb,text,maybe\n")

@@ -7,10 +7,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation.config import ExtractConfig
-from curation.extract_clips import EXTRACT_INPUT, ExtractClips, output_fps
-from curation.synthetic import COUNTER_BITS as BITS
-from curation.synthetic import counter_frames, write_video
+from curation.core.config import ExtractConfig
+from curation.outputs.extract_clips import EXTRACT_INPUT, ExtractClips, output_fps
+from curation.corpora.synthetic import COUNTER_BITS as BITS
+from curation.corpora.synthetic import counter_frames, write_video
 
 
 
@@ -95,7 +95,7 @@ def test_output_fps(fps, target, want):
 
 
 def test_prune_keeps_exactly_the_accepted_clips_files(tmp_path):
-    from curation.extract_clips import prune_clips
+    from curation.outputs.extract_clips import prune_clips
 
     for name in ("a.mp4", "b.mp4", "c.jpg", ".d.mp4.tmp-12"):
         (tmp_path / name).write_bytes(b"x")

@@ -2,7 +2,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation.frames import drop_transient, frame_fields, pack_frames, unpack_frames
+from curation.core.frames import drop_transient, frame_fields, pack_frames, unpack_frames
 
 
 def test_frames_round_trip_and_drop():

@@ -3,7 +3,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from curation.inputs import expand_inputs
+from curation.media.inputs import expand_inputs
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ def test_symlinked_folders_followed_once_and_loops_stop(tmp_path):
 def test_source_is_the_path_given_and_its_type_comes_from_that_name(tmp_path):
     """A Hugging Face cache: snapshots/rev/photo.jpg -> ../../blobs/<hash>. The source is the
     snapshot path (not the blob), and it is an image by its name."""
-    from curation.media import media_type
+    from curation.media.container import media_type
 
     blobs = tmp_path / "hub" / "blobs"
     blobs.mkdir(parents=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from curation.manifest import Layout, committed_parts, read_scores, read_sources, settle, split_rows, write_part, write_table_atomic
-from curation.schema import SOURCE_ROW, analyzed_clip_schema, to_table
+from curation.core.manifest import Layout, committed_parts, read_scores, read_sources, settle, split_rows, write_part, write_table_atomic
+from curation.core.schema import SOURCE_ROW, analyzed_clip_schema, to_table
 
 
 def source_rows(name: str, n_clips: int) -> list[dict]:

@@ -16,12 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation import hostile
-from curation.analyze import SplitAndScore, group_sources
-from curation.config import ExtractConfig, load_config
-from curation.extract_clips import extract_video
-from curation.probe import ProbeSources
-from curation.synthetic import moving
+from curation.corpora import hostile
+from curation.analysis.analyze import SplitAndScore, group_sources
+from curation.core.config import ExtractConfig, load_config
+from curation.outputs.extract_clips import extract_video
+from curation.media.probe import ProbeSources
+from curation.corpora.synthetic import moving
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def test_row5_size_change_clips_have_their_own_size(cases, stage, tmp_path):
     """Each clip has its own size in its file and in the manifest (so in KEY.json and its
     bucket): the clip after the change was 480x270 in its file but 320x240, the stream's first
     size, in the manifest, and went to a 4:3 bucket (issue 18)."""
-    from curation.buckets import DEFAULT_RESOLUTIONS, assign_bucket
+    from curation.core.buckets import DEFAULT_RESOLUTIONS, assign_bucket
 
     d, _ = cases
     row = analyzed(d / "size_change.mkv", stage)
@@ -203,7 +203,7 @@ def test_limited_range_source_stays_limited(tmp_path, stage):
 
 def test_truncation_is_judged_on_the_video_stream():
     """The same 3 s video with 8 s of audio is fine in MKV/WebM (checked above) and MP4."""
-    from curation.decode import DecodeStats, check_complete
+    from curation.media.decode import DecodeStats, check_complete
 
     check_complete(DecodeStats(declared_start_s=0.0, declared_duration_s=3.0, first_raw_s=0.0, last_raw_s=2.96, frame_s=0.04))
     with pytest.raises(Exception, match="truncated video: frames stop at 1.00 s of the 3.00 s"):
@@ -211,7 +211,7 @@ def test_truncation_is_judged_on_the_video_stream():
 
 
 def test_timeline_repairs_missing_backwards_and_jumping_timestamps():
-    from curation.decode import DecodeStats, Timeline
+    from curation.media.decode import DecodeStats, Timeline
 
     stats = DecodeStats()
     tl = Timeline(25.0, stats)
@@ -251,7 +251,7 @@ def test_a_stalled_decoder_fails_its_item_not_the_run(cases, monkeypatch):
     import threading
     import time
 
-    from curation import decode
+    from curation.media.container import decode
 
     d, _ = cases
     release = threading.Event()
@@ -280,7 +280,7 @@ def test_pipes_folders_and_dangling_links_named_explicitly_are_error_rows(tmp_pa
     before FFmpeg or Pillow sees it."""
     import os
 
-    from curation.probe import probe_source
+    from curation.media.probe import probe_source
 
     os.mkfifo(tmp_path / "pipe.mp4")
     (tmp_path / "folder.mp4").mkdir()
@@ -298,7 +298,7 @@ def test_a_stalled_decoder_fails_extraction_of_its_source_not_the_run(cases, sta
     import threading
     import time
 
-    from curation import extract_clips
+    from curation.outputs import extract_clips
 
     d, _ = cases
     row = analyzed(d / "stub_start.mp4", stage)
@@ -347,8 +347,8 @@ def test_a_stalled_decoder_fails_extraction_of_its_source_not_the_run(cases, sta
 
 def decided_clips(paths: list[Path], stage: SplitAndScore) -> dict[str, dict]:
     """Analyse and decide (default thresholds): {file name: its first clip row}."""
-    from curation.decide import decide
-    from curation.manifest import split_rows
+    from curation.decisions.decide import decide
+    from curation.core.manifest import split_rows
 
     _, clips = split_rows(stage(ProbeSources(load_config())(pa.table({"source": [str(p) for p in paths]}))))
     rows, _ = decide(clips, load_config().decide)
@@ -367,9 +367,9 @@ def test_16bit_greyscale_png_is_the_photograph_not_white(tmp_path, stage):
     from PIL import Image
     from skimage import data
 
-    from curation.extract_clips import extract_image
-    from curation.frames import FRAMES, FRAMES_SHAPE
-    from curation.images import read_image
+    from curation.outputs.extract_clips import extract_image
+    from curation.core.frames import FRAMES, FRAMES_SHAPE
+    from curation.media.images import read_image
 
     camera = data.camera()
     Image.fromarray(camera.astype(np.uint16) * 257).save(tmp_path / "camera16.png")
@@ -396,15 +396,15 @@ def test_16bit_greyscale_png_is_the_photograph_not_white(tmp_path, stage):
 
 
 def test_transparent_area_is_composited_over_white(tmp_path, stage):
-    """Transparent pixels are composited over white (curation/images.py says why), never shown
+    """Transparent pixels are composited over white (curation/media/images.py says why), never shown
     as their hidden RGB: a cut-out whose transparent third hides black was a black bar, read
     as letterboxing and rejected as low quality. RGBA, grey+alpha and a palette image with a
     transparent index all come out the same way."""
     from PIL import Image
     from skimage import data
 
-    from curation.extract_clips import extract_image
-    from curation.images import read_image
+    from curation.outputs.extract_clips import extract_image
+    from curation.media.images import read_image
 
     photo = data.astronaut()  # 512x512 RGB
     rgba = np.dstack([photo, np.full(photo.shape[:2], 255, np.uint8)])
@@ -468,10 +468,10 @@ def test_a_frame_too_small_to_score_has_its_own_reason(tmp_path, stage):
     shrinks mid-stream is refused by the motion scorer the same way."""
     from PIL import Image
 
-    from curation.config import MotionConfig
-    from curation.media import MediaError
-    from curation.score_motion import MotionScorer
-    from curation.synthetic import texture
+    from curation.core.config import MotionConfig
+    from curation.media.container import MediaError
+    from curation.analysis.score_motion import MotionScorer
+    from curation.corpora.synthetic import texture
 
     strip = [np.ascontiguousarray(np.roll(texture(10, 2400, 70), 3 * k, axis=1)) for k in range(75)]
     hostile.encode(tmp_path / "strip.mp4", strip, options={"preset": "ultrafast"})
@@ -492,7 +492,7 @@ def test_stream_copy_cut_from_a_non_keyframe_is_25_fps_constant(cases, stage, tm
     """`ffmpeg -ss 2.5 -i in.mp4 -t 2 -c copy`: an edit list hides frames with negative
     times, and the cut, made in decode order, ends in two frames after gaps (1.96, 2.04,
     2.12). It read 24.07 fps and VFR, and the clip was written at 24 fps; the orphans are
-    left out (curation/decode.py `_Reorder.flush`): 50 frames, 25 fps, constant, in analysis
+    left out (curation/media/decode.py `_Reorder.flush`): 50 frames, 25 fps, constant, in analysis
     and in the extracted clip alike."""
     d, _ = cases
     with av.open(str(d / "copy_cut.mp4")) as c:  # the input is of the kind: edit list, negative times, gaps

@@ -16,12 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation import clip_models as cm
-from curation import synthetic
-from curation.config import load_config
-from curation.frames import pack_frames
-from curation.score_clip import AESTHETIC_COLUMNS, EMBEDDING, ScoreWithClip, pick_frames, zs_column, ZS_TAGS
-from curation.score_text import ScoreText, text_area
+from curation.models import clip_models as cm
+from curation.corpora import synthetic
+from curation.core.config import load_config
+from curation.core.frames import pack_frames
+from curation.models.score_clip import AESTHETIC_COLUMNS, EMBEDDING, ScoreWithClip, pick_frames, zs_column, ZS_TAGS
+from curation.models.score_text import ScoreText, text_area
 from flows.run_local import run_local
 from real_images import natural_frames, text_frames
 
@@ -51,7 +51,7 @@ def _batch(make_video) -> pa.Table:
     """Clip rows carrying frames decoded from real encoded videos (and one without frames)."""
     import av
 
-    from curation import synthetic
+    from curation.corpora import synthetic
 
     path = make_video("model_moving", synthetic.moving(50, (320, 180), seed=3))
     with av.open(str(path)) as c:

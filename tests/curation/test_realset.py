@@ -1,6 +1,6 @@
 """The defaults on real footage: the labelled development set (bench/realset.py, labels in
 tests/data/realset_labels.csv) analysed with the cpu profile and decided with the default
-thresholds, then measured with curation/calibrate.py.
+thresholds, then measured with curation/decisions/calibrate.py.
 
 These are the issue's acceptance figures: every clip labelled good is accepted, no tag fires
 on more than 10% of them, every labelled defect is rejected for its labelled reason, and every
@@ -15,13 +15,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from curation.analyze import SplitAndScore
-from curation.calibrate import calibrate, format_table, known_names, read_labels
-from curation.config import load_config
-from curation.decide import decide
-from curation.manifest import split_rows
-from curation.probe import ProbeSources
-from curation.schema import NEG_TAGS, neg_column
+from curation.analysis.analyze import SplitAndScore
+from curation.decisions.calibrate import calibrate, format_table, known_names, read_labels
+from curation.core.config import load_config
+from curation.decisions.decide import decide
+from curation.core.manifest import split_rows
+from curation.media.probe import ProbeSources
+from curation.core.schema import NEG_TAGS, neg_column
 
 LABELS = Path(__file__).resolve().parents[1] / "data" / "realset_labels.csv"
 CFG = load_config()

@@ -20,9 +20,9 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from curation.manifest import Layout
-from curation.report import NOT_SCORES, PER_SHEET, TINY_WARNING, build_report, load_run, write_report
-from curation.synthetic import moving, static, text_slide, texture, write_video
+from curation.core.manifest import Layout
+from curation.outputs.report import NOT_SCORES, PER_SHEET, TINY_WARNING, build_report, load_run, write_report
+from curation.corpora.synthetic import moving, static, text_slide, texture, write_video
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""The report's figures are computed in Arrow (curation/report.py), so a run of millions of
+"""The report's figures are computed in Arrow (curation/outputs/report.py), so a run of millions of
 clips never turns its manifest into Python rows: they must equal the plain-Python counts."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.config import load_config
-from curation.report import MAX_GROUPS, PER_SHEET, captions, count_list_values, duplicates, ranked, summarize, value_counts
+from curation.core.config import load_config
+from curation.outputs.report import MAX_GROUPS, PER_SHEET, captions, count_list_values, duplicates, ranked, summarize, value_counts
 
 
 def clips_table(n: int, seed: int = 0) -> pa.Table:
@@ -139,7 +139,7 @@ def _off_cfg():
 
 
 def test_columns_a_disabled_stage_never_filled_are_named_with_the_setting():
-    from curation.report import not_computed
+    from curation.outputs.report import not_computed
 
     t = clips_table(20).append_column("zs_lecture", pa.nulls(20, pa.float64())).append_column("dup_sim", pa.nulls(20, pa.float64()))
     t = t.append_column("motion_score", pa.nulls(20, pa.float64()))
@@ -154,7 +154,7 @@ def test_columns_a_disabled_stage_never_filled_are_named_with_the_setting():
 
 
 def test_sections_of_disabled_stages_collapse_to_one_line():
-    from curation.report import off, stages_run
+    from curation.outputs.report import off, stages_run
 
     cfg, t = _off_cfg(), clips_table(30)
     assert ranked(t, off(cfg).get("aesthetic")) == {
@@ -169,7 +169,7 @@ def test_sections_of_disabled_stages_collapse_to_one_line():
 
 
 def test_gallery_shows_accepted_clips_spread_over_the_run_whatever_models_ran():
-    from curation.report import GALLERY, gallery
+    from curation.outputs.report import GALLERY, gallery
 
     t = clips_table(300).set_column(4, "aesthetic_score", pa.nulls(300, pa.float64()))
     t = t.append_column("motion_score", pa.array(np.linspace(0, 1, 300)))
@@ -184,8 +184,8 @@ def test_gallery_shows_accepted_clips_spread_over_the_run_whatever_models_ran():
 def test_config_rows_mark_what_differs_from_the_profile():
     import json
 
-    from curation.config import to_dict
-    from curation.report import config_rows
+    from curation.core.config import to_dict
+    from curation.outputs.report import config_rows
 
     rows = config_rows(json.loads(json.dumps(to_dict(_off_cfg()), default=str)))
     changed = {(r["section"], r["key"]) for r in rows if r["changed"]}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curation import synthetic
+from curation.corpora import synthetic
 
 SIZE = (320, 180)  # short side 180
 FPS = 25.0
@@ -85,9 +85,9 @@ def test_scorer_survives_frame_size_changes():
     # child so a regression fails this test instead of killing the session.
     code = """
 import numpy as np
-from curation.config import MotionConfig
-from curation.score_motion import MotionScorer
-from curation.synthetic import texture
+from curation.core.config import MotionConfig
+from curation.analysis.score_motion import MotionScorer
+from curation.corpora.synthetic import texture
 m = MotionScorer(MotionConfig())
 for w, h in [(160, 90), (284, 160), (160, 90)]:
     base = texture(h, w, 0)[..., 1]

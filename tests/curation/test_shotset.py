@@ -9,7 +9,7 @@ import pytest
 
 from bench import shotset
 from bench.shots import Detection, score_video, windows
-from curation.config import SplitConfig
+from curation.core.config import SplitConfig
 
 LABELS = shotset.load_labels()["videos"]
 

@@ -7,10 +7,10 @@ import itertools
 import numpy as np
 import pytest
 
-from curation import synthetic
-from curation.config import SplitConfig, load_config
-from curation.decode import iter_frames
-from curation.split_scenes import ShotDetector, Windower
+from curation.corpora import synthetic
+from curation.core.config import SplitConfig, load_config
+from curation.media.decode import iter_frames
+from curation.analysis.split_scenes import ShotDetector, Windower
 
 # (size, shot lengths in frames, speed in px/frame): cut positions, shot lengths and motion
 # speeds all vary, down to shots of 9 frames and static shots.
@@ -221,7 +221,7 @@ def test_a_cut_at_a_recording_gap_is_still_a_cut(tmp_path):
     """A gap in the recording is compared with the picture before it moved by the camera's
     shift (tests/curation/test_media_cases.py: a 0.4 s pause in a pan is one shot); two
     different shots either side of the same gap stay two."""
-    from curation import hostile
+    from curation.corpora import hostile
 
     size = (480, 270)
     times = [k / 30 for k in range(60)] + [2.4 + k / 30 for k in range(60)]

@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from curation import synthetic
-from curation.config import load_config
-from curation.schema import NEG_TAGS, neg_column
-from curation.tag_negatives import FrameJumps
+from curation.corpora import synthetic
+from curation.core.config import load_config
+from curation.core.schema import NEG_TAGS, neg_column
+from curation.analysis.tag_negatives import FrameJumps
 
 CFG = load_config()  # the cpu profile's defaults: thresholds and tag settings under test
 THRESHOLDS = CFG.decide.tag_thresholds

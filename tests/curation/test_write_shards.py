@@ -18,18 +18,18 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from curation.buckets import DEFAULT_RESOLUTIONS, Resolution, assign_bucket, choose_frames, choose_resolution, parse_bucket
-from curation.config import ShardConfig, load_config
-from curation.manifest import Layout
-from curation.schema import (
+from curation.core.buckets import DEFAULT_RESOLUTIONS, Resolution, assign_bucket, choose_frames, choose_resolution, parse_bucket
+from curation.core.config import ShardConfig, load_config
+from curation.core.manifest import Layout
+from curation.core.schema import (
     NEG_TAGS,
     clip_schema,
     neg_column,
     scored_clip_schema,
     to_table,
 )
-from curation.synthetic import moving, texture, write_video
-from curation.write_shards import check_key, write_shards
+from curation.corpora.synthetic import moving, texture, write_video
+from curation.outputs.write_shards import check_key, write_shards
 
 REPO = Path(__file__).resolve().parents[2]
 FPS = 25.0
@@ -263,9 +263,9 @@ _CRASH = """
 import os, signal, sys
 import pyarrow.parquet as pq
 import webdataset as wds
-from curation.config import ShardConfig
-from curation.manifest import Layout
-from curation.write_shards import write_shards
+from curation.core.config import ShardConfig
+from curation.core.manifest import Layout
+from curation.outputs.write_shards import write_shards
 
 written, real = 0, wds.TarWriter.write
 def write(self, sample):

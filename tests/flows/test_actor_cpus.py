@@ -1,7 +1,7 @@
 """CPU model pools never reserve the CPUs the source tasks feeding them need (no deadlock on
 a 2-core machine); on a large cluster each actor reserves its stage's own num_cpus."""
 
-from curation.stage import Stage
+from curation.core.stage import Stage
 from flows.run_ray import actor_cpus
 
 

@@ -25,7 +25,7 @@ import av
 import pyarrow.dataset as pads
 import pytest
 
-from curation.synthetic import with_cuts, write_video
+from curation.corpora.synthetic import with_cuts, write_video
 
 pytestmark = pytest.mark.slow
 
@@ -53,9 +53,9 @@ runpy.run_module("flows.cli", run_name="__main__")
 
 KILL_POINTS = [
     # during scoring: the 4th source (the first ones' manifest parts are complete)
-    ("scoring", "curation.analyze:SplitAndScore.analyze:4"),
+    ("scoring", "curation.analysis.analyze:SplitAndScore.analyze:4"),
     # during extraction: as the 3rd clip file is being finished (its temporary is on disk)
-    ("extraction", "curation.extract_clips:_ClipWriter.finish:3"),
+    ("extraction", "curation.outputs.extract_clips:_ClipWriter.finish:3"),
     # during captioning: the 2nd batch of 4 clips (the 1st block's captions stored; extraction and
     # captioning are one stream, so the last source is not extracted yet)
     ("captioning", "captioning.caption_clips:CaptionClips.__call__:2"),

@@ -10,7 +10,7 @@ import av
 import pyarrow.dataset as pads
 import pytest
 
-from curation.manifest import Layout
+from curation.core.manifest import Layout
 from flows.curate import ConfigError, curate, redecide
 
 pytestmark = pytest.mark.slow

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from curation.config import load_config
-from curation.hub import MissingModel
+from curation.core.config import load_config
+from curation.models.hub import MissingModel
 from flows.models import prepare_models, run_models
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from curation.config import load_config, to_dict
+from curation.core.config import load_config, to_dict
 from flows.preflight import ConfigError, config_for_out, prefect_api_url
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ def refused(p: subprocess.CompletedProcess, seconds: float) -> str:
 
 @pytest.fixture
 def media(tmp_path) -> Path:
-    from curation import synthetic
+    from curation.corpora import synthetic
 
     d = tmp_path / "in"
     d.mkdir()
@@ -175,7 +175,7 @@ def test_a_tiny_run_on_ray_says_each_warning_once_and_no_error(tmp_path):
     """The console of a whole run: progress on the timer, each UNTRAINED warning once, no ERROR
     line (Ray core logs one for every Ray Data actor pool unless spent, flows/run_ray.py), and
     the report named last."""
-    from curation import synthetic
+    from curation.corpora import synthetic
 
     (tmp_path / "in").mkdir()
     for i in range(3):

@@ -1,4 +1,4 @@
-"""The hostile corpus (curation/hostile.py: >= 25 kinds of broken, odd and hostile media)
+"""The hostile corpus (curation/corpora/hostile.py: >= 25 kinds of broken, odd and hostile media)
 through one real run of the console script, beside good files.
 
 For every input: the run completes (exit 0), exactly one `sources` row, an error in plain
@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-from curation.hostile import make_hostile_corpus
+from curation.corpora.hostile import make_hostile_corpus
 
 pytestmark = pytest.mark.slow
 

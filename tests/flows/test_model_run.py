@@ -19,10 +19,10 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from curation import synthetic
-from curation.embeddings import embeddings_dir, read_embeddings
-from curation.manifest import Layout
-from curation.schema import ZS_TAGS
+from curation.corpora import synthetic
+from curation.models.embeddings import embeddings_dir, read_embeddings
+from curation.core.manifest import Layout
+from curation.core.schema import ZS_TAGS
 
 pytestmark = pytest.mark.slow
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -90,7 +90,7 @@ def test_tiny_says_loudly_that_scores_are_meaningless(model_run):
 
 
 def test_redecide_reuses_embeddings_and_applies_a_probe(model_run, tmp_path, monkeypatch):
-    from curation import score_clip
+    from curation.models import score_clip
     from flows.cli import main
     from flows.curate import redecide
 

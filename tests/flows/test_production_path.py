@@ -133,7 +133,7 @@ def prefect_stack(tmp_path_factory):
 
 
 def test_deployment_run_on_an_attached_ray_cluster(prefect_stack, ray_head, tmp_path):
-    from curation.synthetic import moving, write_video
+    from curation.corpora.synthetic import moving, write_video
 
     prefect, home = prefect_stack
     address, dash_port = ray_head

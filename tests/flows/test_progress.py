@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 import flows.progress as progress_mod
-from curation.stage import Stage
+from curation.core.stage import Stage
 from flows.curate import score_sources  # imports Prefect, whose logging setup replaces root's handlers: not inside a test
 from flows.progress import Live, Progress, count_captioned, count_extracted, count_scored
 
@@ -74,9 +74,9 @@ class Slow(Stage):
 
 def test_scoring_reports_sources_before_any_part_is_written(tmp_path, monkeypatch, caplog):
     """A small run writes one manifest part, at the end: the progress line still moves."""
-    from curation import synthetic
-    from curation.config import load_config
-    from curation.manifest import Layout
+    from curation.corpora import synthetic
+    from curation.core.config import load_config
+    from curation.core.manifest import Layout
 
     sources = []
     for i in range(5):

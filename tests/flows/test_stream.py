@@ -15,12 +15,12 @@ import pyarrow.compute as pc
 import pytest
 from ray import cloudpickle
 
-from curation.analyze import SplitAndScore
-from curation.config import load_config
-from curation.frames import unpack_frames
-from curation.manifest import Layout, committed_parts, read_scores, read_sources
-from curation.probe import ProbeSources
-from curation.stage import Stage
+from curation.analysis.analyze import SplitAndScore
+from curation.core.config import load_config
+from curation.core.frames import unpack_frames
+from curation.core.manifest import Layout, committed_parts, read_scores, read_sources
+from curation.media.probe import ProbeSources
+from curation.core.stage import Stage
 from flows import curate as curate_mod
 
 pytestmark = pytest.mark.slow

@@ -13,8 +13,8 @@ from pathlib import Path
 import av
 import pytest
 
-from curation import synthetic
-from curation.config import build_config
+from curation.corpora import synthetic
+from curation.core.config import build_config
 from training.config import TrainConfig, ValidationConfig
 
 pytestmark = pytest.mark.slow
