@@ -2,13 +2,13 @@
 
     python bench/loader_decode.py [CLIP ...] [--repeat R] [--size 720x480] [--keep DIR]
 
-The pattern is the loader's (training/shard_source.py): a training clip of a few seconds, in
+The pattern is the loader's (training/data/shard_source.py): a training clip of a few seconds, in
 memory (a shard member), of which a bucket takes F frames at the bucket fps from a seeded
 start -- 49 frames at 8 fps (CogVideoX 1.0) when the clip is long enough, else 17; and 33
 frames at 16 fps (1.5-style rates) -- a sparse, evenly spaced set, each resized to cover
 --size and centre-cropped.
 
-  (a) PyAV: training.video_io.decode_video, the loader's path: one sequential decode that stops
+  (a) PyAV: training.data.video_io.decode_video, the loader's path: one sequential decode that stops
       after the last frame needed, nearest frame by timestamp, swscale only the picked frames.
   (b) decord 0.6: VideoReader on the bytes, frame indices nearest the times by decord's own
       frame timestamps, `get_batch(indices)`, then the same cover-resize (OpenCV: area when
@@ -50,7 +50,7 @@ import decord  # noqa: E402
 import numpy as np  # noqa: E402
 
 from curation.corpora.synthetic import COUNTER_BITS, counter_frames, write_video  # noqa: E402
-from training.video_io import cover_size, crop_origin, decode_video, frame_times, time_slack  # noqa: E402
+from training.data.video_io import cover_size, crop_origin, decode_video, frame_times, time_slack  # noqa: E402
 
 OPENCV_SAMPLES = Path("/usr/share/doc/opencv-doc/examples/data")
 PATTERNS = ((49, 8.0), (17, 8.0), (33, 16.0))  # (frames, fps); 49@8 falls back to 17@8 on short clips

@@ -80,7 +80,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from training.config import OptimConfig, RunSection, TrainConfig, load_train_config
-from training.data import (
+from training.data.loader import (
     BucketSpec,
     DataConfig,
     TrainLoader,

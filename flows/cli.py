@@ -241,7 +241,7 @@ def _train(args: argparse.Namespace) -> int:
         return 2
     if precompute:
         from training.models import load_models
-        from training.precompute import precompute as run_precompute
+        from training.data.precompute import precompute as run_precompute
 
         if not cfg.data.cache_dir:
             print("videomill: configuration error: data.cache_dir names where the cache goes", file=sys.stderr)

@@ -47,7 +47,7 @@ def preflight(cfg: TrainConfig) -> TrainConfig:
             raise PreflightError(f"data.cache_dir: no index.json in {d.cache_dir} "
                                  "(fill it with `videomill train precompute CONFIG`)")
     else:
-        from training.data import read_shard_index
+        from training.data.loader import read_shard_index
 
         try:
             _, entries = read_shard_index(d.shards)
@@ -55,7 +55,7 @@ def preflight(cfg: TrainConfig) -> TrainConfig:
             raise PreflightError(str(e)) from None
         if not entries:
             raise PreflightError(f"data.shards: {d.shards} lists no shards")
-    from training.data import check_captions
+    from training.data.loader import check_captions
 
     try:  # T2V: refuse mostly uncaptioned data here, not in every worker a minute later
         check_captions(d, cfg.model.variant)

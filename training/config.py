@@ -1,13 +1,13 @@
 """The trainer's configuration: one TOML/YAML/JSON file mapped onto each component's Config.
 
-    [data]        training/data.py       shards, buckets, image/video ratio, workers
+    [data]        training/data/loader.py       shards, buckets, image/video ratio, workers
     [model]       training/models.py     base model, T2V/I2V, 1.0/1.5, LoRA or full, dtype
     [objective]   training/objective.py  v-prediction loss, text/condition dropout, I2V noise
     [optim]       below                  AdamW (8-bit when bitsandbytes is installed), LR schedule
                                          (diffusers' get_scheduler), gradient accumulation
     [run]         below                  steps, checkpoints, validation, logging, seed
     [distributed] below                  workers, GPUs, DDP or FSDP2
-    [precompute]  training/precompute.py `videomill train precompute`: storage dtype, VAE slicing/tiling
+    [precompute]  training/data/precompute.py `videomill train precompute`: storage dtype, VAE slicing/tiling
 
 Unknown keys fail at load time with their dotted path (curation.core.config.build_config); the
 resolved config is written into the run directory.
@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from curation.core.config import build_config, merge_dicts, read_config_file
-from training.data import DataConfig
+from training.data.loader import DataConfig
 from training.models import ModelConfig
 from training.objective import ObjectiveConfig
-from training.precompute import PrecomputeConfig
+from training.data.precompute import PrecomputeConfig
 
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts")
 

@@ -30,11 +30,11 @@ import torch.distributed as dist
 
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import TrainConfig, check_model_fit, config_dict, load_train_config
-from training.data import TrainLoader
+from training.data.loader import TrainLoader
 from training.ema import EMA, EMAConfig
 from training.models import Models, load_models
 from training.objective import training_step
-from training.data import check_captions
+from training.data.loader import check_captions
 
 log = logging.getLogger("videomill.train")
 
@@ -242,7 +242,7 @@ def _validate(state: TrainState, step: int, out: Path, rank: int) -> None:
     from training.export import generate, pipeline_from_models
     from training.video_out import write_mp4
 
-    from training.bucket_plan import fps_prompt
+    from training.data.bucket_plan import fps_prompt
 
     v = state.cfg.validation
     pipe = pipeline_from_models(state.models, scheduler=v.scheduler)

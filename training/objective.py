@@ -159,7 +159,7 @@ def v_prediction_loss(scheduler, model_output, noisy_latents, latents, timesteps
 
 
 def model_pixels(pixels: torch.Tensor) -> torch.Tensor:
-    """float pixels in [-1, 1]; uint8 batches (data.pixel_dtype = "uint8") as training.data.to_model_pixels maps them."""
+    """float pixels in [-1, 1]; uint8 batches (data.pixel_dtype = "uint8") as training.data.loader.to_model_pixels maps them."""
     return pixels.float() / 127.5 - 1.0 if pixels.dtype == torch.uint8 else pixels
 
 
@@ -229,7 +229,7 @@ def condition_latents(models: Models, batch: dict, cfg: ObjectiveConfig, generat
 
     From pixels (``image`` or frame 0 of ``pixels``) the noise is drawn here, every step. A cache
     batch without pixels uses ``image_latent_moments``: whatever noise precompute baked in, fixed
-    per clip (training/precompute.py draws one sigma per clip).
+    per clip (training/data/precompute.py draws one sigma per clip).
     """
     if "image" in batch or "pixels" in batch:
         image = batch["image"] if "image" in batch else batch["pixels"][:, :, 0]

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from curation.core.config import build_config
 from training.checkpoint import latest_checkpoint
 from training.config import TrainConfig
-from training.data import write_cache_index, write_cache_part
+from training.data.loader import write_cache_index, write_cache_part
 from training.loop import _full, build_state, train, train_step
 from training.models import build_tiny, load_models
 

@@ -19,7 +19,7 @@ from curation.core.schema import NEG_TAGS, clip_schema, neg_column, to_table
 from curation.corpora.synthetic import COUNTER_BITS as BITS
 from curation.corpora.synthetic import counter_frames, texture, write_video
 from curation.outputs.write_shards import write_shards
-from training.data import (
+from training.data.loader import (
     CACHE_FORMAT,
     DEFAULT_BUCKETS,
     BucketBatches,
@@ -31,8 +31,8 @@ from training.data import (
     write_cache_index,
     write_cache_part,
 )
-from training.precompute import PrecomputeSamples
-from training.video_io import DecodeError, cover_size, crop_origin, decode_image, decode_video, frame_times
+from training.data.precompute import PrecomputeSamples
+from training.data.video_io import DecodeError, cover_size, crop_origin, decode_image, decode_video, frame_times
 
 # (clip id, (width, height), fps, frames, caption): 16:9 and 4:3 videos of 1.3 s, and images.
 VIDEOS = [(f"w{i}_16x9", (480, 270), 25.0, 33, f"wide clip {i}" if i % 2 else None) for i in range(4)]
@@ -308,7 +308,7 @@ def test_image_ratio_is_honoured(shards):
 def test_uint8_pixels_and_precompute_pass(shards):
     batch = take(TrainLoader(config(shards, image_ratio=0.0, pixel_dtype="uint8")), 1)[0]
     assert batch["pixels"].dtype == torch.uint8
-    from training.data import to_model_pixels
+    from training.data.loader import to_model_pixels
 
     floats = take(TrainLoader(config(shards, image_ratio=0.0)), 1)[0]["pixels"]
     assert torch.allclose(to_model_pixels(batch["pixels"]), floats, atol=1e-6)
@@ -447,7 +447,7 @@ def test_skips_counted_by_reason_undecodable_skipped_and_resume_stays_exact(tmp_
     assert set(loader.skipped) == {"undecodable", "too_short"} and 2 <= loader.skipped["undecodable"] <= 3
     assert sum(sum(b["skipped"].values()) for b in full) == sum(loader.skipped.values())
     assert states[9]["skipped"] == dict(loader.skipped)
-    from training.data import skipped_in_position, skipped_total
+    from training.data.loader import skipped_in_position, skipped_total
 
     assert skipped_total(loader) == skipped_in_position({"0": states[9]}) == dict(sorted(loader.skipped.items()))
     for g0 in (2, 5):  # mid-epoch, after a failed decode may have used an extra planned batch
@@ -464,7 +464,7 @@ def test_skips_counted_by_reason_undecodable_skipped_and_resume_stays_exact(tmp_
 
 
 def test_t2v_refuses_mostly_uncaptioned_data_unless_intended(shards):
-    from training.data import check_captions
+    from training.data.loader import check_captions
 
     with pytest.raises(ValueError, match=r"2 of 12 samples .* empty caption"):  # w0 and w2 have none
         check_captions(config(shards), "t2v")

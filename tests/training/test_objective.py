@@ -183,7 +183,7 @@ def test_text_dropout_replaces_prompts_with_empty(tiny):
 
 @pytest.mark.parametrize("variant,version", [("t2v", "1.0"), ("i2v", "1.5")])
 def test_cached_moments_and_embeddings_give_the_same_loss(tiny, variant, version):
-    """The cache path (VAE moments + T5 embeddings, as training.data's cache holds them) trains
+    """The cache path (VAE moments + T5 embeddings, as training.data.loader's cache holds them) trains
     exactly like the pixels it was made from; pre-sampled ``latents`` too."""
     m = _models(tiny, variant, version)
     cfg = ObjectiveConfig(text_dropout=0.5)
@@ -201,8 +201,8 @@ def test_cached_moments_and_embeddings_give_the_same_loss(tiny, variant, version
 
 
 def test_precompute_writes_a_cache_the_data_reader_serves_and_training_consumes(tiny, tmp_path):
-    from training.data import BucketSpec, CacheSource, DataConfig
-    from training.precompute import PrecomputeConfig, precompute_cache
+    from training.data.loader import BucketSpec, CacheSource, DataConfig
+    from training.data.precompute import PrecomputeConfig, precompute_cache
 
     m = _models(tiny, "i2v", "1.0")
     pixels = _batch(b=2)["pixels"]

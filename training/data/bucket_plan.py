@@ -33,7 +33,7 @@ from typing import Iterator
 import torch
 
 from curation.core.buckets import ASPECT_TOL, SIZE_MULTIPLE, Resolution, bucket_name, parse_bucket
-from training.video_io import frame_times, time_slack
+from training.data.video_io import frame_times, time_slack
 
 MEDIA = ("video", "image")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")

@@ -1,4 +1,4 @@
-"""The latent cache: its format, the helpers that write it (training/precompute.py) and the
+"""The latent cache: its format, the helpers that write it (training/data/precompute.py) and the
 source that reads planned batches from it instead of pixels: same buckets, streams, image
 ratio and position rules as the shard source; no pixels are decoded.
 """
@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from training.bucket_plan import MEDIA, DataConfig, natural_image_ratio, stable_seed
+from training.data.bucket_plan import MEDIA, DataConfig, natural_image_ratio, stable_seed
 
 @dataclass(frozen=True)
 class CacheFormat:
@@ -49,7 +49,7 @@ class CacheFormat:
         format  "videomill-cache-1";  bucket  the bucket name;
         clip_ids  JSON list of n clip ids;  prompts  JSON list of n prompts as encoded (the
         caption, "" when none, with the fps prefix when data.fps_condition = "text_prefix").
-    Writing it: iterate `training.precompute.PrecomputeSamples` (every sample once, decoded, with its bucket), encode,
+    Writing it: iterate `training.data.precompute.PrecomputeSamples` (every sample once, decoded, with its bucket), encode,
     gather a bucket's samples into parts, `write_cache_part` each, `write_cache_index` last: a
     cache with an index is complete.
     """

@@ -1,13 +1,13 @@
 """The trainer's data loader: bucketed batches from OUT/shards (pixels) or from the latent cache.
 
 The pieces live in their own modules: buckets, the data config and per-sample planning
-(training/bucket_plan.py), the shard source (training/shard_source.py), the latent cache
-(training/latent_cache.py); this module runs them as a rank's numbered batch sequence. The
+(training/data/bucket_plan.py), the shard source (training/data/shard_source.py), the latent cache
+(training/data/latent_cache.py); this module runs them as a rank's numbered batch sequence. The
 public names callers use are re-exported here.
 
 **Streams.** Per rank, batches are numbered g = 0, 1, 2, ...; epoch e is g in [e*L, (e+1)*L)
 with L = `epoch_length`. Batch g is made by stream s = g mod S (S = max(1, num_workers)) as
-that stream's next batch. A stream reads its own slice of the data (training/shard_source.py),
+that stream's next batch. A stream reads its own slice of the data (training/data/shard_source.py),
 plans each sample from its KEY.json alone, groups samples by bucket and drawn frame rate and
 emits a batch when one is full. Images and videos are separate streams; before each batch a
 seeded draw picks image with probability `image_ratio`, so a batch never mixes shapes, media
@@ -44,7 +44,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from training.bucket_plan import (  # noqa: F401 (re-exported: the data's public names)
+from training.data.bucket_plan import (  # noqa: F401 (re-exported: the data's public names)
     DEFAULT_BUCKETS,
     SKIP_REASONS,
     BucketSpec,
@@ -54,14 +54,14 @@ from training.bucket_plan import (  # noqa: F401 (re-exported: the data's public
     fps_prompt,
     stable_seed,
 )
-from training.latent_cache import (  # noqa: F401 (re-exported)
+from training.data.latent_cache import (  # noqa: F401 (re-exported)
     CACHE_FORMAT,
     CacheSource,
     cache_caption_counts,
     write_cache_index,
     write_cache_part,
 )
-from training.shard_source import ShardSource, count_empty_captions, read_shard_index, to_model_pixels  # noqa: F401
+from training.data.shard_source import ShardSource, count_empty_captions, read_shard_index, to_model_pixels  # noqa: F401
 
 
 def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:

@@ -1,6 +1,6 @@
 """Precompute the latent cache: VAE posterior moments and T5 embeddings, once per sample.
 
-Writes the format training/latent_cache.py defines and reads (``CacheFormat``): per bucket
+Writes the format training/data/latent_cache.py defines and reads (``CacheFormat``): per bucket
 (and drawn frame rate), parts of
 ``part_size`` samples with ``latent_moments`` (unscaled mean and log-variance, so training
 still draws a fresh posterior sample every step) and ``prompt_embeds``; for I2V also
@@ -32,10 +32,10 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
-from training.bucket_plan import DataConfig, Planned, Planner, fps_prompt
-from training.data import resolve_rank
-from training.latent_cache import write_cache_index, write_cache_part
-from training.shard_source import decode_planned, read_shard_index
+from training.data.bucket_plan import DataConfig, Planned, Planner, fps_prompt
+from training.data.loader import resolve_rank
+from training.data.latent_cache import write_cache_index, write_cache_part
+from training.data.shard_source import decode_planned, read_shard_index
 from training.models import Models
 from training.objective import (
     MAX_TEXT_LEN,
@@ -141,7 +141,7 @@ def precompute_cache(
     """Encode ``samples`` (dicts as PrecomputeSamples yields) into parts under cfg.out.
 
     Returns this rank's index entries. With one process the index is written too; with several,
-    gather every rank's entries and call ``training.latent_cache.write_cache_index`` once, after all.
+    gather every rank's entries and call ``training.data.latent_cache.write_cache_index`` once, after all.
     Part numbers interleave ranks (k * world_size + rank), so ranks never write the same file.
     """
     if not cfg.out:

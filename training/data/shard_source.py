@@ -2,13 +2,13 @@
 
 A stream reads its own slice of the shards -- resampled with its own seed (`resample`), or a
 disjoint slice of each shuffled pass, split by rank and then by stream -- through webdataset
-verbs, plans each sample from its KEY.json alone (training/bucket_plan.py), groups samples by
+verbs, plans each sample from its KEY.json alone (training/data/bucket_plan.py), groups samples by
 bucket and drawn frame rate and emits a batch when one is full. Pixels are decoded only when a
-batch is loaded (training/video_io.py): resized preserving aspect to cover the bucket,
+batch is loaded (training/data/video_io.py): resized preserving aspect to cover the bucket,
 centre-cropped, frames picked at the drawn fps.
 
 A sample whose media fails to decode is skipped and counted ("undecodable"), with a warning
-naming the shard and key; the batch keeps its other samples (see training/data.py for what
+naming the shard and key; the batch keeps its other samples (see training/data/loader.py for what
 happens when none is left).
 """
 
@@ -27,7 +27,7 @@ import torch
 import webdataset as wds
 
 from curation.core.buckets import parse_bucket
-from training.bucket_plan import (
+from training.data.bucket_plan import (
     MEDIA,
     PIXEL_DTYPES,
     DataConfig,
@@ -38,7 +38,7 @@ from training.bucket_plan import (
     natural_image_ratio,
     stable_seed,
 )
-from training.video_io import DecodeError, decode_image, decode_video
+from training.data.video_io import DecodeError, decode_image, decode_video
 
 log = logging.getLogger("videomill")
 
