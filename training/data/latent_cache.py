@@ -35,7 +35,7 @@ class CacheFormat:
       null when absent) the frame rate its frames were drawn at (multi-frame-rate buckets get
       one part series per rate, and a batch never mixes rates). `empty_captions` / `samples`
       (optional) let a T2V run check its captions without opening parts; `skipped` counts the
-      samples precompute did not encode, by reason (training/bucket_plan.SKIP_REASONS).
+      samples precompute did not encode, by reason (training/data/bucket_plan.py SKIP_REASONS).
     CACHE/<bucket>/part-NNNNNN.safetensors, n samples each:
         latent_moments  (n, 2*C, f, h, w)  float32 | float16 | bfloat16: the VAE posterior's
                         parameters, mean and log-variance concatenated on dim 1 as diffusers'
