@@ -41,8 +41,8 @@ from curation.core.manifest import (
     write_table_atomic,
 )
 from curation.media.container import media_type, source_id
-from curation.outputs.report import count_list_values, write_report
-from curation.outputs.report import funnel as funnel_counts
+from curation.outputs.report import write_report
+from curation.outputs.report_tables import count_list_values, funnel as funnel_counts
 from curation.core.schema import SOURCE_ROW, analyzed_clip_schema, clip_schema, source_schema
 from curation.core.stage import Stage, warn_once
 from curation.outputs.write_shards import write_shards
