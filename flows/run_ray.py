@@ -12,7 +12,7 @@ Fault isolation: stages turn any exception on one item into its error row themse
 (curation.core.stage.item_error). A worker that *dies* on an item (segfault, os._exit, OOM kill)
 is retried `max_retries` times by Ray; then its block is dropped (`max_errored_blocks`) and
 the flow, finding those sources missing from the manifest, retries them one per block and
-finally writes them as `worker_died` error rows (flows/curate.py).
+finally writes them as `worker_died` error rows (flows/bookkeeping.py).
 """
 
 from __future__ import annotations
