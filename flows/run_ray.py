@@ -1,5 +1,9 @@
 """Run a chain of stages on Ray Data.
 
+Why one module: it is the only file that knows Ray Data. The actor and task adapters, the live
+counts, the blocks, the retries and dropped blocks, the streaming pipeline and the session are
+one executor; the stages and the flows stay free of Ray because all of it is here.
+
 Each stage becomes one `map_batches` operator named after the stage class, so the Ray
 dashboard reads as the pipeline. Stateful stages (models) run on an actor pool sized from the
 cluster (GPUs / the stage's `num_gpus`, or CPUs / `num_cpus`) and load once per actor in
