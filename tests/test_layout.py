@@ -14,6 +14,7 @@
       algorithm; split, each part would need the others' private state.
 
   LONG_ALLOWED lists the exceptions that are being dealt with elsewhere, each with its reason.
+* Moves: every import of a product module (product, tests, bench) names a module of this tree.
 
 Parsing only (`ast`), nothing is imported: the whole file runs in a fraction of a second.
 """
@@ -123,6 +124,26 @@ def test_product_imports_form_no_cycle():
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle) + (
         " (move the shared code below both, or import inside the function that needs it)")
+
+
+def test_every_import_of_a_product_module_names_one_in_this_tree():
+    """`from curation import synthetic` after synthetic moved to curation/corpora/: an installed
+    copy of the package elsewhere (an editable install of another checkout) still answers it,
+    so the suite runs against that copy without a word. Only the tree can say it is gone.
+    (The packages' `__init__.py` define no names: `from PACKAGE import X` names a module.)"""
+    modules = _modules()
+    packages = {m for m, p in modules.items() if p.name == "__init__.py"}
+    wrong = []
+    for path in (p for d in (*PACKAGES, "tests", "bench") for p in sorted((ROOT / d).rglob("*.py"))):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names if node.module in packages)]
+            else:
+                continue
+            wrong += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names if n.split(".")[0] in PACKAGES and n not in modules]
+    assert not wrong, "imports of modules this tree does not have:\n" + "\n".join(wrong)
 
 
 def test_only_module_level_imports_count():
