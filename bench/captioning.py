@@ -56,7 +56,7 @@ from captioning.caption_clips import TODO, CaptionClips  # noqa: E402
 from captioning.frames import pick, read_clip, read_windows  # noqa: E402
 from captioning.prepare import PrepareFrames  # noqa: E402
 from captioning.store import WriteParts, counts  # noqa: E402
-from curation import synthetic  # noqa: E402
+from curation.corpora import synthetic  # noqa: E402
 from curation.core.config import load_config  # noqa: E402
 from curation.core.frames import frame_fields, pack_frames, unpack_frames  # noqa: E402
 

@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 from av.video.reformatter import VideoReformatter  # noqa: E402
 
-from curation import synthetic  # noqa: E402
+from curation.corpora import synthetic  # noqa: E402
 from curation.analysis.analyze import SplitAndScore, group_sources  # noqa: E402
 from curation.core.config import PROFILES, load_config  # noqa: E402
 from curation.media.inputs import expand_inputs, is_image  # noqa: E402

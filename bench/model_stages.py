@@ -42,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curation import synthetic  # noqa: E402
+from curation.corpora import synthetic  # noqa: E402
 from curation.analysis.analyze import SplitAndScore  # noqa: E402
 from curation.core.config import load_config  # noqa: E402
 from curation.core.frames import FRAMES_SHAPE, FRAMES_T, unpack_frames  # noqa: E402

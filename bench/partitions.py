@@ -26,7 +26,7 @@ if str(_REPO) not in sys.path:
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from curation import synthetic  # noqa: E402
+from curation.corpora import synthetic  # noqa: E402
 from curation.core.config import load_config  # noqa: E402
 from curation.media.inputs import expand_inputs  # noqa: E402
 from curation.core.manifest import Layout, read_scores  # noqa: E402

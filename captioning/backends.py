@@ -1,5 +1,11 @@
 """Where captions are generated: transformers in this process, or an OpenAI-compatible server.
 
+Why one module: the two backends are one interface (`Request` in, `Reply` out, failures as
+replies) under one caption key, so a caption must not depend on which of them made it. What
+keeps them equal (the request, the sampling settings, the chat messages, the answer constraint
+of the judge) sits beside both, and a difference between them shows when they are read side by
+side.
+
 Both take a list of `Request`s and return one `Reply` each, in order; a failed model call is a
 `Reply` with `error` set (the clip gets `caption_error`), never an exception that loses the batch.
 

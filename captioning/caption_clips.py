@@ -1,5 +1,9 @@
 """Stage: dense captions for accepted clips, within the trainer's token budget.
 
+Why one module: it is one stage, and most of it is the per-batch path of `CaptionClips` (frames,
+drafts, judge, gates, retry, budget) over one batch's state (`_Clip`, `_Row`); the text rules,
+prompts, frames and backends it calls already live in their own modules.
+
 Per batch of clips:
 
 1. frames (captioning/frames.py): the pipeline's decoded frames or the extracted clip file;

@@ -1,5 +1,9 @@
 """Caption text: repairs, cleaning, quality gates, the token budget, duplicate detection.
 
+Why one module: it holds every rule a caption passes, in the order `caption` applies them;
+the repairs, gates and budget share the word, sentence and script helpers, and the failure
+corpus below tests them as one path.
+
 Pure functions on strings, so every rule is tested without a model; tests/data/caption_failures.jsonl
 holds replies real VLMs are reported to write, each with the public report it comes from. The
 stage's path from a reply to a caption is `caption(raw, hit_limit=..., language=...)`: repairs and

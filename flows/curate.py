@@ -5,7 +5,8 @@ split into clip rows, the clip-level model stages (flows/stages.py), and a write
 each batch of clip rows into a manifest part, the unit of resume (curation/core/manifest.py).
 Prefect tasks stay coarse: the streaming scoring step and each global step (decide, extract,
 shards, report), retried as wholes; a retried or rerun scoring step skips complete sources.
-`runtime.executor = "local"` runs the same stages in-process.
+`runtime.executor = "local"` runs the same stages in-process. What the run keeps account of
+(sources done, workers lost, progress and funnel counts) is flows/bookkeeping.py's.
 """
 
 from __future__ import annotations
@@ -15,40 +16,22 @@ from typing import Callable, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE as NO_CACHE
 
 from curation.core.config import TINY_MODEL, RunConfig, to_dict
 from curation.decisions.decide import decide
-from curation.models.embeddings import embeddings_dir
 from curation.decisions.global_scores import add_global_scores
 from curation.models.model_scoring import TINY_WARNING, model_metadata
 from curation.outputs.extract_clips import EXTRACT_INPUT, ExtractClips, prune_clips, remove_temporaries
-from curation.core.manifest import (
-    Layout,
-    WriteParts,
-    committed_parts,
-    conform,
-    lookup,
-    read_dataset,
-    read_parts,
-    read_scores,
-    read_sources,
-    settle,
-    write_bytes_atomic,
-    write_json_atomic,
-    write_part,
-    write_table_atomic,
-)
-from curation.media.container import media_type, source_id
-from curation.outputs.report import count_list_values, write_report
-from curation.outputs.report import funnel as funnel_counts
-from curation.core.schema import SOURCE_ROW, analyzed_clip_schema, clip_schema, source_schema
+from curation.core.manifest import Layout, conform, lookup, read_dataset, read_scores, read_sources, write_json_atomic, write_table_atomic
+from curation.outputs.report import write_report
+from curation.core.schema import clip_schema
 from curation.core.stage import Stage, warn_once
 from curation.outputs.write_shards import write_shards
+from flows.bookkeeping import WORKER_RETRIES, check_fingerprint, funnel, publish_summary, stream_sources
 from flows.logs import run_logger
-from flows.progress import Live, Progress, count_extracted, count_model_scored, count_scored
-from flows.preflight import (  # noqa: F401 - ConfigError, scoring_fingerprint: this module's API too
+from flows.progress import Live, Progress, count_extracted
+from flows.preflight import (
     ONLY_AFTER_SCORING,
     ConfigError,
     check_inputs,
@@ -57,15 +40,11 @@ from flows.preflight import (  # noqa: F401 - ConfigError, scoring_fingerprint: 
     config_for_out,
     existing_run,
     run_config,
-    scores_conflict,
-    scoring_fingerprint,
 )
 from flows.run_local import run_local, stream_local
 from flows.stages import check_clip_stages, clip_stages, source_stages
 
 Runner = Callable[[Sequence[Stage], pa.Table], pa.Table]
-# Ray's retries of a block whose worker died, before the flow retries its sources one by one.
-WORKER_RETRIES = 2
 
 
 def get_runner(cfg: RunConfig) -> Runner:
@@ -87,32 +66,6 @@ def get_streamer(cfg: RunConfig) -> tuple[Callable[..., Iterator[pa.Table]], Cal
     return stream_ray, sources_per_block
 
 
-def check_fingerprint(layout: Layout, cfg: RunConfig, rescore: bool) -> None:
-    """Refuse to mix scores made under different settings in one OUT (unless --rescore, which
-    discards the old ones); then record this run's scoring fingerprint."""
-    if scores_conflict(layout, cfg):
-        check_scores(layout, cfg, rescore)
-        for d in (layout.sources, layout.scores, layout.clip_manifest, layout.clips, embeddings_dir(layout)):
-            for p in d.glob("*"):
-                if p.is_file():
-                    p.unlink()
-    write_bytes_atomic(layout.fingerprint_file, (scoring_fingerprint(cfg) + "\n").encode())
-
-
-def worker_died_rows(sources: list[str], tries: int) -> pa.Table:
-    """Error rows for sources whose worker died on every try (scoring stream row layout)."""
-    heads = [
-        {"source": s, "source_id": source_id(s), "media_type": media_type(s), "status": "error", "num_clips": 0,
-         "error": f"the worker processing this source died on all {tries} tries (crash, out of memory or killed)",
-         "error_code": "worker_died",
-         "error_detail": f"Ray retried its block {WORKER_RETRIES} times (then, if it shared the block, "
-                         "the flow ran it alone in a block of its own)"}
-        for s in sources
-    ]
-    return pa.Table.from_pylist([{"source": h["source"], "media_type": h["media_type"], SOURCE_ROW: h} for h in heads],
-                                schema=analyzed_clip_schema())
-
-
 def score_sources(
     sources: list[str], layout: Layout, cfg: RunConfig, extra_source_stages: Sequence[Stage] = (),
     stages: Sequence[Stage] | None = None,
@@ -122,46 +75,11 @@ def score_sources(
     `extra_source_stages` run after the analysis, as source stages (tasks) on its clip rows:
     tests use them to inject faults into the real pipeline. `stages` replaces probe and
     analysis (bench/scale_sim.py's fixed-cost stub); it must emit analyzed_clip_schema rows."""
-    log = run_logger()
     clip = clip_stages(cfg)
     check_clip_stages(clip)
     stages = [*(source_stages(cfg, clip) if stages is None else stages), *extra_source_stages]
-    done = settle(layout)
-    todo = [s for s in sources if s not in done]
-    log.info("%d sources already done, %d to score", len(sources) - len(todo), len(todo))
     stream, block_size = get_streamer(cfg)
-    writer = WriteParts(layout.root)
-    rows, k = cfg.runtime.partition_size, block_size(len(todo))
-    already = source_counts(layout, done & set(sources))
-    with Progress("scoring", len(sources), log, model_stages=bool(clip), **already) as progress:
-        live = {"live": Live(count_scored, progress.add), "live_models": Live(count_model_scored, progress.add_scored)}
-        for _ in stream(todo, stages, clip, writer, rows_per_part=rows, sources_per_block=k, max_retries=WORKER_RETRIES, **live):
-            pass
-        done = settle(layout)
-        missing = [s for s in todo if s not in done]
-        if missing and k > 1:  # their blocks were dropped after Ray's retries: each alone in a block, once more
-            log.warning("%d sources lost their worker; retrying each in a block of its own", len(missing))
-            for _ in stream(missing, stages, clip, writer, rows_per_part=rows, sources_per_block=1, max_retries=WORKER_RETRIES, **live):
-                pass
-            done = settle(layout)
-            missing = [s for s in missing if s not in done]
-        if missing:
-            log.error("%d sources killed their worker on every try: error rows (worker_died)", len(missing))
-            write_part(layout, worker_died_rows(missing, (2 if k > 1 else 1) * (WORKER_RETRIES + 1)))
-            done = settle(layout)
-        final = source_counts(layout, done & set(sources))  # the manifest's truth (a retried batch counted twice)
-        progress.set(**final)
-    return {"sources": len(sources), "scored": len(todo), "clips": final["clips"] - already["clips"], "worker_died": len(missing)}
-
-
-def source_counts(layout: Layout, sources: set[str]) -> dict[str, int]:
-    """Of `sources` in OUT's manifest: how many, their clips, how many failed (progress counts)."""
-    if not sources:
-        return {"done": 0, "clips": 0, "failed": 0}
-    t = read_parts(layout.sources, committed_parts(layout), source_schema(), columns=["source", "status", "num_clips"])
-    t = t.filter(pc.is_in(t.column("source"), pa.array(sorted(sources), pa.string())))
-    return {"done": t.num_rows, "clips": int(pc.sum(t.column("num_clips")).as_py() or 0),
-            "failed": int(pc.sum(pc.equal(t.column("status"), "error")).as_py() or 0)}
+    return stream_sources(stream, block_size, sources, layout, cfg, stages, clip)
 
 
 @task(name="score", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -310,11 +228,6 @@ def report_step(out: str) -> str:
     return str(Layout.at(out).root / "report.html")
 
 
-def funnel(sources: pa.Table, clips: pa.Table) -> dict:
-    """The report's funnel numbers plus rejections by reason: the run's summary."""
-    return funnel_counts(sources, clips) | {"rejected_by_reason": dict(sorted(count_list_values(clips, "reject_reasons").items()))}
-
-
 @flow(name="curate", log_prints=True)
 def curate(
     inputs: list[str],
@@ -413,20 +326,6 @@ def report(out: str) -> str:
     """Write OUT/report.html and OUT/report.json from OUT's manifest."""
     existing_run(out)
     return report_step(out)
-
-
-def publish_summary(summary: dict, dashboard: str | None) -> None:
-    """The run's funnel as a Prefect markdown artifact (`prefect artifact ls`, the UI)."""
-    lines = ["## videomill run", "", "| stage | count |", "|---|---|"]
-    for key in ("inputs", "sources_ok", "sources_failed", "clips", "accepted", "rejected", "clip_errors", "sharded"):
-        lines.append(f"| {key} | {summary[key]} |")
-    lines += ["", "| rejected because | clips |", "|---|---|"]
-    lines += [f"| {r} | {n} |" for r, n in summary["rejected_by_reason"].items()] or ["| (none) | 0 |"]
-    lines += ["", f"- output: `{summary['out']}`", f"- manifest: `{summary['out']}/manifest`"]
-    lines += [f"- shards: `{summary['out']}/shards`", f"- report: `{summary['report']}`"]
-    if dashboard:
-        lines.append(f"- Ray dashboard: [{dashboard}]({dashboard}) (token: `ray get-auth-token`)")
-    create_markdown_artifact(key="videomill-run-summary", markdown="\n".join(lines), description="curation funnel")
 
 
 def _compute(cfg: RunConfig):

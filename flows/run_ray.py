@@ -1,5 +1,9 @@
 """Run a chain of stages on Ray Data.
 
+Why one module: it is the only file that knows Ray Data. The actor and task adapters, the live
+counts, the blocks, the retries and dropped blocks, the streaming pipeline and the session are
+one executor; the stages and the flows stay free of Ray because all of it is here.
+
 Each stage becomes one `map_batches` operator named after the stage class, so the Ray
 dashboard reads as the pipeline. Stateful stages (models) run on an actor pool sized from the
 cluster (GPUs / the stage's `num_gpus`, or CPUs / `num_cpus`) and load once per actor in
@@ -12,7 +16,7 @@ Fault isolation: stages turn any exception on one item into its error row themse
 (curation.core.stage.item_error). A worker that *dies* on an item (segfault, os._exit, OOM kill)
 is retried `max_retries` times by Ray; then its block is dropped (`max_errored_blocks`) and
 the flow, finding those sources missing from the manifest, retries them one per block and
-finally writes them as `worker_died` error rows (flows/curate.py).
+finally writes them as `worker_died` error rows (flows/bookkeeping.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,10 @@
 """The training loop: one function that runs the same under Ray Train, torchrun or alone.
 
+Why one module: nanoGPT's and torchtitan's habit: the loop reads top to bottom in one file
+(distributed setup, parallelism in one place, the step, validation, checkpoints, `train`), so
+the order in which they are applied is visible. The model, objective, data, checkpoint format
+and EMA are their own modules.
+
     python -m training.loop CONFIG          # one process, or under `torchrun --nproc-per-node N`
     videomill train CONFIG --num-workers N  # Ray Train (flows/train.py) calls `train` per worker
 

@@ -22,7 +22,7 @@ from curation.core.config import RunConfig
 from curation.media.decode import DecodeStats, Frame, check_complete, iter_frames, scaled_size
 from curation.media.container import MediaError
 from curation.core.frames import pack_frames
-from curation.media.images import read_image  # noqa: F401 - curation/outputs/report_figures.py imports it from here
+from curation.media.images import read_image
 from curation.core.schema import SOURCE_ROW, analyzed_clip_schema, source_schema, to_table
 from curation.analysis.score_motion import MotionScorer, PairScores
 from curation.analysis.split_scenes import Splitter, Window

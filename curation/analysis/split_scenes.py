@@ -1,5 +1,13 @@
 """Shot boundaries and clip windows, from the decode pass's own thumbnails.
 
+Why one module: one online algorithm. The three tests (cuts, dissolves, fades) read one ring of
+frame measurements and decide together which frames belong to no shot; the windows take frames
+only once those decisions are final (the detector's `settle_lag`), so detector, splitter and
+windower share one contract about time. Split, that contract and the small measurements
+(`change`, `structure_change`, `same_scene`) would be spread over files only this algorithm
+uses, and the figures below would leave the code they calibrate. Most of the length is
+`ShotDetector`.
+
 Why not PySceneDetect or TransNetV2 as they are: both decode the video themselves, and the
 analysis pass is decode-bound, so a second decode would halve it; and on the labelled
 benchmark (bench/shots.py, bench/RESULTS.md) both leave transition frames in clips

@@ -1,8 +1,12 @@
 """Hostile inputs: media shaped like those in public bug reports of video tools.
 
+Why one module: it is one table. Each maker is a row (a bug report's file and what a correct run
+must find for it) and `make_hostile_corpus` lists them all with their expectations; split, a
+file and the expectation that checks it would live apart.
+
 Each maker writes one small file (or folder) with PyAV alone (no ffmpeg CLI needed) and
 returns what a correct run must find for it. `make_hostile_corpus` writes them all into one
-folder, with good files beside them, for the reliability tests (tests/test_hostile.py).
+folder, with good files beside them, for the reliability tests (tests/flows/test_hostile.py).
 Sizes and frame counts are kept small so the whole corpus builds in seconds.
 """
 

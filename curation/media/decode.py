@@ -1,5 +1,11 @@
 """Decode a video once, sequentially, and hand every scorer the view of each frame it needs.
 
+Why one module: the pass is one loop and its parts (the timestamp policy `Timeline`, the reorder
+buffer, the per-rate samplers, the decode thread that runs ahead) are tuned against each other:
+which frames are held, when swscale runs, what a stall is. Extraction times its frames with the
+same `decoded_frames`: one timestamp policy, in one file, is what keeps analysis and extraction
+agreeing frame by frame.
+
 Why PyAV and not decord: our access pattern is one sequential pass over every frame (cut
 detection needs them all). Measured here (bench/cpu_stages.py prints it), PyAV's threaded
 sequential decode beats decord's, and decord 0.6 is unmaintained (leaks, wrong frames on

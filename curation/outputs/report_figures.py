@@ -20,10 +20,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from curation.analysis.analyze import read_image
+from curation.media.images import read_image
 from curation.media.decode import scaled_size
 from curation.media.container import MediaError, display_rotation, open_container
-from curation.outputs.report import float_values
+from curation.outputs.report_tables import float_values
 
 THUMB_SHORT_SIDE = 144
 _BLUE, _RED, _GREY = "#3b6ea8", "#c0392b", "#7f8c8d"

@@ -18,7 +18,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from curation import clip_models as cm  # noqa: E402
+from curation.models import clip_models as cm  # noqa: E402
 from curation.core.config import load_config  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "laion_aesthetic"

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from open_clip.transformer import LayerNormFp32  # noqa: E402
 
 from clip_fixtures import local_clip, photos  # noqa: E402, F401 (fixtures)
-from curation import clip_models as cm  # noqa: E402
+from curation.models import clip_models as cm  # noqa: E402
 from curation.core.config import load_config  # noqa: E402
 from curation.models.score_clip import ScoreWithClip  # noqa: E402
 

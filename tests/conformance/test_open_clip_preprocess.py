@@ -33,8 +33,8 @@ from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preproc
 from PIL import Image  # noqa: E402
 
 from clip_fixtures import local_clip, photos  # noqa: E402, F401 (fixtures)
-from curation import clip_models as cm  # noqa: E402
-from curation import preprocess_clip  # noqa: E402
+from curation.models import clip_models as cm  # noqa: E402
+from curation.models import preprocess_clip  # noqa: E402
 from curation.core.config import load_config  # noqa: E402
 from curation.models.preprocess_clip import PREPROCESS_KEYS, preprocess_frames  # noqa: E402
 

@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.core.manifest import Layout
-from curation.outputs.report import NOT_SCORES, PER_SHEET, TINY_WARNING, build_report, load_run, write_report
+from curation.outputs.report import NOT_SCORES, TINY_WARNING, build_report, load_run, write_report
+from curation.outputs.report_tables import PER_SHEET
 from curation.corpora.synthetic import moving, static, text_slide, texture, write_video
 
 pytestmark = pytest.mark.slow

@@ -1,5 +1,6 @@
-"""The report's figures are computed in Arrow (curation/outputs/report.py), so a run of millions of
-clips never turns its manifest into Python rows: they must equal the plain-Python counts."""
+"""The report's figures are computed in Arrow (curation/outputs/report_tables.py), so a run of
+millions of clips never turns its manifest into Python rows: they must equal the plain-Python
+counts."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.core.config import load_config
-from curation.outputs.report import MAX_GROUPS, PER_SHEET, captions, count_list_values, duplicates, ranked, summarize, value_counts
+from curation.outputs.report_tables import MAX_GROUPS, PER_SHEET, captions, count_list_values, duplicates, ranked, summarize, value_counts
 
 
 def clips_table(n: int, seed: int = 0) -> pa.Table:
@@ -154,7 +155,8 @@ def test_columns_a_disabled_stage_never_filled_are_named_with_the_setting():
 
 
 def test_sections_of_disabled_stages_collapse_to_one_line():
-    from curation.outputs.report import off, stages_run
+    from curation.outputs.report import stages_run
+    from curation.outputs.report_tables import off
 
     cfg, t = _off_cfg(), clips_table(30)
     assert ranked(t, off(cfg).get("aesthetic")) == {
@@ -169,7 +171,7 @@ def test_sections_of_disabled_stages_collapse_to_one_line():
 
 
 def test_gallery_shows_accepted_clips_spread_over_the_run_whatever_models_ran():
-    from curation.outputs.report import GALLERY, gallery
+    from curation.outputs.report_tables import GALLERY, gallery
 
     t = clips_table(300).set_column(4, "aesthetic_score", pa.nulls(300, pa.float64()))
     t = t.append_column("motion_score", pa.array(np.linspace(0, 1, 300)))

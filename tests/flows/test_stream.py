@@ -21,7 +21,7 @@ from curation.core.frames import unpack_frames
 from curation.core.manifest import Layout, committed_parts, read_scores, read_sources
 from curation.media.probe import ProbeSources
 from curation.core.stage import Stage
-from flows import curate as curate_mod
+from flows import bookkeeping, curate as curate_mod
 
 pytestmark = pytest.mark.slow
 # The stages below travel to Ray workers by value (this test module is not importable there).
@@ -131,7 +131,7 @@ def test_poison_inputs_become_one_error_row_each(corpus, tmp_path, ray_local, mo
     layout = Layout.at(tmp_path / "out")
     layout.make()
     monkeypatch.setattr(curate_mod, "source_stages", lambda cfg, clip: [OddProbe(cfg, "odd.mp4"), SplitAndScore(cfg, frames=False)])
-    monkeypatch.setattr(curate_mod, "WORKER_RETRIES", 1)  # each try restarts a worker: keep the test short
+    monkeypatch.setattr(bookkeeping, "WORKER_RETRIES", 1)  # each try restarts a worker: keep the test short
     result = curate_mod.score_sources(sources, layout, cfg, extra_source_stages=[KillWorkerOn("killer.mp4")])
     rows = {Path(r["source"]).name: r for r in read_sources(layout).to_pylist()}
     assert sorted(rows) == sorted(Path(s).name for s in sources)  # exactly one row per input
