@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from curation.media.container import decode
+from curation.media import decode
 from curation.core.config import load_config
 from curation.media.decode import ThumbReader, _Reorder, iter_frames, reorder_depth
 from curation.analysis.score_motion import MotionScorer

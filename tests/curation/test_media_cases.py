@@ -251,7 +251,7 @@ def test_a_stalled_decoder_fails_its_item_not_the_run(cases, monkeypatch):
     import threading
     import time
 
-    from curation.media.container import decode
+    from curation.media import decode
 
     d, _ = cases
     release = threading.Event()
