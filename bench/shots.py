@@ -55,9 +55,9 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench import shotset  # noqa: E402
-from curation.core.config import SplitConfig, load_config  # noqa: E402
+from curation.core.config import load_config  # noqa: E402
 from curation.media.decode import iter_frames  # noqa: E402
-from curation.analysis.split_scenes import Splitter, Windower  # noqa: E402
+from curation.analysis.split_scenes import SplitConfig, Splitter, Windower  # noqa: E402
 
 TOLERANCE = 2  # frames, hard cuts (the and PySceneDetect's usual setting)
 

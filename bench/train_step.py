@@ -137,10 +137,9 @@ def tiny_shards(out: Path) -> Path:
     import pyarrow as pa
 
     from curation.corpora import synthetic
-    from curation.core.config import ShardConfig
     from curation.core.manifest import Layout
     from curation.core.schema import NEG_TAGS, clip_schema, neg_column, to_table
-    from curation.outputs.write_shards import write_shards
+    from curation.outputs.write_shards import ShardConfig, write_shards
 
     media = [(f"w{i}", (320, 180), 25.0, 50) for i in range(4)] + [(f"n{i}", (240, 180), 24.0, 48) for i in range(2)]
     media += [(f"i{i}", (320, 180), None, 1) for i in range(2)]

@@ -26,20 +26,51 @@ import io
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from captioning.frames import Sampled
 from captioning.judge import Step, schema
 from captioning.tiny import TINY, ensure_tiny_vlm
-from curation.core.config import merge_dicts
+from curation.core.config_loader import check_positive, merge_dicts
 from curation.models.hub import MissingModel, Model, hf_model
 
 __all__ = ["MissingModel", "OpenAIBackend", "Reply", "Request", "Sampling", "TransformersBackend", "resolve_model"]
 
 log = logging.getLogger("videomill")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaptionOpenAIConfig:
+    """The `openai` caption backend: any OpenAI-compatible chat-completions server."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key_env: str = "OPENAI_API_KEY"  # read from this variable; "EMPTY" when unset (local servers)
+    served_model: str | None = None  # the name the server knows the model by; None: caption.model
+    max_in_flight: int = 64  # concurrent requests per stage actor
+    timeout_s: float = 120.0
+    max_retries: int = 4  # the openai client retries connection errors, 408/429/5xx with exponential backoff
+    # "video": one base64 MP4 of the sampled frames at their sampling rate (the server reads the
+    # clip's timing from the container); "images": one base64 JPEG per frame, each after a
+    # "Frame at T s:" line (for servers that take no video).
+    frames_as: str = "video"
+    # How the server takes the sampling settings the OpenAI schema lacks (repetition_penalty, the
+    # chat template's arguments, the video processor's): "vllm" (vLLM, SGLang: top-level extra
+    # fields) or "transformers" (`transformers serve`: a `generation_config` JSON string).
+    server: str = "vllm"
+    extra_body: dict[str, Any] = field(default_factory=dict)  # merged over what `server` sends
+
+    def __post_init__(self) -> None:
+        check_positive(self, "max_in_flight", "timeout_s")
+        if self.frames_as not in ("images", "video"):
+            raise ValueError(f"caption.openai.frames_as must be 'images' or 'video', got {self.frames_as!r}")
+        if self.server not in ("vllm", "transformers"):
+            raise ValueError(f"caption.openai.server must be 'vllm' or 'transformers', got {self.server!r}")
+        if self.max_retries < 0:
+            raise ValueError("caption.openai.max_retries must be >= 0")
 
 
 @dataclass(frozen=True)

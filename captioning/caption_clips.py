@@ -49,16 +49,80 @@ import pyarrow as pa
 
 from captioning import judge as J
 from captioning import text as T
-from captioning.backends import OpenAIBackend, Request, Sampling, TransformersBackend, resolve_model
+from captioning.backends import CaptionOpenAIConfig, OpenAIBackend, Request, Sampling, TransformersBackend, resolve_model
+from captioning.judge import JudgeConfig
 from captioning.frames import Sampled, pick, pick_windows, read_windows
 from captioning.prompts import PROMPT_VERSION, get_prompts
 from captioning.tiny import TINY
-from curation.core.config import CaptionConfig, JudgeConfig
+from curation.core.config_loader import check_positive
 from curation.core.frames import FRAMES, unpack_frames
 from curation.core.manifest import fingerprint
 from curation.media.container import MediaError
 from curation.core.schema import CAPTION_COLUMNS, CLIP_COLUMNS, JUDGE_COLUMNS, JUDGE_TAGS, judge_column
 from curation.core.stage import Stage
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaptionConfig:
+    """Dense re-captioning of accepted clips (captioning/). Models: hub id, local path or "tiny"."""
+
+    enabled: bool = True
+    mode: str = "video"  # "video": the VLM sees the clip; "frames+summary": CogVideoX's chain
+    backend: str = "transformers"  # "transformers" (in-process actor pool) | "openai" (a server)
+    model: str = "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"
+    summary_model: str | None = None  # frames+summary fusion and shortening LLM; None: `model` in text mode
+    budget_tokenizer: str = "THUDM/CogVideoX-2b"  # the trainer's T5 tokenizer (its `tokenizer` subfolder), or "tiny"
+    max_tokens: int = 226  # every final caption fits this many budget-tokenizer tokens (CogVideoX's T5 length)
+    max_new_tokens: int = 256  # generation limit of a dense caption
+    temperature: float = 0.2
+    top_p: float = 0.9
+    retry_temperature: float = 0.8  # a failed gate retries once with this sampling
+    repetition_penalty: float = 1.05
+    seed: int = 0
+    frame_source: str = "auto"  # "pipeline" (frames the analysis decoded), "clip" (the extracted file), "auto"
+    fps: float = 2.0
+    max_frames: int = 16
+    max_pixels: int = 336 * 336  # per frame; larger frames are scaled down (video VLMs slow down or OOM)
+    summary_frames: int = 4  # K frames captioned densely in frames+summary mode
+    # How a long clip is seen. "spread": one caption from frames spread over the whole clip
+    # (`fps`, at most `max_frames`). "windows" (Cosmos-Curate's captioning): the clip in windows of
+    # `window_frames` frames, a remainder of at least half a window its own window (a shorter one
+    # joins the last), each window sampled at `fps` (at most `max_frames`) and captioned on its own.
+    policy: str = "spread"
+    window_frames: int = 256
+    duplicate_min_clips: int = 3  # the same caption text on this many clips is flagged `duplicate`
+    block_size: int = 256  # clips captioned and written per block (the unit of resume)
+    batch_size: int = 8  # clips per stage batch (and generation batch)
+    num_gpus: float = 0.0  # per caption actor; > 0 runs bf16 + SDPA on the GPU
+    actors: int | None = None  # caption actors (each loads the model once per run); None: GPUs / num_gpus, or CPUs
+    dtype: str = "auto"  # "auto": bf16 on GPU, fp32 on CPU
+    openai: CaptionOpenAIConfig = field(default_factory=CaptionOpenAIConfig)
+
+    def __post_init__(self) -> None:
+        check_positive(self, "max_tokens", "max_new_tokens", "fps", "max_frames", "max_pixels", "summary_frames",
+                  "duplicate_min_clips", "block_size", "batch_size")
+        if self.mode not in ("video", "frames+summary"):
+            raise ValueError(f"caption.mode must be 'video' or 'frames+summary', got {self.mode!r}")
+        if self.backend not in ("transformers", "openai"):
+            raise ValueError(f"caption.backend must be 'transformers' or 'openai', got {self.backend!r}")
+        if self.actors is not None and (not isinstance(self.actors, int) or self.actors < 1):
+            raise ValueError(f"caption.actors must be a positive integer or null, got {self.actors!r}")
+        if self.policy not in ("spread", "windows"):
+            raise ValueError(f"caption.policy must be 'spread' or 'windows', got {self.policy!r}")
+        if self.window_frames < 2:
+            raise ValueError(f"caption.window_frames must be >= 2, got {self.window_frames}")
+        if self.frame_source not in ("auto", "pipeline", "clip"):
+            raise ValueError(f"caption.frame_source must be auto, pipeline or clip, got {self.frame_source!r}")
+        if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
+            raise ValueError(f"caption.dtype must be auto, bf16, fp16 or fp32, got {self.dtype!r}")
+        for f in ("temperature", "retry_temperature", "num_gpus"):
+            if getattr(self, f) < 0:
+                raise ValueError(f"caption.{f} must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("caption.top_p must be within (0, 1]")
+        if not self.model:
+            raise ValueError("caption.model: give a hub id, a local path or 'tiny'")
+
 
 # Per-row figures for throughput, never written to the manifest: generated tokens (all calls);
 # on a batch's first row (0 elsewhere) the seconds the stage worked on the batch and the seconds

@@ -39,6 +39,86 @@ import re
 from dataclasses import dataclass, field
 
 from captioning import text as T
+from curation.core.config_loader import check_positive
+from curation.core.schema import JUDGE_TAGS
+
+
+# The questions of the VLM-judged tags (curation/core/schema.py JUDGE_TAGS): CogVideoX's six negative
+# tags (arXiv:2408.06072, sec. 3.1, tagged there with Video-LLaMA) and Cosmos-Curate's artefact
+# criteria (its VLM "video quality" yes/no questions).
+JUDGE_QUESTIONS: dict[str, str] = {
+    "over_edited": "Is the video heavily edited: jump cuts, transitions, special effects or graphic overlays?",
+    "incoherent_motion": "Is the motion broken or incoherent: stutter, frozen frames, jumps, or objects that appear and vanish?",
+    "low_quality": "Is the video low quality: blurry, pixelated, heavily compressed or badly exposed?",
+    "lecture": "Is this a lecture or presentation: slides, a whiteboard, or a person talking in front of them?",
+    "text_dominated": "Is the picture dominated by text: documents, large captions or on-screen text covering much of it?",
+    "noisy_screen": "Is this a noisy or glitched screen: static, corrupted frames, or a filmed monitor?",
+    "slideshow": "Is the video a slideshow of still images rather than continuous footage?",
+    "synthetic": "Is the video synthetic: computer graphics, animation, a video game or a screen recording?",
+    "visual_filter": "Has a strong visual filter or colour effect been applied to the footage?",
+    "post_production_text": "Does the video contain text added in post-production: titles, subtitles, watermarks or logos?",
+    "video_in_video": "Does the video show another video inside it: picture-in-picture, split screen, or a screen playing a video?",
+    "photographic_artifacts": "Are there photographic artefacts: lens flare, dirt on the lens, banding or heavy noise?",
+    "distorted_view": "Is the view distorted or rotated: fisheye, stretched, sideways or upside down?",
+    "low_resolution": "Is the video low resolution or visibly upscaled?",
+    "blurred_region": "Is part of the frame blurred or masked on purpose: faces, number plates, censoring?",
+    "abrupt_camera_motion": "Does the camera move abruptly: strong shake, whip pans or sudden jerks?",
+    "fast_zoom": "Does the camera zoom in or out quickly?",
+    "unnatural_speed": "Does the video play at an unnatural speed: sped up, slowed down or time-lapse?",
+}
+assert tuple(JUDGE_QUESTIONS) == JUDGE_TAGS, "curation/core/schema.py lists the judged tags"
+
+
+@dataclass(frozen=True, kw_only=True)
+class JudgeQuestion:
+    """One VLM-judged tag: `name` (one of curation/core/schema.py JUDGE_TAGS, its column `vlm_<name>`),
+    the yes/no `question`, and the P(yes) at or above which the tag fires."""
+
+    name: str
+    question: str = ""  # empty: the default wording (JUDGE_QUESTIONS)
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.name not in JUDGE_TAGS:
+            raise ValueError(f"judge.questions: unknown tag {self.name!r}; known: {list(JUDGE_TAGS)} "
+                             "(a new tag is a new manifest column: add it to curation/core/schema.py JUDGE_TAGS)")
+        if not self.question:
+            object.__setattr__(self, "question", JUDGE_QUESTIONS[self.name])
+        if not 0 < self.threshold <= 1:
+            raise ValueError(f"judge.questions[{self.name}].threshold must be within (0, 1], got {self.threshold}")
+
+
+def _default_questions() -> tuple[JudgeQuestion, ...]:
+    return tuple(JudgeQuestion(name=n) for n in JUDGE_QUESTIONS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JudgeConfig:
+    """VLM-judged tags (this module): the caption model answers yes/no questions about
+    every clip the cheap filters accepted, before captioning it; decide fires `vlm_<name>` at the
+    question's threshold and rejects unless the tag is in `keep`. Off whenever captioning is
+    (RunConfig turns it off)."""
+
+    enabled: bool = False
+    questions: tuple[JudgeQuestion, ...] = field(default_factory=_default_questions)
+    keep: tuple[str, ...] = ()  # judged tags that tag a clip without rejecting it
+    # The JSON answer's length limit where a server writes it unconstrained (the transformers
+    # backend writes exactly the template: `template` below).
+    max_new_tokens: int = 400
+    logprobs: int = 5  # openai backend: candidates per answer token read for P(yes); 0: the answer as 1/0
+
+    def __post_init__(self) -> None:
+        check_positive(self, "max_new_tokens")
+        if self.enabled and not self.questions:
+            raise ValueError("judge.questions: the judge is on but asks nothing")
+        names = [q.name for q in self.questions]
+        if len(set(names)) != len(names):
+            raise ValueError("judge.questions: a tag is asked twice")
+        if bad := set(self.keep) - set(names):
+            raise ValueError(f"judge.keep: {sorted(bad)} are not asked (judge.questions)")
+        if self.logprobs < 0:
+            raise ValueError("judge.logprobs must be >= 0")
+
 
 # What an answer depends on beyond the config (the judge key hashes it): 1: the prompt and
 # answer format of this module.

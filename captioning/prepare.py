@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from captioning.caption_clips import FRAMES_FROM, TODO
+from captioning.caption_clips import FRAMES_FROM, TODO, CaptionConfig
 from captioning.frames import read_windows
-from curation.core.config import CaptionConfig
 from curation.outputs.extract_clips import EXTRACT_INPUT, ExtractClips
 from curation.core.frames import frame_fields, pack_frames
 from curation.media.container import MediaError

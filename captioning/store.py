@@ -34,6 +34,7 @@ from captioning import text as T
 from captioning.caption_clips import (
     BUSY_S,
     GEN_TOKENS,
+    CaptionConfig,
     OUTPUT_SCHEMA,
     WAIT_S,
     CaptionClips,
@@ -41,7 +42,7 @@ from captioning.caption_clips import (
     judge_key,
     judged_out,
 )
-from curation.core.config import CaptionConfig, JudgeConfig
+from captioning.judge import JudgeConfig
 from curation.core.manifest import Layout, lookup, read_dataset, write_table_atomic
 from curation.core.schema import CAPTION_COLUMNS, JUDGE_COLUMNS, JUDGE_TAGS, judge_column
 from curation.core.stage import Stage

@@ -18,10 +18,11 @@ import pyarrow.compute as pc
 from prefect import flow, task
 from prefect.cache_policies import NONE as NO_CACHE
 
-from curation.core.config import TINY_MODEL, RunConfig, to_dict
+from curation.core.config import RunConfig, to_dict
 from curation.decisions.decide import decide
 from curation.decisions.global_scores import add_global_scores
 from curation.models.model_scoring import TINY_WARNING, model_metadata
+from curation.models.score_clip import TINY_MODEL
 from curation.outputs.extract_clips import EXTRACT_INPUT, ExtractClips, prune_clips, remove_temporaries
 from curation.core.manifest import Layout, conform, lookup, read_dataset, read_scores, read_sources, write_json_atomic, write_table_atomic
 from curation.outputs.report import write_report

@@ -25,7 +25,7 @@ from prefect import flow
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from curation.core.config import build_config
+from curation.core.config_loader import build_config
 from flows.logs import run_logger
 from flows.run_ray import ray_session
 from training.config import TrainConfig, check_model_fit, config_dict, load_train_config

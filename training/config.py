@@ -9,7 +9,7 @@
     [distributed] below                  workers, GPUs, DDP or FSDP2
     [precompute]  training/data/precompute.py `videomill train precompute`: storage dtype, VAE slicing/tiling
 
-Unknown keys fail at load time with their dotted path (curation.core.config.build_config); the
+Unknown keys fail at load time with their dotted path (curation/core/config_loader.py); the
 resolved config is written into the run directory.
 
 **Paths** (data.shards, data.cache_dir, model.pretrained when it is a local directory,
@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from curation.core.config import build_config, merge_dicts, read_config_file
+from curation.core.config_loader import build_config, merge_dicts, read_config_file
 from training.data.loader import DataConfig
 from training.models import ModelConfig
 from training.objective import ObjectiveConfig

@@ -19,7 +19,7 @@ import os
 import shutil
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from diffusers import (
@@ -27,6 +27,7 @@ from diffusers import (
     CogVideoXDDIMScheduler,
     CogVideoXTransformer3DModel,
 )
+from pydantic import BeforeValidator
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5EncoderModel
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,12 @@ class LoraOptions:
             raise ValueError(f"model.lora.dropout must be in [0, 1), got {self.dropout}")
 
 
+def _false_is_none(value: object) -> object:
+    """TOML has no null: `lora = false` in a config file means a full finetune (the loader,
+    curation/core/config_loader.py, runs this before it checks the type)."""
+    return None if value is False else value
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     # Hub id, local pipeline directory, or "tiny" (random tiny models built into tiny_dir).
@@ -67,7 +74,7 @@ class ModelConfig:
     # (odd latent frame counts get the first frame prepended) and, for I2V, the ofs embedding.
     version: Literal["1.0", "1.5"] = "1.0"
     dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
-    lora: LoraOptions | None = field(default_factory=LoraOptions)  # None: full finetune
+    lora: Annotated[LoraOptions | None, BeforeValidator(_false_is_none)] = field(default_factory=LoraOptions)  # None: full finetune
     gradient_checkpointing: bool = True
     snr_shift_scale: float | None = None  # None: keep the scheduler config's (3.0 for 2B, 1.0 for 5B)
     revision: str | None = None
@@ -75,8 +82,8 @@ class ModelConfig:
     tiny_dir: str | None = None  # where pretrained="tiny" builds its models (default: a user cache)
 
     def __post_init__(self) -> None:
-        # From a config file lora arrives as a table; TOML has no null, so `lora = false` also
-        # means a full finetune (YAML/JSON can say null).
+        # Built in code (the loader has made these a LoraOptions or None already), lora may be a
+        # table; TOML has no null, so `lora = false` also means a full finetune (YAML/JSON can say null).
         if self.lora is False:
             object.__setattr__(self, "lora", None)
         elif isinstance(self.lora, dict):

@@ -45,8 +45,26 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from curation.core.config import MotionConfig
+from curation.core.config_loader import check_positive
 from curation.media.container import MediaError
+
+
+@dataclass(frozen=True, kw_only=True)
+class MotionConfig:
+    # Flow between consecutive samples at this rate: the motion budget per second of video,
+    # whatever the source's frame rate. Not lower: at 2/s a pan of 2.2 short sides/s moved
+    # more than half the working frame between samples and read as 1.69 (0.76 of its speed;
+    # 0.92-0.99 at 3/s, tests/curation/test_score_motion.py), so motion_too_high (1.5) would
+    # hang on a thread; the real development set's tags held at 2/s but it has no fast pan.
+    sample_fps: float = 3.0
+    patch_grid: int = 4  # motion_min_patch over a grid x grid split
+    dis_preset: str = "ultrafast"  # OpenCV DIS preset: ultrafast | fast | medium
+
+    def __post_init__(self) -> None:
+        check_positive(self, "sample_fps", "patch_grid")
+        if self.dis_preset not in ("ultrafast", "fast", "medium"):
+            raise ValueError(f"motion.dis_preset must be ultrafast, fast or medium, got {self.dis_preset!r}")
+
 
 _CHANGED_LEVELS = 12  # grey-level change that counts as "this pixel changed"
 _UNEXPLAINED_LEVELS = 16  # residual after warping that counts as "flow did not explain this pixel"

@@ -64,8 +64,88 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from curation.core.config import SplitConfig
+from curation.core.config_loader import check_positive
 from curation.analysis.shot_model import WindowedScores, thumb_rgb
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitConfig:
+    """Shot boundaries (this module) and clip windows. Thresholds were chosen on the
+    development part of the shot benchmark (bench/shotset.py, bench/shots.py); the
+    held-back part was not used to set them."""
+
+    # Hard cuts: a frame's change (mean |Y/U/V delta| of 3x3-smoothed thumbnails, 0-255) at
+    # least this...
+    cut_threshold: float = 5.0
+    # ...standing this many times above every change within 3 frames either side (cuts on the
+    # development part: 1.8-100x; no other frame there above 1.5x)...
+    cut_isolation: float = 2.0
+    # ...or this many when the structure changes at least cut_structure_strong (below: a cut
+    # into fast dark motion measured 1.8x and 0.26; strong shake at most 1.5x)
+    cut_isolation_strong: float = 1.6
+    # ...with the luma structure changed (1 - rank correlation of 20x12 luma: cuts on the
+    # development part measured 0.11-1.6, exposure steps 0.005-0.046, clipping included) by at
+    # least this more than between the frames 2 either side (cuts: >= 0.089 more)...
+    cut_structure: float = 0.075
+    cut_structure_strong: float = 0.25
+    # ...and the picture not back within 3 frames: a flash or glitch when the frame before is
+    # within this fraction of the change of one of them (cuts measured >= 0.69).
+    transient_return: float = 0.5
+    min_clip_s: float = 2.0
+    max_clip_s: float = 10.0  # longer shots are cut into windows of this length
+    # Gradual transitions, on a 4x4 grid of block means (0-255) and the fine texture.
+    gradual_change: float = 6.0  # rms grid change between the frames around a dissolve, at least
+    gradual_fit: float = 0.25  # rms misfit of the linear mix / that change, at most (dissolves: <= 0.23)
+    gradual_dip: float = 0.5  # the fine-texture dip, as a fraction of what mixing predicts (dissolves: 0.69-1.09)...
+    # ...at most this (blur loses more texture than mixing; an encoder smooths mixed detail
+    # more: synthetic dissolves measured up to 1.45)
+    gradual_dip_max: float = 1.6
+    # ...and following the mixing curve: rms texture misfit / the predicted dip's depth, at most
+    # (dissolves on the development part: <= 0.21; spans of shake and of fades: >= 0.46)
+    gradual_texture_fit: float = 0.35
+    # Fades: the picture's energy (rms luma above black) dips below this fraction of both sides;
+    # each fade frame is at least `fade_step` darker than the next outside frame.
+    fade_dark: float = 0.3
+    fade_step: float = 0.01
+    # The two sides of a dip to dark with less structure change than this are one scene (a hand
+    # over the lens): no boundary.
+    fade_same_scene: float = 0.15
+    # TransNetV2 beside the measurements above (curation/analysis/shot_model.py): "off", "transnetv2",
+    # or "auto" (TransNetV2 on the gpu profile, off elsewhere: on CPU it costs ~10x the decode).
+    # Its boundaries (frames scored above model_threshold) that ours do not cover are added
+    # when our checks do not contradict them (flashes, a scene that comes back).
+    model: str = "auto"
+    model_threshold: float = 0.5
+    # A cut the model finds and we do not must still stand this many times above the changes
+    # around it (mid whip pan and mid crash zoom, where it fired on the development part: 1.0)
+    model_cut_isolation: float = 1.3
+    model_device: str = "auto"  # auto: cuda when there is one
+    # GPU share of each analysis actor when the model runs on Ray GPUs (16 per GPU; each holds
+    # a CUDA context, ~0.5 GB); 0: the model runs where the analysis task runs, without a GPU.
+    model_gpus: float = 0.0625
+
+    def model_for(self, profile: str) -> str:
+        """The shot model a run with this profile uses."""
+        return ("transnetv2" if profile == "gpu" else "off") if self.model == "auto" else self.model
+    gradual_max_frames: int = 60  # longer spans are motion, not a transition
+    # Frames dropped around a gradual transition beyond its estimated ends, as a fraction of
+    # its length (at least 2): ends estimated a few frames off leave no mixed frame in a clip
+    # (refined dissolve ends on the development part: within 3 frames of the labels).
+    gradual_margin: float = 0.2
+
+    def __post_init__(self) -> None:
+        check_positive(self, "cut_threshold", "cut_isolation", "cut_isolation_strong", "cut_structure", "cut_structure_strong", "transient_return", "min_clip_s",
+                  "max_clip_s", "gradual_change", "gradual_fit", "gradual_dip", "gradual_dip_max", "gradual_texture_fit", "gradual_max_frames", "fade_dark",
+                  "fade_step", "fade_same_scene", "model_cut_isolation")
+        if self.gradual_margin < 0:
+            raise ValueError("split.gradual_margin must be >= 0")
+        if self.model not in ("auto", "off", "transnetv2"):
+            raise ValueError(f"split.model must be 'auto', 'off' or 'transnetv2', got {self.model!r}")
+        if not 0 < self.model_threshold < 1 or self.model_gpus < 0:
+            raise ValueError("split.model_threshold must be within (0, 1) and split.model_gpus >= 0")
+        if self.max_clip_s < self.min_clip_s:
+            raise ValueError("split.max_clip_s must be >= split.min_clip_s")
+
 
 LOOKAHEAD = 3  # frames after a cut candidate that the transient check needs
 _BATCH = 8  # dissolve spans are tested for this many end frames at a time

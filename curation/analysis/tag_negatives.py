@@ -52,8 +52,24 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from curation.core.config import TagsConfig
+from curation.core.config_loader import check_positive
 from curation.core.schema import neg_column
+
+
+@dataclass(frozen=True, kw_only=True)
+class TagsConfig:
+    sample_fps: float = 0.5  # frames per second the per-frame tag scorers look at (>= 1 per 2 s clip)
+    short_side: int = 270  # tag frames are scaled to this short side (never upscaled)
+    low_res_short_side: int = 240  # low_res reaches 0.5 at 3/4 of this short side, 1 at half
+    min_bits_per_pixel: float = 0.03  # a moving clip below this is starved of bits (real 25 kbit/s pan: 0.009)
+    # 99th percentile |Laplacian| of a crisp frame (blur score 0). Real good footage measured
+    # 180-255; real photos under a 2.5 px Gaussian blur 32, 3.5 px 25 (60 let the 2.5 px pass).
+    sharp_ref: float = 70.0
+    min_fps: float = 8.0  # low_quality reaches 0.5 at 3/4 of this frame rate, 1 at half (a real 2.3 fps source: 1)
+    over_edited_cuts_per_min: float = 12.0  # cuts inside a clip (jump cuts) per minute at which over_edited reaches 0.5
+
+    def __post_init__(self) -> None:
+        check_positive(self, "sample_fps", "short_side", "low_res_short_side", "sharp_ref", "min_fps", "over_edited_cuts_per_min")
 
 
 @dataclass(frozen=True)

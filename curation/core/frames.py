@@ -22,10 +22,36 @@ and raw bytes cross Ray's object store without conversion.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
+
+from curation.core.config_loader import check_positive
+
+
+@dataclass(frozen=True, kw_only=True)
+class FramesConfig:
+    """RGB frames the analysis pass hands to model stages (this module's columns).
+
+    Each sampled frame costs a colour conversion and scaling in the analysis pass (~0.7 ms at
+    336 px from SD video, as much as decoding it), so by default the pass samples what its
+    consumers read and no more (RunConfig.frames_plan): the CLIP stage's `models.sample_fps`
+    and `models.max_frames`, OCR's `models.ocr_frames`, and the caption stage's rate when it
+    takes the pipeline's frames (`caption.frame_source = "pipeline"`); at least one frame per
+    shortest clip (`1 / split.min_clip_s`), as the tag samples."""
+
+    fps: float | None = None  # sampling rate; None: the consumers' (see above)
+    max_frames: int | None = None  # cap per clip, evenly spread; None: the consumers' largest
+    short_side: int = 336  # scaled to this short side, never upscaled; stages resize further
+
+    def __post_init__(self) -> None:
+        check_positive(self, "short_side")
+        for k in ("fps", "max_frames"):
+            if getattr(self, k) is not None and getattr(self, k) <= 0:
+                raise ValueError(f"frames.{k} must be > 0 (or unset: what the model stages read), got {getattr(self, k)}")
+
 
 FRAMES = "frames"
 FRAMES_SHAPE = "frames_shape"

@@ -202,7 +202,7 @@ CLIP_COLUMNS.update(
 )
 # VLM-judged tags (captioning/judge.py): the caption model's answer to one yes/no question per
 # tag, on clips the cheap filters accepted. The names are fixed here (the schema is code); the
-# questions' wording and thresholds are configuration ([judge], curation/core/config.py).
+# questions' wording and thresholds are configuration ([judge], captioning/judge.py JudgeConfig).
 JUDGE_TAGS: tuple[str, ...] = (
     # CogVideoX's six negative tags, asked of the VLM
     "over_edited", "incoherent_motion", "low_quality", "lecture", "text_dominated", "noisy_screen",

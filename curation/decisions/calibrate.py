@@ -4,8 +4,9 @@
 labels a person wrote, and reports, per tag and per rule, the confusion (TP/FP/FN/TN),
 precision and recall of what fired, and the threshold that would reach a target precision on
 these clips. It is the measurement the CogVideoX team made on their 20k labelled clips, for a
-user's own few hundred; thresholds and defaults in curation/core/config.py were chosen with it on
-the real development set (bench/realset.py, tests/data/realset_labels.csv).
+user's own few hundred; thresholds and defaults (the stages' Config classes, listed in
+curation/core/config.py) were chosen with it on the real development set (bench/realset.py,
+tests/data/realset_labels.csv).
 
 Labels CSV, one row per labelled clip or span (header required; `#` lines are comments):
 

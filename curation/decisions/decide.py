@@ -8,13 +8,105 @@ CogVideoX team tuned their filters on the distribution of the whole pool.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
-from curation.core.config import DecideConfig, JudgeConfig, Rule
 from curation.core.schema import NEG_TAGS, judge_column, neg_column
+
+if TYPE_CHECKING:  # annotations only: the decisions layer does not import captioning
+    from captioning.judge import JudgeConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rule:
+    """Keep a clip only if `column` lies within [min, max].
+
+    Bounds are absolute (`min`/`max`) or percentiles of this run's scored clips
+    (`min_pct`/`max_pct`, 0-100), the "dynamic thresholds" CogVideoX tuned theirs with.
+    A clip whose value is null passes a rule unless `drop_null` is set.
+    """
+
+    column: str
+    name: str = ""
+    min: float | None = None
+    max: float | None = None
+    min_pct: float | None = None
+    max_pct: float | None = None
+    drop_null: bool = False
+
+    def __post_init__(self) -> None:
+        if self.min is not None and self.min_pct is not None:
+            raise ValueError(f"rule {self.column}: give min or min_pct, not both")
+        if self.max is not None and self.max_pct is not None:
+            raise ValueError(f"rule {self.column}: give max or max_pct, not both")
+        for f in ("min_pct", "max_pct"):
+            v = getattr(self, f)
+            if v is not None and not 0 <= v <= 100:
+                raise ValueError(f"rule {self.column}: {f} must be within 0-100, got {v}")
+        if not self.name:
+            object.__setattr__(self, "name", self.column)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TagSignal:
+    """A model signal for a negative tag: the tag also fires when `column` >= `at`.
+
+    The combined rule (`decide` below): a tag fires when its heuristic score reaches its
+    threshold OR any of its signals reaches its own; a null or absent signal never fires."""
+
+    tag: str
+    column: str
+    at: float
+
+    def __post_init__(self) -> None:
+        if self.tag not in NEG_TAGS:
+            raise ValueError(f"decide.tag_signals: unknown tag {self.tag!r}; known: {list(NEG_TAGS)}")
+
+
+def _default_tag_signals() -> tuple[TagSignal, ...]:
+    # OCR text area of a slide of text: 0.37-0.65 of the frame; natural photographs: 0
+    # (tests/curation/test_score_text.py); a line of subtitles ~0.03-0.08 must not fire.
+    # CLIP zero-shot scores (zs_*) are not a default signal: add them per run once measured.
+    return (TagSignal(tag="text_dominated", column="ocr_text_area", at=0.2),)
+
+
+def _default_tag_thresholds() -> dict[str, float]:
+    return {t: 0.5 for t in NEG_TAGS}
+
+
+def _default_rules() -> tuple[Rule, ...]:
+    return (
+        Rule(column="motion_score", name="motion_too_low", min=0.005),
+        Rule(column="motion_score", name="motion_too_high", max=1.5),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecideConfig:
+    # A negative tag fires when its score >= threshold; a fired tag rejects the clip
+    # unless the tag is listed in `keep_tags` (tagged, not dropped).
+    tag_thresholds: dict[str, float] = field(default_factory=_default_tag_thresholds)
+    keep_tags: tuple[str, ...] = ()
+    rules: tuple[Rule, ...] = field(default_factory=_default_rules)
+    tag_signals: tuple[TagSignal, ...] = field(default_factory=_default_tag_signals)
+    drop_duplicates: bool = True  # a near-duplicate (dup_of set, curation/decisions/dedup.py) is rejected
+    keep_probe_tags: tuple[str, ...] = ()  # tag-probe tags that tag a clip without rejecting it
+
+    def __post_init__(self) -> None:
+        unknown = set(self.tag_thresholds) - set(NEG_TAGS)
+        if unknown:
+            raise ValueError(f"decide.tag_thresholds: unknown tags {sorted(unknown)}; known: {list(NEG_TAGS)}")
+        object.__setattr__(self, "tag_thresholds", {**_default_tag_thresholds(), **self.tag_thresholds})
+        bad = set(self.keep_tags) - set(NEG_TAGS)
+        if bad:
+            raise ValueError(f"decide.keep_tags: unknown tags {sorted(bad)}")
+        tag_cols = {neg_column(t) for t in NEG_TAGS}
+        for r in self.rules:
+            if r.column in tag_cols:
+                raise ValueError(f"decide.rules: use decide.tag_thresholds for {r.column}")
 
 
 DUPLICATE = "duplicate"  # the reject reason of a near-duplicate; its kept clip is in `dup_of`

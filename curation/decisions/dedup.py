@@ -23,7 +23,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curation.core.config import DedupConfig
+from curation.core.config_loader import check_positive
+
+
+@dataclass(frozen=True, kw_only=True)
+class DedupConfig:
+    """Near-duplicate removal over clip embeddings (this module), before decide."""
+
+    enabled: bool = True
+    # Cosine similarity at or above which two clips are duplicates (SemDeDup's 1 - eps;
+    # the paper removes at eps 0.05-0.3 depending on how much it wants to drop).
+    threshold: float = 0.95
+    block: int = 4096  # rows per block of the similarity matrix (memory: block x N floats)
+    kmeans_above: int = 1_000_000  # more clips than this: k-means first (faiss), compare within clusters
+    clusters: int | None = None  # k for k-means; None: sqrt(clips)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.threshold <= 1:
+            raise ValueError(f"dedup.threshold must be within (0, 1], got {self.threshold}")
+        check_positive(self, "block", "kmeans_above")
 
 
 @dataclass

@@ -37,6 +37,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from curation.core.config_loader import check_positive
 from curation.media.container import (
     MediaError,
     declared_video_span,
@@ -46,6 +47,27 @@ from curation.media.container import (
     open_container,
     video_stream,
 )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecodeConfig:
+    work_short_side: int = 128  # optical flow runs on grey frames at this short side
+    cut_thumb_width: int = 64  # cut detection runs on thumbnails this wide
+    threads: int = 0  # FFmpeg decode threads; 0: the stage's num_cpus (what Ray reserved for it)
+    # Frames (and images) over this many pixels are refused from their header, before any
+    # decoding: 100 Mpx holds 8K video (33 Mpx) and large photos, and bounds one decoded
+    # RGB frame to 300 MB; a forged header claiming 60000x60000 would need ~10 GB a frame.
+    max_pixels: int = 100_000_000
+    # A decoder that yields no frame for this long fails its item (error_code "timeout").
+    stall_timeout_s: float = 120.0
+    # Frames (and images) with a shorter side than this are refused from their header
+    # (error_code "too_small"): optical flow (OpenCV's DIS) needs its 8 px patch at its finest
+    # pyramid scale, 1/4, so 32 px; a 2400x10 strip made it raise. Far below any training size.
+    min_side: int = 32
+
+    def __post_init__(self) -> None:
+        check_positive(self, "work_short_side", "cut_thumb_width", "max_pixels", "stall_timeout_s", "min_side")
+
 
 _PLANAR_8BIT = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p"}
 

@@ -6,7 +6,7 @@ import fsspec
 import pyarrow as pa
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from curation.core.config import DecodeConfig
+from curation.media.decode import DecodeConfig
 from curation.media.inputs import is_url
 from curation.media.container import MediaError, check_pixels, check_regular_file, check_side, file_size, media_type, probe_video, source_id
 from curation.core.schema import SOURCE_COLUMNS, source_schema, to_table

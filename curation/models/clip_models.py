@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curation.core.config import TINY_MODEL, ModelsConfig
+from curation.models.score_clip import TINY_MODEL, ModelsConfig
 from curation.models.hub import MissingModel, Model
 
 log = logging.getLogger(__name__)

@@ -4,8 +4,8 @@ the scoring stream), and the metadata that names their models in the manifest.""
 from __future__ import annotations
 
 import logging
-from curation.core.config import TINY_MODEL, RunConfig
-from curation.models.score_clip import ScoreWithClip
+from curation.core.config import RunConfig
+from curation.models.score_clip import TINY_MODEL, ScoreWithClip
 from curation.models.score_text import ScoreText
 from curation.core.stage import Stage
 

@@ -26,15 +26,66 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 
-from curation.core.config import ModelsConfig
+from curation.core.config_loader import check_positive
 from curation.core.frames import FRAMES, FRAMES_SHAPE, FRAMES_T, unpack_frames
 from curation.core import schema
 from curation.core.stage import Stage
+
+
+TINY_MODEL = "tiny"  # [models] clip / aesthetic_head: random-initialised, built offline, untrained
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelsConfig:
+    """Model scoring (ScoreWithClip below, ScoreText in curation/models/score_text.py): one CLIP
+    forward per sampled frame feeds the aesthetic score, the zero-shot tags and the clip embedding.
+
+    ``clip`` is an open_clip architecture (``open_clip.list_models()``), ``hf-hub:org/repo``,
+    or ``tiny``; ``clip_pretrained`` an open_clip tag (``openai``) or a local checkpoint file.
+    ``aesthetic_head`` is a local ``.pth``/``.safetensors`` file, ``hf-hub:org/repo/file``,
+    ``tiny``, or empty (no aesthetic score). A model that cannot be found stops the run at
+    start-up (curation/models/clip_models.py: ModelNotFound)."""
+
+    # CLIP scoring (aesthetic, zero-shot tags, embeddings -> dedup and the tag probe), in every
+    # profile; the weights are fetched on first use (curation/models/hub.py). The cpu profile's cost,
+    # measured on a 2-core VM (bench/RESULTS.md, "CLIP on the cpu profile"): ViT-B/32 ~110 ms
+    # of one core per 224 px frame against ~0.14-0.25 s to decode and analyse a clip of the
+    # opencv-doc videos, and seconds per clip for its SmolVLM2 captions. At 1 fps x 8 frames
+    # analysis + CLIP + OCR ran at 0.08 of the analysis pass's clip rate, at 0.5 fps x 2 frames
+    # (the cpu profile, below) at 0.37: small beside captioning, so the default run keeps the
+    # aesthetic score, the zero-shot tags and dedup.
+    enabled: bool = True
+    # cpu: ViT-B/32 with OpenAI weights (88M-param image tower, 151M in all; ~4.4 GFLOPs per
+    # 224 px frame) and the LAION linear head for ViT-B/32 (sa_0_4_vit_b_32_linear.pth).
+    clip: str = "ViT-B-32-quickgelu"
+    clip_pretrained: str = "openai"
+    aesthetic_head: str = "sa_0_4_vit_b_32_linear.pth"
+    device: str = "auto"  # auto: cuda when available, else cpu
+    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or fp32 | fp16 | bf16
+    frames_per_forward: int = 64  # frames batched across clips into one forward
+    clips_per_batch: int = 16  # rows the stage takes per call
+    num_gpus: float = 0.0  # per actor (fractional shares a GPU)
+    sample_fps: float = 1.0  # of the clip's carried frames, score ~this many per second
+    max_frames: int = 8  # ...at most this many per clip
+    ocr: bool = True  # the OCR text score (rapidocr-onnxruntime, PP-OCRv4; weights in the wheel): every profile
+    ocr_frames: int = 2  # frames per clip the detector reads (evenly spaced)
+    ocr_side: int = 336  # the detector sees frames scaled to this short side
+
+    def __post_init__(self) -> None:
+        check_positive(self, "frames_per_forward", "clips_per_batch", "sample_fps", "max_frames", "ocr_frames", "ocr_side")
+        if self.num_gpus < 0:
+            raise ValueError(f"models.num_gpus must be >= 0, got {self.num_gpus}")
+        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
+            raise ValueError(f"models.precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
+        if not self.clip:
+            raise ValueError("models.clip must name an open_clip model, hf-hub:org/repo, or 'tiny'")
+
 
 log = logging.getLogger(__name__)
 

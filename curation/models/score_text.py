@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from curation.core.config import ModelsConfig
+from curation.models.score_clip import ModelsConfig
 from curation.core.frames import FRAMES, FRAMES_SHAPE, FRAMES_T, unpack_frames
 from curation.core.stage import Stage
 

@@ -25,6 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeConfig:
+    """A trained tag probe (`videomill tags train`) applied to the clip embeddings before decide."""
+
+    path: str | None = None  # PROBE file from `videomill tags train`; None: no probe
+
+
 THRESHOLD = 0.5
 
 

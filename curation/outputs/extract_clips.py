@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
@@ -35,11 +36,25 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from curation.core.config import DecodeConfig, ExtractConfig
-from curation.media.decode import decoded_frames, run_ahead, scaled_size
+from curation.media.decode import DecodeConfig, decoded_frames, run_ahead, scaled_size
 from curation.media.images import read_image
 from curation.media.container import MediaError, display_rotation, display_size, open_container, video_stream
 from curation.core.stage import Stage
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExtractConfig:
+    target_fps: float | None = None  # None: keep the source frame rate
+    short_side: int | None = None  # None: keep the source size
+    crf: int = 18
+    preset: str = "veryfast"
+
+    def __post_init__(self) -> None:
+        if self.short_side is not None and (self.short_side < 2 or self.short_side % 2):
+            raise ValueError("extract.short_side must be an even number >= 2 (H.264 needs even sizes)")
+        if not 0 <= self.crf <= 51:
+            raise ValueError("extract.crf must be within 0-51")
+
 
 EXTRACT_INPUT = pa.schema(
     [

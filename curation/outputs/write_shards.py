@@ -30,13 +30,44 @@ from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import webdataset as wds
 
-from curation.core.buckets import assign_bucket
-from curation.core.config import ExtractConfig, ShardConfig
+from curation.core.buckets import DEFAULT_FRAME_BUCKETS, DEFAULT_RESOLUTIONS, Resolution, assign_bucket, check_frame_buckets
 from curation.media.decode import scaled_size
-from curation.outputs.extract_clips import output_fps
+from curation.outputs.extract_clips import ExtractConfig, output_fps
 from curation.core.manifest import Layout, lookup, write_json_atomic
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardConfig:
+    """WebDataset shards of the accepted clips (this module)."""
+
+    # A shard closes before the sample that would pass either limit (None: no limit on
+    # that axis); a single sample larger than max_bytes gets a shard of its own.
+    max_samples_per_shard: int | None = 1000
+    max_bytes_per_shard: int | None = 1 << 30  # 1 GiB: large sequential reads, few files
+    bucketing: bool = True  # group shards by training bucket (curation/core/buckets.py)
+    resolutions: tuple[Resolution, ...] = DEFAULT_RESOLUTIONS
+    frame_buckets: tuple[int, ...] = DEFAULT_FRAME_BUCKETS
+    shuffle_seed: int | None = None  # None: clips in clip_id order; else a seeded shuffle across shards
+
+    def __post_init__(self) -> None:
+        for f in ("max_samples_per_shard", "max_bytes_per_shard"):
+            v = getattr(self, f)
+            if v is not None and (not isinstance(v, int) or v <= 0):
+                raise ValueError(f"shard.{f} must be a positive integer or null, got {v!r}")
+        if self.max_samples_per_shard is None and self.max_bytes_per_shard is None:
+            raise ValueError("shard.max_samples_per_shard and shard.max_bytes_per_shard: set at least one")
+        object.__setattr__(self, "frame_buckets", check_frame_buckets(self.frame_buckets))
+        if self.bucketing:
+            if not any(r.media == "video" for r in self.resolutions):
+                raise ValueError("shard.resolutions: bucketing needs at least one video resolution")
+            if not self.frame_buckets:
+                raise ValueError("shard.frame_buckets: bucketing needs at least one frame count")
+        if len(set(self.resolutions)) != len(self.resolutions):
+            raise ValueError("shard.resolutions: duplicate entries")
+        if self.shuffle_seed is not None and not isinstance(self.shuffle_seed, int):
+            raise ValueError(f"shard.shuffle_seed must be an integer or null, got {self.shuffle_seed!r}")
+
 
 log = logging.getLogger("videomill")
 
@@ -224,6 +255,10 @@ class _Hashing:
 
 
 def _write_shard(shard: _Shard, root: Path) -> dict:
+    # Imported here: webdataset imports torch (~6 s), and every config load imports this module
+    # (curation/core/config.py composes ShardConfig).
+    import webdataset as wds
+
     tar, record = root / shard.path, _record_path(root, shard.path)
     record.unlink(missing_ok=True)  # a record must never vouch for a tar it did not see written
     tar.parent.mkdir(parents=True, exist_ok=True)

@@ -92,7 +92,7 @@ def test_every_accepted_clip_has_a_caption_or_an_error_and_shards_carry_it(curat
 def test_the_tiny_trainer_trains_on_the_shard_captions(curated, tmp_path, monkeypatch):
     """training.loop.train in this process; every prompt it encodes is the clip's shard caption."""
     import training.objective as objective
-    from curation.core.config import build_config
+    from curation.core.config_loader import build_config
     from training.config import TrainConfig
     from training.loop import train
     from training.models import build_tiny

@@ -14,7 +14,8 @@ import pytest
 from captioning import judge as J
 from captioning.backends import Reply, Request, Sampling
 from captioning.caption_clips import JUDGED_OUT, CaptionClips, judge_key
-from curation.core.config import JUDGE_QUESTIONS, load_config
+from captioning.judge import JUDGE_QUESTIONS
+from curation.core.config import load_config
 from curation.core.schema import judge_column
 from tests.captioning.conftest import clip_table
 from tests.captioning.test_caption_clips import LONG, WordCount

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -101,3 +102,42 @@ def test_readme_example_config_loads(tmp_path):
     cfg = load_config(tmp_path / f"readme{next(i for i, b in enumerate(blocks) if 'keep_tags' in b)}.toml")
     assert cfg.decide.keep_tags == ("over_edited",)
     assert [r.name for r in cfg.decide.rules] == ["motion_too_low", "motion_top_5pct"]
+
+
+def test_every_unknown_key_is_named_in_one_line():
+    with pytest.raises(ValueError) as e:
+        load_config(overrides={"split": {"min_clp_s": 1}, "zz": 1, "decide": {"rules": [{"colum": "x"}]}})
+    assert str(e.value) == ("unknown config keys: zz, split.min_clp_s (did you mean split.min_clip_s?), "
+                            "decide.rules[0].colum (did you mean decide.rules[0].column?)")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"decide": {"rules": [{"min": 0.1}]}}, "missing config key: decide.rules[0].column"),
+        ({"split": 3}, "split must be a table, got 3"),
+        ({"decide": {"rules": ["motion_score"]}}, "decide.rules[0] must be a table, got 'motion_score'"),
+        ({"shard": {"shuffle_seed": 3.5}}, "shard.shuffle_seed must be an integer, got 3.5"),
+        ({"decode": {"threads": True}}, "decode.threads must be an integer, got True"),
+    ],
+)
+def test_missing_keys_and_wrong_shapes_name_the_field(override, message):
+    with pytest.raises(ValueError) as e:
+        load_config(overrides=override)
+    assert str(e.value) == message
+
+
+def test_a_value_no_config_file_type_maps_to_fails_in_one_line(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("[probe]\npath = 2024-01-01\n")  # a TOML date, not a string
+    with pytest.raises(ValueError, match=r"^config: datetime\.date\(2024, 1, 1\) is not a config value"):
+        load_config(f)
+
+
+def test_nested_configs_come_back_frozen_with_their_own_validation():
+    cfg = load_config(overrides={"judge": {"questions": [{"name": "fast_zoom"}]},
+                                 "shard": {"resolutions": [{"width": 256, "height": 128}], "frame_buckets": [33, 17]}})
+    assert cfg.judge.questions[0].question  # JudgeQuestion.__post_init__ filled the default wording
+    assert cfg.shard.frame_buckets == (17, 33) and cfg.shard.resolutions[0].media == "video"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.shard.bucketing = False  # type: ignore[misc]

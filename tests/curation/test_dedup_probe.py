@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation.core.config import DedupConfig, load_config
+from curation.core.config import load_config
 from curation.decisions.decide import decide
-from curation.decisions.dedup import duplicate_groups, find_duplicates, rank
+from curation.decisions.dedup import DedupConfig, duplicate_groups, find_duplicates, rank
 from curation.models.embeddings import read_embeddings, split_embeddings, write_embeddings
 from curation.core.manifest import Layout
 from curation.core.schema import NEG_TAGS, neg_column, scored_clip_schema, to_table

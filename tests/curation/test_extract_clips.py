@@ -7,8 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation.core.config import ExtractConfig
-from curation.outputs.extract_clips import EXTRACT_INPUT, ExtractClips, output_fps
+from curation.outputs.extract_clips import EXTRACT_INPUT, ExtractClips, ExtractConfig, output_fps
 from curation.corpora.synthetic import COUNTER_BITS as BITS
 from curation.corpora.synthetic import counter_frames, write_video
 

@@ -18,8 +18,8 @@ import pytest
 
 from curation.corpora import hostile
 from curation.analysis.analyze import SplitAndScore, group_sources
-from curation.core.config import ExtractConfig, load_config
-from curation.outputs.extract_clips import extract_video
+from curation.core.config import load_config
+from curation.outputs.extract_clips import ExtractConfig, extract_video
 from curation.media.probe import ProbeSources
 from curation.corpora.synthetic import moving
 
@@ -468,7 +468,7 @@ def test_a_frame_too_small_to_score_has_its_own_reason(tmp_path, stage):
     shrinks mid-stream is refused by the motion scorer the same way."""
     from PIL import Image
 
-    from curation.core.config import MotionConfig
+    from curation.analysis.score_motion import MotionConfig
     from curation.media.container import MediaError
     from curation.analysis.score_motion import MotionScorer
     from curation.corpora.synthetic import texture

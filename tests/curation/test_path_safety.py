@@ -11,12 +11,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from curation.core.config import ExtractConfig, ShardConfig
-from curation.outputs.extract_clips import clip_file, extract_video
+from curation.outputs.extract_clips import ExtractConfig, clip_file, extract_video
 from curation.core.manifest import Layout
 from curation.core.schema import clip_schema
 from curation.corpora.synthetic import moving, write_video
-from curation.outputs.write_shards import write_shards
+from curation.outputs.write_shards import ShardConfig, write_shards
 
 REPO = Path(__file__).resolve().parents[2]
 

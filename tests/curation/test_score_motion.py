@@ -85,8 +85,7 @@ def test_scorer_survives_frame_size_changes():
     # child so a regression fails this test instead of killing the session.
     code = """
 import numpy as np
-from curation.core.config import MotionConfig
-from curation.analysis.score_motion import MotionScorer
+from curation.analysis.score_motion import MotionConfig, MotionScorer
 from curation.corpora.synthetic import texture
 m = MotionScorer(MotionConfig())
 for w, h in [(160, 90), (284, 160), (160, 90)]:

@@ -9,7 +9,7 @@ import pytest
 
 from bench import shotset
 from bench.shots import Detection, score_video, windows
-from curation.core.config import SplitConfig
+from curation.analysis.split_scenes import SplitConfig
 
 LABELS = shotset.load_labels()["videos"]
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from curation.corpora import synthetic
-from curation.core.config import SplitConfig, load_config
+from curation.core.config import load_config
 from curation.media.decode import iter_frames
-from curation.analysis.split_scenes import ShotDetector, Windower
+from curation.analysis.split_scenes import ShotDetector, SplitConfig, Windower
 
 # (size, shot lengths in frames, speed in px/frame): cut positions, shot lengths and motion
 # speeds all vary, down to shots of 9 frames and static shots.

@@ -19,7 +19,7 @@ import pytest
 import webdataset as wds
 
 from curation.core.buckets import DEFAULT_RESOLUTIONS, Resolution, assign_bucket, choose_frames, choose_resolution, parse_bucket
-from curation.core.config import ShardConfig, load_config
+from curation.core.config import load_config
 from curation.core.manifest import Layout
 from curation.core.schema import (
     NEG_TAGS,
@@ -29,7 +29,7 @@ from curation.core.schema import (
     to_table,
 )
 from curation.corpora.synthetic import moving, texture, write_video
-from curation.outputs.write_shards import check_key, write_shards
+from curation.outputs.write_shards import ShardConfig, check_key, write_shards
 
 REPO = Path(__file__).resolve().parents[2]
 FPS = 25.0
@@ -263,9 +263,8 @@ _CRASH = """
 import os, signal, sys
 import pyarrow.parquet as pq
 import webdataset as wds
-from curation.core.config import ShardConfig
 from curation.core.manifest import Layout
-from curation.outputs.write_shards import write_shards
+from curation.outputs.write_shards import ShardConfig, write_shards
 
 written, real = 0, wds.TarWriter.write
 def write(self, sample):

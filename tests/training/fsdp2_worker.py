@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from curation.core.config import build_config
+from curation.core.config_loader import build_config
 from training.checkpoint import latest_checkpoint
 from training.config import TrainConfig
 from training.data.loader import write_cache_index, write_cache_part

@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from curation.core.config import ShardConfig, build_config
+from curation.core.config_loader import build_config
 from curation.core.manifest import Layout
 from curation.core.schema import NEG_TAGS, clip_schema, neg_column, to_table
 from curation.corpora.synthetic import COUNTER_BITS as BITS
 from curation.corpora.synthetic import counter_frames, texture, write_video
-from curation.outputs.write_shards import write_shards
+from curation.outputs.write_shards import ShardConfig, write_shards
 from training.data.loader import (
     CACHE_FORMAT,
     DEFAULT_BUCKETS,
@@ -129,7 +129,7 @@ def test_default_buckets_and_config_validation(tmp_path):
         with pytest.raises(ValueError, match=field):
             DataConfig(**({"shards": "x"} | kw))
     DataConfig(shards="x", frame_multiple=16, buckets=(BucketSpec(name="1360x768_f81"), BucketSpec(name="720x480_f17")))
-    # From a config file's table (the trainer's config maps dicts with curation.core.config.build_config).
+    # From a config file's table (the trainer's config maps dicts with curation.core.config_loader.build_config).
     built = build_config(DataConfig, {"shards": "x", "buckets": [{"name": "720x480_f49", "batch_size": 2},
                                                                 {"width": 1024, "height": 576, "media": "image"}]}, "data")
     assert [b.name for b in built.buckets] == ["720x480_f49", "image_1024x576"] and built.buckets[0].batch_size == 2

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from training.config import load_train_config
+from curation.core.config_loader import build_config
+from training.config import TrainConfig, load_train_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "training" / "configs").glob("*.toml"))
 
@@ -144,3 +145,30 @@ def test_lr_schedules_come_from_diffusers(tmp_path, name):
         assert lrs[5] < 0.2 and lrs[6] == pytest.approx(1.0)
     with pytest.raises(ValueError, match=r"optim\.lr_schedule"):
         _load(tmp_path, optim={"lr_schedule": "step"})
+
+
+def test_multi_frame_rate_lists_load_from_a_config(tmp_path):
+    # README: `fps = [8, 16]` (per bucket or for all) draws one rate per sample.
+    cfg = _load(tmp_path, data={"shards": "out", "fps": [16, 8], "buckets": [{"name": "720x480_f49", "fps": [8, 12]}]})
+    assert cfg.data.fps == (8.0, 16.0) and cfg.data.buckets[0].fps == (8.0, 12.0)
+    assert _load(tmp_path, data={"shards": "out", "fps": None}).data.fps is None
+    with pytest.raises(ValueError) as e:
+        _load(tmp_path, data={"shards": "out", "fps": "fast"})
+    assert str(e.value) == "data.fps must be a number or a list, got 'fast'"
+
+
+def test_lora_false_choices_and_missing_sections(tmp_path):
+    assert _load(tmp_path, model={"lora": False}).model.lora is None  # TOML has no null
+    assert _load(tmp_path, model={"lora": {"rank": 8}}).model.lora.rank == 8
+    with pytest.raises(ValueError) as e:
+        _load(tmp_path, model={"lora": {"rnk": 8}})
+    assert str(e.value) == "unknown config key: model.lora.rnk (did you mean model.lora.rank?)"
+    with pytest.raises(ValueError) as e:
+        _load(tmp_path, model={"dtype": "fp8"})
+    assert str(e.value) == "model.dtype must be 'bf16', 'fp16' or 'fp32', got 'fp8'"
+    with pytest.raises(ValueError) as e:
+        _load(tmp_path, optim={"betas": [0.9, 0.95, 0.99]})
+    assert str(e.value) == "optim.betas must hold 2 values, got [0.9, 0.95, 0.99]"
+    with pytest.raises(ValueError) as e:
+        build_config(TrainConfig, {})
+    assert str(e.value) == "missing config key: data"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from curation.core.config import build_config
+from curation.core.config_loader import build_config
 from training.config import TrainConfig
 
 

@@ -14,7 +14,7 @@ import av
 import pytest
 
 from curation.corpora import synthetic
-from curation.core.config import build_config
+from curation.core.config_loader import build_config
 from training.config import TrainConfig, ValidationConfig
 
 pytestmark = pytest.mark.slow
