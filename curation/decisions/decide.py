@@ -68,7 +68,7 @@ class TagSignal:
 
 def _default_tag_signals() -> tuple[TagSignal, ...]:
     # OCR text area of a slide of text: 0.37-0.65 of the frame; natural photographs: 0
-    # (tests/curation/test_score_text.py); a line of subtitles ~0.03-0.08 must not fire.
+    # (tests/curation/test_model_scoring.py); a line of subtitles ~0.03-0.08 must not fire.
     # CLIP zero-shot scores (zs_*) are not a default signal: add them per run once measured.
     return (TagSignal(tag="text_dominated", column="ocr_text_area", at=0.2),)
 

@@ -12,7 +12,7 @@ through the PP-OCRv4 recogniser and the frame counts only when one of them reads
 up by the engine's text-direction classifier (text filmed upside down or sideways). Recognising every line of a
 slide would cost ~7 s per frame on 2 cores; three boxes cost ~0.1 s. Per clip: ``ocr_text_area``, the median over ``ocr_frames`` evenly spaced
 carried frames, and ``ocr_text_area_max``. A frame of subtitles scores ~0.02-0.05, a slide
-of bullet points 0.1-0.4, natural footage ~0 (tests/curation/test_score_text.py). It sits
+of bullet points 0.1-0.4, natural footage ~0 (tests/curation/test_model_scoring.py). It sits
 beside the heuristic ``text_area`` (curation/analysis/tag_negatives.py); decide combines them
 (``decide.tag_signals``).
 """
