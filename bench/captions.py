@@ -1,6 +1,6 @@
 """Captioning throughput against the engine alone, and beside the frame preparation it needs.
 
-    python bench/captioning.py [--profile tiny|cpu|gpu] [--backend transformers|openai] [--mode video|frames+summary]
+    python bench/captions.py [--profile tiny|cpu|gpu] [--backend transformers|openai] [--mode video|frames+summary]
                                [--clips N] [--base-url URL] [--arch tiny|qwen2.5-vl-7b] [--device cpu|cuda]
                                [--runner local|ray] [--actors A] [--judge]
 
@@ -31,7 +31,7 @@ GPU: the GPU waiting for frames).
 `--arch qwen2.5-vl-7b` swaps the profile's model for a random-initialised Qwen2.5-VL-7B-shaped
 model built in memory (the gpu profile's architecture; no download) and forces every caption
 to `max_new_tokens` tokens, so tokens/s is the architecture's, not the weights'. GPU figures
-need a GPU: `python bench/captioning.py --profile gpu --arch qwen2.5-vl-7b --device cuda --clips 64`.
+need a GPU: `python bench/captions.py --profile gpu --arch qwen2.5-vl-7b --device cuda --clips 64`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The frames a captioner sees, and their timing: ~2 fps, capped in count and in pixels per frame.
 
-Two sources (`caption.frame_source`), measured against each other in bench/captioning.py:
+Two sources (`caption.frame_source`), measured against each other in bench/captions.py:
 
 * ``pipeline``: the frames the analysis pass already decoded for the model stages (the
   transient ``frames`` columns of curation/core/frames.py), resampled to the caption policy;
