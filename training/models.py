@@ -61,8 +61,16 @@ class LoraOptions:
 
 def _false_is_none(value: object) -> object:
     """TOML has no null: `lora = false` in a config file means a full finetune (the loader,
-    curation/core/config_loader.py, runs this before it checks the type)."""
-    return None if value is False else value
+    curation/core/config_loader.py, runs this before it checks the type). A LoRA table is built
+    here, by the loader: after a before-validator pydantic checks Python objects, where strict
+    mode takes no list for a tuple (`target_modules = [...]` was refused)."""
+    if value is False:
+        return None
+    if isinstance(value, dict):
+        from curation.core.config_loader import build_config
+
+        return build_config(LoraOptions, value, "model.lora")
+    return value
 
 
 @dataclass(frozen=True, kw_only=True)
