@@ -26,14 +26,17 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import queue
 import threading
+import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Callable, Iterator
 
 import av
+import cv2
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
@@ -87,6 +90,9 @@ class Frame:
     gray: np.ndarray | None = None  # (h, w) uint8 at working size, on motion samples
     rgb: np.ndarray | None = None  # (h, w, 3) uint8 at tags size, on tag samples
     model_rgb: np.ndarray | None = None  # (h, w, 3) uint8 at the [frames] size, on model-frame samples
+    # While in flight from the decode thread: the decoded frame, its quarter turns and the
+    # samplers due on it (`_take_samples` converts them in the consumer's thread).
+    pending: tuple[av.VideoFrame, int, tuple["_Sampler", ...]] | None = field(default=None, repr=False)
 
 
 def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -107,15 +113,28 @@ _PACKED_RGB = {"rgb24": (0, 1, 2), "bgr24": (2, 1, 0), "rgba": (0, 1, 2), "bgra"
                "rgb0": (0, 1, 2), "bgr0": (2, 1, 0), "0rgb": (1, 2, 3), "0bgr": (3, 2, 1)}
 
 
+@functools.cache
+def _rgb_matrix(order: tuple[int, int, int], channels: int) -> np.ndarray:
+    """(3, channels + 1) cv2.transform matrix from a packed pixel of `channels` bytes
+    (channel order[k] holds R, G, B for k = 0, 1, 2; the rest is alpha or padding) to BT.601
+    limited-range Y/U/V, rounded to uint8 on the way out."""
+    m = np.zeros((3, channels + 1), np.float32)
+    for k, c in enumerate(order):
+        m[:, c] = _RGB_TO_YUV[:, k]
+    m[:, channels] = (16.0, 128.0, 128.0)
+    return m
+
 class ThumbReader:
     """Nearest-neighbour Y/U/V thumbnails read straight from the decoded planes (no swscale
     on the common path), one reader per decode pass.
 
     * planar 8-bit YUV (what nearly every codec decodes to): the step is a multiple of the
       chroma subsampling, so every plane is a plain strided view and only the small result
-      is copied (~10 us a frame);
+      is copied (~10 us a frame; the geometry is worked out once per format and size);
     * packed RGB (cinepak, PNG, QuickTime RLE, ...): the strided RGB samples are converted
-      to BT.601 limited-range Y/U/V as swscale would (chroma from each sample's 2x2 block);
+      to BT.601 limited-range Y/U/V as swscale would (chroma from each sample's 2x2 block),
+      ~60 us at 320x240 (converting the whole frame through a reused swscale context first
+      cost 0.38 ms, five times tree.avi's 0.07 ms decode);
     * anything else (10-bit, NV12, palettes): converted to yuv420p first through one reused
       swscale context (a fresh one per frame, as `frame.reformat` makes, cost ~0.25 ms of a
       2.3 fps source's 0.07 ms decode).
@@ -124,6 +143,8 @@ class ThumbReader:
     def __init__(self, thumb_width: int):
         self.thumb_width = thumb_width
         self._to_yuv = VideoReformatter()
+        self._key: tuple | None = None  # (format, width, height) the geometry below is for
+        self._geom: tuple = ()
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
         name = frame.format.name
@@ -131,28 +152,40 @@ class ThumbReader:
             return self._from_rgb(frame, _PACKED_RGB[name])
         if name not in _PLANAR_8BIT:
             frame = self._to_yuv.reformat(frame, format="yuv420p", threads=1)
+            name = "yuv420p"
         y, u, v = _views(frame)[:3]
-        fy, fx = frame.height // u.shape[0], frame.width // u.shape[1]  # chroma subsampling
-        f = max(fx, fy)
-        step = max(f, frame.width // self.thumb_width // f * f)
-        planes = [y[::step, ::step], u[:: step // fy, :: step // fx], v[:: step // fy, :: step // fx]]
-        h = min(p.shape[0] for p in planes)
-        w = min(p.shape[1] for p in planes)
-        return np.stack([p[:h, :w] for p in planes], axis=-1)
+        key = (name, frame.width, frame.height)
+        if key != self._key:
+            fy, fx = frame.height // u.shape[0], frame.width // u.shape[1]  # chroma subsampling
+            f = max(fx, fy)
+            step = max(f, frame.width // self.thumb_width // f * f)
+            sy, sx = step // fy, step // fx
+            h = min(len(range(0, y.shape[0], step)), len(range(0, u.shape[0], sy)))
+            w = min(len(range(0, y.shape[1], step)), len(range(0, u.shape[1], sx)))
+            self._key, self._geom = key, (step, sy, sx, h, w)
+        step, sy, sx, h, w = self._geom
+        out = np.empty((h, w, 3), np.uint8)
+        out[..., 0] = y[: h * step : step, : w * step : step]
+        out[..., 1] = u[: h * sy : sy, : w * sx : sx]
+        out[..., 2] = v[: h * sy : sy, : w * sx : sx]
+        return out
 
     def _from_rgb(self, frame: av.VideoFrame, order: tuple[int, int, int]) -> np.ndarray:
         (p,) = frame.planes
-        px = len(order) if frame.format.name in ("rgb24", "bgr24") else 4
+        px = 3 if frame.format.name in ("rgb24", "bgr24") else 4
         a = np.frombuffer(p, dtype=np.uint8).reshape(p.height, p.line_size)[:, : p.width * px].reshape(p.height, p.width, px)
         step = max(2, frame.width // self.thumb_width // 2 * 2)
-        h, w = (frame.height - 2) // step + 1, (frame.width - 2) // step + 1  # each sample's 2x2 block inside the frame
-        rgb = a[: h * step : step, : w * step : step][..., order].astype(np.float32)
-        block = (rgb + a[1 : h * step : step, : w * step : step][..., order] + a[: h * step : step, 1 : w * step : step][..., order]
-                 + a[1 : h * step : step, 1 : w * step : step][..., order]) * 0.25
-        out = np.empty((h, w, 3), np.float32)
-        out[..., 0] = rgb @ _RGB_TO_YUV[0] + 16.0
-        out[..., 1:] = block @ _RGB_TO_YUV[1:].T + 128.0
-        return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+        h, w = frame.height // step, frame.width // step  # whole step x step cells
+        cells = a[: h * step, : w * step]
+        # OpenCV does the gathering (numpy's strided copies of 3-byte pixels cost 30 us each
+        # here): the sample at each cell's corner (INTER_NEAREST picks floor(x * step)), and
+        # the mean of its 2x2 block (an area reduction by 2, then the same corner pick).
+        corner = cv2.resize(cells, (w, h), interpolation=cv2.INTER_NEAREST)
+        block = cv2.resize(cv2.resize(cells, (w * step // 2, h * step // 2), interpolation=cv2.INTER_AREA), (w, h),
+                           interpolation=cv2.INTER_NEAREST)
+        out = cv2.transform(block, _rgb_matrix(order, px))
+        out[..., 0] = cv2.transform(corner, _rgb_matrix(order, px))[..., 0]
+        return out
 
 
 # A forward jump of more than this between consecutive frames is a timestamp discontinuity
@@ -406,31 +439,52 @@ class _Sampler:
         return np.ascontiguousarray(np.rot90(small.to_ndarray().copy(), rot))
 
 
-def _decode(uri: str, thumb_width: int, motion: _Sampler, tags: _Sampler, threads: int, stats: DecodeStats, model: _Sampler | None = None) -> Iterator[Frame]:
+def _decode(uri: str, thumb_width: int, samplers: tuple[_Sampler, ...], threads: int, stats: DecodeStats) -> Iterator[Frame]:
+    """Every frame's thumbnail, and which samplers are due on it (the decoded frame rides
+    along for them: `_take_samples`)."""
     with open_container(uri) as c:
         sar = video_stream(c).sample_aspect_ratio
-        motion.sar = tags.sar = Fraction(sar) if sar else None
-        if model is not None:
-            model.sar = motion.sar
+        sar = Fraction(sar) if sar else None
+        for sampler in samplers:
+            sampler.sar = sar
         prev_t: float | None = None
         thumbs = ThumbReader(thumb_width)
         for index, (frame, t) in enumerate(decoded_frames(c, threads, stats)):
             step, prev_t = (1.0 if prev_t is None else (t - prev_t) / stats.frame_s), t
             rot = display_rotation(frame) // 90
-            w, h = display_size(frame.width, frame.height, motion.sar)  # per frame: the size may change mid-stream
+            w, h = display_size(frame.width, frame.height, sar)  # per frame: the size may change mid-stream
+            thumb = thumbs(frame)
             out = Frame(index=index, t=t, rotation=rot * 90, size=(h, w) if rot % 2 else (w, h), step=step,
-                        thumb=np.rot90(thumbs(frame), rot))
-            # Converted here and now. Measured alternatives that were slower (bench/cpu_stages.py,
-            # vtest.avi): converting in another thread from a decoded frame held for it (the
-            # decoder then takes fresh buffers for every frame: 0.25 ms a frame), or from a copy
-            # (no faster, and an RGB sample of a copy loses the stream's chroma siting).
-            if motion.due(t):
-                out.gray = motion.take(frame, rot)
-            if tags.due(t):
-                out.rgb = tags.take(frame, rot)
-            if model is not None and model.due(t):
-                out.model_rgb = model.take(frame, rot)
+                        thumb=np.rot90(thumb, rot) if rot else thumb)
+            due = tuple(s for s in samplers if s.due(t))
+            if due:
+                out.pending = (frame, rot, due)
             yield out
+
+
+def _take_samples(frames: Iterator[Frame], motion: _Sampler, tags: _Sampler, model: _Sampler | None) -> Iterator[Frame]:
+    """`frames` with their due samples converted, in this (the consumer's) thread.
+
+    Why here and not in the decode thread: the samples' swscale conversions (RGB at the tags
+    and model sizes cost 0.8-1.0 ms each on 768x576 video, 2-3 times decoding the frame) were
+    the decode thread's largest cost and made it the pass's bottleneck while the scorers
+    waited; here they overlap the decoding of the frames after. Only sampled frames are held
+    until then (2-4 a second); holding every frame made the decoder take fresh buffers
+    (0.25 ms a frame, see `reorder_depth`)."""
+    with contextlib.closing(frames):
+        for fr in frames:
+            if fr.pending is not None:
+                frame, rot, due = fr.pending
+                fr.pending = None
+                for s in due:
+                    pixels = s.take(frame, rot)
+                    if s is motion:
+                        fr.gray = pixels
+                    elif s is tags:
+                        fr.rgb = pixels
+                    else:
+                        fr.model_rgb = pixels
+            yield fr
 
 
 _END = object()
@@ -441,10 +495,12 @@ def run_ahead(
     *,
     stall_timeout_s: float | None,
     prefetch: int = 8,
+    batch: int = 1,
     name: str = "decode",
     stall_detail: Callable[[], str] | None = None,
 ) -> Iterator:
-    """Iterate `items()` in a background thread, up to `prefetch` items ahead. The thread
+    """Iterate `items()` in a background thread, up to `prefetch` hand-offs of `batch` items
+    ahead. The thread
     creates the iterator itself, so whatever it opens (a container) is used and closed by one
     thread only. No item for `stall_timeout_s`: MediaError(code="timeout"), its text extended
     by `stall_detail()` when given; the stuck thread is abandoned (a daemon: an FFmpeg call
@@ -461,14 +517,26 @@ def run_ahead(
                 continue
 
     def produce() -> None:
+        buf: list = []
         try:
             with contextlib.closing(items()) as it:
+                since = time.monotonic()
                 for x in it:
                     if stop.is_set():
                         return
-                    put(x)
+                    buf.append(x)
+                    # Handed off when full, or when the oldest waited long enough that a
+                    # slow source's frames would sit here (the stall timeout sees hand-offs).
+                    if len(buf) >= batch or time.monotonic() - since > _HANDOFF_S:
+                        put(buf)
+                        buf = []
+                        since = time.monotonic()
+            if buf:
+                put(buf)
             put(_END)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer and re-raised there
+            if buf:
+                put(buf)
             put(e)
 
     worker = threading.Thread(target=produce, name=name, daemon=True)
@@ -488,7 +556,7 @@ def run_ahead(
                 return
             if isinstance(item, BaseException):
                 raise item
-            yield item
+            yield from item
     finally:
         stop.set()
         worker.join(timeout=1.0 if stalled else None)
@@ -523,10 +591,20 @@ def iter_frames(
     motion = _Sampler(work_short_side, "gray", motion_fps)
     tags = _Sampler(tags_short_side, "rgb24", tags_fps)
     model = _Sampler(model_short_side, "rgb24", model_fps) if model_short_side and model_fps else None
-    return run_ahead(
-        lambda: _decode(uri, thumb_width, motion, tags, threads, stats, model),
+    samplers = (motion, tags) if model is None else (motion, tags, model)
+    frames = run_ahead(
+        lambda: _decode(uri, thumb_width, samplers, threads, stats),
         stall_timeout_s=stall_timeout_s,
-        prefetch=prefetch,
+        prefetch=max(1, prefetch // _BATCH),
+        batch=_BATCH,
         name=f"decode:{uri}",
         stall_detail=lambda: f"after {stats.frames} frames",
     )
+    return _take_samples(frames, motion, tags, model)
+
+
+# Frames handed from the decode thread to the scorers at a time: one queue hand-off per
+# frame (a lock, a condition and a GIL switch each way) cost ~80 us, a fifth of decoding a
+# 768x576 MPEG-4 frame (vtest.avi).
+_BATCH = 16
+_HANDOFF_S = 0.05

@@ -32,6 +32,8 @@ def test_thumbnails_of_packed_rgb_frames_are_what_swscale_gives():
         assert d[..., 1:].mean() < 1.0 and np.percentile(d[..., 1:], 99) <= 3  # chroma: a 2x2 mean vs swscale's filter
         bgr = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[..., ::-1]), format="bgr24")
         assert (ThumbReader(64)(bgr) == ThumbReader(64)(frame)).all()
+        for fmt in ("rgba", "bgra", "argb", "abgr", "rgb0", "bgr0", "0rgb", "0bgr"):  # 4-byte pixels: the same within rounding
+            assert np.abs(ThumbReader(64)(frame.reformat(format=fmt)).astype(int) - got).max() <= 1, fmt
 
 
 def test_no_decoded_frame_is_held_without_b_frames():
