@@ -179,10 +179,10 @@ def analyze_video(row: dict, cfg: RunConfig, motion: MotionScorer, frames: bool 
             row["rotation"] = fr.rotation
             if fr.rotation in (90, 270):
                 row["width"], row["height"] = row["height"], row["width"]
-        jumps.update(fr.thumb)
         # Windows close some frames behind the newest (the split decides with a lag): the
         # scorer holds samples from the first frame an open or coming window may need.
         closed = splitter.push(fr.index, fr.t, fr.thumb, fr.step)
+        jumps.update(fr.thumb, splitter.last_blur)
         for w in closed:
             scorer.close(w)
         if closed or fr.index % 64 == 0:

@@ -783,6 +783,11 @@ class Splitter:
         self._drops: list[tuple[int, int]] = []  # [first, end) to leave out, with margins
 
     @property
+    def last_blur(self) -> np.ndarray:
+        """The newest pushed frame's thumbnail after its 3x3 blur (`describe`)."""
+        return self.detector.frames[-1].blur
+
+    @property
     def start(self) -> int | None:
         """The first frame a window may still need."""
         if self.windower.start is not None:
