@@ -17,9 +17,10 @@ Per frame the pass keeps only what is cheap:
 * at `motion_fps`: a grey frame at the working short side (optical flow);
 * at `tags_fps`: an RGB frame at the tags short side (text, sharpness, colours, borders);
 * at the model-frame rate (`RunConfig.frames_plan`): an RGB frame for the model stages.
-Only sampled frames pay for swscale (through reused contexts), decoding runs in its own
-thread ahead of the scorers, and no decoded frame is held past the next decode unless the
-stream needs its stamps reordered (`reorder_depth`: held frames cost as much as decoding).
+Only sampled frames pay for swscale (through reused contexts, in the scorers' thread), decoding
+runs in its own thread ahead of the scorers, and no decoded frame is held past the next decode
+unless it is sampled or the stream needs its stamps reordered (`reorder_depth`: held frames cost
+as much as decoding).
 """
 
 from __future__ import annotations
@@ -579,9 +580,11 @@ def iter_frames(
 ) -> Iterator[Frame]:
     """Yield every frame of `uri` in presentation order. Raises MediaError on a broken stream.
 
-    Decoding (and the cheap per-frame views) runs in a background thread, `prefetch` frames
-    ahead, so it overlaps the caller's scoring: FFmpeg, swscale, OpenCV and numpy all
-    release the GIL in their heavy parts. `stats` is filled as the pass goes (complete once
+    Decoding and the thumbnails run in a background thread, up to `prefetch` frames ahead,
+    handed over 16 at a time, so they overlap the caller's scoring (FFmpeg, swscale, OpenCV
+    and numpy all release the GIL in their heavy parts); the samples (grey, tags and model
+    RGB) are converted in the caller's thread as it takes each frame (`_take_samples`).
+    `stats` is filled as the pass goes (complete once
     the iterator is exhausted). When the decoder produces nothing for `stall_timeout_s`,
     MediaError(code="timeout"): an FFmpeg decode call cannot be interrupted, so the stuck
     thread is abandoned (a daemon) and the run goes on with the next item. With

@@ -180,3 +180,33 @@ def test_frame_jumps_prune_keeps_what_count_needs():
     assert pruned.count(10, 40) == full.count(10, 40) == (1, 0)
     with pytest.raises(ValueError, match="pruned"):
         pruned.count(2, 40)
+
+
+def test_frame_measures_count_what_their_definitions_say():
+    """The colour count is the number of 16-level RGB bins (v >> 4) covering 95% of every
+    other pixel, whichever way the samples are gathered (even sides: OpenCV; odd: numpy);
+    the text area is the same whichever labelling algorithm finds the components."""
+    from curation.analysis.tag_negatives import measure_frame, text_area
+    from tests.curation.real_images import natural_frames
+
+    def colours(rgb):
+        q = (rgb[::2, ::2] >> 4).astype(np.int64)
+        counts = np.sort(np.bincount((q[..., 0] << 8 | q[..., 1] << 4 | q[..., 2]).ravel(), minlength=4096))[::-1]
+        return int(np.searchsorted(np.cumsum(counts), 0.95 * counts.sum()) + 1)
+
+    for rgb in natural_frames(3, size=(270, 360)):
+        for crop in (rgb, rgb[:269, :359], rgb[:270, :359]):
+            crop = np.ascontiguousarray(crop)
+            assert measure_frame(crop).colours == colours(crop)
+    page = np.full((270, 480), 235, np.uint8)
+    for k in range(8):  # eight lines of "text"
+        cv2.putText(page, "videomill text line %d" % k, (10, 30 + 30 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.8, 20, 2)
+    h, w = page.shape
+    grad = cv2.morphologyEx(page, cv2.MORPH_GRADIENT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
+    _, bw = cv2.threshold(grad, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    closed = cv2.morphologyEx(bw, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (max(3, w // 40), 1)))
+    _, _, stats, _ = cv2.connectedComponentsWithStats(closed, connectivity=8)  # OpenCV's default algorithm
+    bw_, bh, px = (stats[1:, i].astype(np.int64) for i in (cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT, cv2.CC_STAT_AREA))
+    line = (bh >= 4) & (bh <= h * 0.15) & (bw_ >= 2.5 * bh) & (bw_ >= w * 0.05) & (px >= 0.45 * bw_ * bh)
+    assert line.sum() >= 8
+    assert text_area(page) == min(1.0, float((bw_ * bh)[line].sum()) / float(h * w)) > 0.2
