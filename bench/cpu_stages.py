@@ -10,7 +10,12 @@ On the same clips (FOLDER, or a generated mixed 270p/360p/720p H.264 set) it tim
   (b) decord sequential decode (informational: why curation/media/decode.py uses PyAV);
   (c) the CPU stage chain in this process: ProbeSources then SplitAndScore, the whole
       analysis pass (split, motion, tags, and the model-stage frames the profile samples);
-  (d) a Data-Juicer-style motion filter: seek every 0.5 s, Farneback at full size.
+  (d) a Data-Juicer-style motion filter: seek every 0.5 s, Farneback at full size;
+  (e) the floor under (c): ProbeSources and the chain's own decode pass (curation/media/decode.py
+      `iter_frames`) with the thumbnails every cut detector needs and nothing scored or
+      sampled. No chain that looks at every frame runs faster; its ratio per clip says how
+      much of (c)'s gap to (a) is analysis and how much is opening, probing and per-frame
+      bookkeeping (a 2.3 fps source decodes in 5 ms: there the fixed costs are the gap).
 
 Each clip's time is the best of --repeat runs (--dj-repeat for the slow baseline); the
 methods take turns on each clip, so a busy machine slows them alike. CPU seconds (all threads) are printed beside
@@ -46,6 +51,7 @@ from av.video.reformatter import VideoReformatter  # noqa: E402
 from curation.corpora import synthetic  # noqa: E402
 from curation.analysis.analyze import SplitAndScore, group_sources  # noqa: E402
 from curation.core.config import PROFILES, load_config  # noqa: E402
+from curation.media.decode import iter_frames  # noqa: E402
 from curation.media.inputs import expand_inputs, is_image  # noqa: E402
 from curation.media.probe import ProbeSources  # noqa: E402
 
@@ -146,6 +152,21 @@ class Chain:
         if t2 - t0 < self.best.get(uri, {}).get("total_s", float("inf")):
             self.best[uri] = {"total_s": t2 - t0, "probe_s": t1 - t0, "clips": len(row["clips"]), "shots": row["num_shots"]}
         return int(row["num_frames"])
+
+
+class Floor:
+    """(e) ProbeSources, then the decode pass with thumbnails only: what (c) pays before it
+    scores anything (nothing sampled: the samplers' rate is never reached)."""
+
+    def __init__(self, chain: Chain):
+        self.cfg, self.probe = chain.cfg, chain.probe
+
+    def __call__(self, uri: str) -> int:
+        self.probe(pa.table({"source": [uri]}))
+        never = 1e-9  # samples per second: the first frame only
+        return sum(1 for _ in iter_frames(uri, thumb_width=self.cfg.decode.cut_thumb_width, work_short_side=self.cfg.decode.work_short_side,
+                                          motion_fps=never, tags_short_side=self.cfg.tags.short_side, tags_fps=never,
+                                          threads=self.cfg.decode.threads))
 
 
 # Data-Juicer's VideoMotionScoreFilter defaults (data_juicer/ops/filter/video_motion_score_filter.py:
@@ -266,23 +287,24 @@ def clip_info(uri: str) -> str:
 
 def print_report(uris: list[str], t: dict[str, Timing], chain: Chain) -> None:
     frames = t["decode"].frames
-    for k in ("rgb", "decord", "chain"):
+    for k in ("rgb", "decord", "chain", "floor"):
         if t[k].frames != frames:
             print(f"note: {k} counted {sum(t[k].frames)} frames where PyAV decoded {sum(frames)}")
     w = max(len(Path(u).name) for u in uris)
     head = (
-        f"{'clip':<{w}}  {'video':<16} {'frames':>6}  {'decode':>7} {'+rgb':>7} {'decord':>7} {'chain':>7} {'ratio':>5} "
+        f"{'clip':<{w}}  {'video':<16} {'frames':>6}  {'decode':>7} {'+rgb':>7} {'decord':>7} {'chain':>7} {'ratio':>5} {'floor':>5} "
         f"{'shots':>5} {'clips':>5}  {'DJ s':>6} {'speedup':>7}"
     )
-    print("per clip: frames/s (source frames decoded per wall second); ratio = chain/decode; DJ s = Data-Juicer-style seconds")
+    print("per clip: frames/s (source frames decoded per wall second); ratio = chain/decode; floor = (e)/decode, the most any "
+          "chain could reach; DJ s = Data-Juicer-style seconds")
     print(head)
     print("-" * len(head))
     for i, u in enumerate(uris):
-        n, fps = frames[i], {k: frames[i] / t[k].wall[i] for k in ("decode", "rgb", "decord", "chain")}
+        n, fps = frames[i], {k: frames[i] / t[k].wall[i] for k in ("decode", "rgb", "decord", "chain", "floor")}
         ex = chain.best[u]
         print(
             f"{Path(u).name:<{w}}  {clip_info(u):<16} {n:>6}  {fps['decode']:>7.0f} {fps['rgb']:>7.0f} {fps['decord']:>7.0f} "
-            f"{fps['chain']:>7.0f} {fps['chain'] / fps['decode']:>5.2f} {ex['shots']:>5} {ex['clips']:>5}  "
+            f"{fps['chain']:>7.0f} {fps['chain'] / fps['decode']:>5.2f} {fps['floor'] / fps['decode']:>5.2f} {ex['shots']:>5} {ex['clips']:>5}  "
             f"{t['dj'].wall[i]:>6.2f} {t['dj'].wall[i] / t['chain'].wall[i]:>7.1f}"
         )
     print()
@@ -300,6 +322,7 @@ def print_report(uris: list[str], t: dict[str, Timing], chain: Chain) -> None:
     print(line("(b)  decord VideoReader, vr.next() in order (RGB)", "decord", "  (informational)"))
     print(line("(c)  chain: ProbeSources + SplitAndScore", "chain", f"  (probe {probe_s:.2f} s wall)"))
     print(line("(d)  Data-Juicer-style: seek every 0.5 s + Farneback", "dj"))
+    print(line("(e)  floor: probe + decode pass, thumbnails only", "floor"))
     print(
         f"decord vs PyAV, both producing RGB: {fps['decord'] / fps['rgb']:.2f}x "
         f"({'PyAV' if fps['rgb'] >= fps['decord'] else 'decord'} faster); "
@@ -310,6 +333,7 @@ def print_report(uris: list[str], t: dict[str, Timing], chain: Chain) -> None:
         f"cpu-seconds view: chain/decode ratio {t['decode'].total_cpu / t['chain'].total_cpu:.3f}, "
         f"speedup {t['dj'].total_cpu / t['chain'].total_cpu:.2f}; {load()}"
     )
+    print(f"floor/decode ratio (the most a chain could reach): {fps['floor'] / fps['decode']:.3f}")
     print(f"chain/decode ratio: {fps['chain'] / fps['decode']:.3f}")
     print(f"speedup vs seek+farneback motion: {t['dj'].total / t['chain'].total:.2f}")
 
@@ -353,8 +377,9 @@ def main(argv: list[str] | None = None) -> int:
             "decord": (decord_decode, args.repeat),
             "chain": (chain, args.repeat),
             "dj": (dj_motion, args.dj_repeat),
+            "floor": (Floor(chain), args.repeat),
         }
-        for k in ("decode", "rgb", "decord", "chain"):  # warm-up: first-call costs (lazy imports) are not per clip
+        for k in ("decode", "rgb", "decord", "chain", "floor"):  # warm-up: first-call costs (lazy imports) are not per clip
             methods[k][0](uris[0])
         chain.best.clear()
         timings = measure(methods, uris)
