@@ -125,6 +125,7 @@ def _rgb_matrix(order: tuple[int, int, int], channels: int) -> np.ndarray:
     m[:, channels] = (16.0, 128.0, 128.0)
     return m
 
+
 class ThumbReader:
     """Nearest-neighbour Y/U/V thumbnails read straight from the decoded planes (no swscale
     on the common path), one reader per decode pass.
@@ -500,10 +501,11 @@ def run_ahead(
     name: str = "decode",
     stall_detail: Callable[[], str] | None = None,
 ) -> Iterator:
-    """Iterate `items()` in a background thread, up to `prefetch` hand-offs of `batch` items
-    ahead. The thread
-    creates the iterator itself, so whatever it opens (a container) is used and closed by one
-    thread only. No item for `stall_timeout_s`: MediaError(code="timeout"), its text extended
+    """Iterate `items()` in a background thread, up to `prefetch` hand-offs of up to `batch`
+    items ahead. The thread creates the iterator itself, so whatever it opens (a container) is
+    used and closed by one thread only. An item that comes more than 50 ms after the last
+    hand-off goes out at once, so a slow source is handed over item by item. No hand-off for
+    `stall_timeout_s`: MediaError(code="timeout"), its text extended
     by `stall_detail()` when given; the stuck thread is abandoned (a daemon: an FFmpeg call
     cannot be interrupted)."""
     q: queue.Queue = queue.Queue(maxsize=prefetch)
@@ -526,8 +528,8 @@ def run_ahead(
                     if stop.is_set():
                         return
                     buf.append(x)
-                    # Handed off when full, or when the oldest waited long enough that a
-                    # slow source's frames would sit here (the stall timeout sees hand-offs).
+                    # Handed off when full, or at once when the last hand-off was a while
+                    # ago (a slow source's frames would otherwise wait here for the next).
                     if len(buf) >= batch or time.monotonic() - since > _HANDOFF_S:
                         put(buf)
                         buf = []
