@@ -156,7 +156,7 @@ class Chain:
 
 class Floor:
     """(e) ProbeSources, then the decode pass with thumbnails only: what (c) pays before it
-    scores anything (nothing sampled: the samplers' rate is never reached)."""
+    scores anything (the samplers take the first frame only: their rate is never reached)."""
 
     def __init__(self, chain: Chain):
         self.cfg, self.probe = chain.cfg, chain.probe
