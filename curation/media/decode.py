@@ -185,8 +185,9 @@ class ThumbReader:
         corner = cv2.resize(cells, (w, h), interpolation=cv2.INTER_NEAREST)
         block = cv2.resize(cv2.resize(cells, (w * step // 2, h * step // 2), interpolation=cv2.INTER_AREA), (w, h),
                            interpolation=cv2.INTER_NEAREST)
-        out = cv2.transform(block, _rgb_matrix(order, px))
-        out[..., 0] = cv2.transform(corner, _rgb_matrix(order, px))[..., 0]
+        m = _rgb_matrix(order, px)
+        out = cv2.transform(block, m)
+        out[..., 0] = cv2.transform(corner, m)[..., 0]
         return out
 
 
@@ -415,10 +416,11 @@ def check_complete(stats: DecodeStats) -> None:
 
 class _Sampler:
     """Reformats sampled frames with one reused swscale context per output kind (a fresh
-    context per call costs more than decoding a small frame)."""
+    context per call costs more than decoding a small frame); each sample goes to the
+    `Frame` attribute named `field`."""
 
-    def __init__(self, short_side: int, fmt: str, fps: float):
-        self.short_side, self.fmt, self.fps = short_side, fmt, fps
+    def __init__(self, field: str, short_side: int, fmt: str, fps: float):
+        self.field, self.short_side, self.fmt, self.fps = field, short_side, fmt, fps
         self.sar = None  # the stream's sample aspect ratio: samples are square-pixel
         self.next_t: float | None = None
         self.reformatter = VideoReformatter()
@@ -464,7 +466,7 @@ def _decode(uri: str, thumb_width: int, samplers: tuple[_Sampler, ...], threads:
             yield out
 
 
-def _take_samples(frames: Iterator[Frame], motion: _Sampler, tags: _Sampler, model: _Sampler | None) -> Iterator[Frame]:
+def _take_samples(frames: Iterator[Frame]) -> Iterator[Frame]:
     """`frames` with their due samples converted, in this (the consumer's) thread.
 
     Why here and not in the decode thread: the samples' swscale conversions (RGB at the tags
@@ -479,13 +481,7 @@ def _take_samples(frames: Iterator[Frame], motion: _Sampler, tags: _Sampler, mod
                 frame, rot, due = fr.pending
                 fr.pending = None
                 for s in due:
-                    pixels = s.take(frame, rot)
-                    if s is motion:
-                        fr.gray = pixels
-                    elif s is tags:
-                        fr.rgb = pixels
-                    else:
-                        fr.model_rgb = pixels
+                    setattr(fr, s.field, s.take(frame, rot))
             yield fr
 
 
@@ -593,10 +589,9 @@ def iter_frames(
     `model_short_side` and `model_fps`, frames are also sampled as RGB at that size for model
     stages (curation/core/frames.py)."""
     stats = stats if stats is not None else DecodeStats()
-    motion = _Sampler(work_short_side, "gray", motion_fps)
-    tags = _Sampler(tags_short_side, "rgb24", tags_fps)
-    model = _Sampler(model_short_side, "rgb24", model_fps) if model_short_side and model_fps else None
-    samplers = (motion, tags) if model is None else (motion, tags, model)
+    samplers = (_Sampler("gray", work_short_side, "gray", motion_fps), _Sampler("rgb", tags_short_side, "rgb24", tags_fps))
+    if model_short_side and model_fps:
+        samplers += (_Sampler("model_rgb", model_short_side, "rgb24", model_fps),)
     frames = run_ahead(
         lambda: _decode(uri, thumb_width, samplers, threads, stats),
         stall_timeout_s=stall_timeout_s,
@@ -605,7 +600,7 @@ def iter_frames(
         name=f"decode:{uri}",
         stall_detail=lambda: f"after {stats.frames} frames",
     )
-    return _take_samples(frames, motion, tags, model)
+    return _take_samples(frames)
 
 
 # Frames handed from the decode thread to the scorers at a time: one queue hand-off per
